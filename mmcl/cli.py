@@ -1,0 +1,222 @@
+"""The `mmcl` command line: train, evaluate, data synth | convert | inspect. Errors print one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mmcl.config import MODALITIES, ModelConfig, TaskConfig, TaskKind, TrainConfig
+from mmcl.errors import ConfigError, DataFormatError, MMCLError
+
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+def _int_triple(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected three positive integers like 768,5,20, got {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _modalities(text: str) -> tuple[str, ...]:
+    mods = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in mods if m not in MODALITIES]
+    if bad or not mods:
+        raise argparse.ArgumentTypeError(f"modalities are a comma list of {', '.join(MODALITIES)}; got {text!r}")
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmcl", description="MMCL multimodal sentiment: train, evaluate, data tools.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train MMCL or the late-fusion baseline on a dataset file (.npz)")
+    t.add_argument("--data", required=True, type=Path, help="dataset .npz (from `mmcl data synth|convert`)")
+    t.add_argument("--out", type=Path, default=Path("runs/latest"), help="run directory (checkpoint in OUT/best)")
+    t.add_argument("--preset", choices=["reference", "quick"], default="reference")
+    t.add_argument("--model", choices=["mmcl", "baseline"], default="mmcl")
+    t.add_argument("--decoupling", choices=["paper", "calibrated"], default="paper")
+    t.add_argument("--task", choices=[k.value for k in TaskKind], default=None,
+                   help="default: regression, or multitask for per-emotion labels")
+    t.add_argument("--num-classes", type=int, default=3, help="classification: number of classes")
+    t.add_argument("--modalities", type=_modalities, default=MODALITIES, help="baseline only: e.g. text,audio")
+    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("seq-len", int), ("d-model", int),
+                      ("ff-dim", int), ("seed", int), ("modality-dropout", float), ("aux-weight", float),
+                      ("early-stop-patience", int)):
+        t.add_argument(f"--{name}", type=typ, default=None)
+    t.add_argument("--no-act-reward", action="store_true", help="supervised only (ablation)")
+    t.add_argument("--extractor-id", action="append", default=[], metavar="MODALITY=ID",
+                   help="record which extractor made each modality's features in the checkpoint")
+    t.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")
+    e.add_argument("--checkpoint", required=True, type=Path)
+    e.add_argument("--data", required=True, type=Path)
+    e.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    s = d.add_parser("synth", help="write a synthetic MOSI-shaped dataset")
+    s.add_argument("--out", type=Path, default=Path("data/synth.npz"))
+    s.add_argument("--sizes", type=_int_triple, default=(1284, 229, 686), help="train,valid,test")
+    s.add_argument("--dims", type=_int_triple, default=(768, 5, 20), help="text,audio,vision feature dims")
+    s.add_argument("--seq-len", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--pickle", action="store_true", help="write the MMSA pickle layout (aligned_50.pkl) instead")
+    c = d.add_parser("convert", help="public dataset pickle -> safe .npz (unpickles: only files you trust)")
+    c.add_argument("source", type=Path)
+    c.add_argument("dest", type=Path)
+    c.add_argument("--score-range", type=float, default=None, help="label range (3 MOSI/MOSEI, 1 SIMS); default: detect")
+    i = d.add_parser("inspect", help="splits, shapes, dims and label statistics of a dataset file")
+    i.add_argument("path", type=Path)
+    return p
+
+
+def _load_any(path: Path) -> Any:
+    from mmcl.data import load_dataset
+    from mmcl.data.formats import load_public_pickle
+
+    if path.suffix in {".pkl", ".pickle"}:
+        return load_public_pickle(path)
+    if path.suffix != ".npz":
+        raise DataFormatError(f"{path}: unknown format (expected .npz, or a .pkl to convert)")
+    return load_dataset(path)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from mmcl.data import load_dataset
+    from mmcl.presets import PRESETS
+    from mmcl.train import train
+
+    if a.data.suffix != ".npz":
+        raise DataFormatError(f"{a.data}: training reads .npz only; convert pickles with `mmcl data convert`")
+    ds = load_dataset(a.data)
+    label_kind = ds.meta.get("label_kind", "score")
+    kind = TaskKind(a.task) if a.task else (TaskKind.MULTITASK if label_kind == "multitask" else TaskKind.REGRESSION)
+    task_kwargs: dict[str, Any] = {"kind": kind, "score_range": float(ds.meta.get("score_range", 3.0))}
+    if kind is TaskKind.CLASSIFICATION:
+        task_kwargs["num_classes"] = a.num_classes
+    if kind is TaskKind.MULTITASK and ds.meta.get("subtask_names"):
+        task_kwargs["class_names"] = tuple(ds.meta["subtask_names"])
+    preset = PRESETS[a.preset]
+    model_kw: dict[str, Any] = {**preset["model"], "kind": "mmcl" if a.model == "mmcl" else "late_fusion",
+                                "decoupling": a.decoupling, "input_dims": ds.dims, "task": TaskConfig(**task_kwargs),
+                                "use_modalities": a.modalities}
+    train_kw: dict[str, Any] = dict(preset["train"])
+    for arg, key, target in (("seq_len", "seq_len", model_kw), ("d_model", "d_model", model_kw),
+                             ("ff_dim", "ff_dim", model_kw), ("epochs", "epochs", train_kw),
+                             ("batch_size", "batch_size", train_kw), ("lr", "lr", train_kw), ("seed", "seed", train_kw),
+                             ("modality_dropout", "modality_dropout", train_kw), ("aux_weight", "aux_weight", train_kw),
+                             ("early_stop_patience", "early_stop_patience", train_kw)):
+        if getattr(a, arg) is not None:
+            target[key] = getattr(a, arg)
+    if a.no_act_reward:
+        train_kw["act_reward"] = False
+    if "seq_len" not in model_kw:
+        model_kw["seq_len"] = int(ds.splits["train"].features["text"].shape[1])
+    extractor_ids = {}
+    for item in a.extractor_id:
+        mod, sep, ident = item.partition("=")
+        if not sep or mod not in MODALITIES or not ident:
+            raise ConfigError(f"--extractor-id takes MODALITY=ID with MODALITY one of {', '.join(MODALITIES)}; got {item!r}")
+        extractor_ids[mod] = ident
+    if extractor_ids:
+        ds.meta["extractor_ids"] = extractor_ids
+    mcfg, tcfg = ModelConfig(**model_kw), TrainConfig(**train_kw)
+    result = train(ds, mcfg, tcfg, a.out, progress=not a.no_progress)
+    print(f"\nbest epoch {result.best_epoch} of {result.epochs_run} ({result.seconds:.0f} s)"
+          + ("; interrupted" if result.interrupted else ""))
+    print(f"checkpoint: {result.checkpoint}")
+    ideal = ds.meta.get("ideal_test_metrics", {}).get("all") if kind is TaskKind.REGRESSION else None
+    _print_metrics("test", result.test, ideal)
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def _print_metrics(title: str, metrics: dict[str, float], ideal: dict[str, float] | None = None) -> None:
+    print(f"{'metric':<12}{title:>10}" + (f"{'ideal':>10}" if ideal else ""))
+    for k, v in metrics.items():
+        line = f"{k:<12}{v:>10.4f}"
+        if ideal and ideal.get(k) is not None:
+            line += f"{ideal[k]:>10.4f}"
+        print(line)
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from mmcl.checkpoint import load_checkpoint
+    from mmcl.data import load_dataset
+    from mmcl.data.tensors import to_tensors
+    from mmcl.evaluate import evaluate
+
+    ckpt = load_checkpoint(a.checkpoint)
+    ds = load_dataset(a.data)
+    ev = evaluate(ckpt.model, to_tensors(ds.splits[a.split], ckpt.config), ckpt.config.task)
+    if a.json:
+        print(json.dumps({"split": a.split, "metrics": ev.metrics, "loss": ev.loss}, indent=2))
+    else:
+        _print_metrics(a.split, ev.metrics)
+    return 0
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    from mmcl.data import save_dataset
+    from mmcl.data.dataset import describe
+
+    if a.data_command == "synth":
+        import pickle
+
+        from mmcl.data.synth import SynthSpec, make_synthetic, to_mmsa_dict
+
+        if a.seq_len < 1:
+            raise ConfigError("--seq-len must be positive")
+        ds = make_synthetic(SynthSpec(sizes=a.sizes, seq_len=a.seq_len, dims=a.dims, seed=a.seed,
+                                      min_len=min(10, a.seq_len)))
+        if a.pickle:
+            out = a.out.with_suffix(".pkl")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("wb") as f:
+                pickle.dump(to_mmsa_dict(ds), f, protocol=4)
+        else:
+            out = save_dataset(ds, a.out)
+        ideal = ds.meta["ideal_test_metrics"]
+        print(f"wrote {out}: sizes {list(a.sizes)}, seq_len {a.seq_len}, dims {list(a.dims)}")
+        print("ideal test Acc-2 (has0): " + ", ".join(f"{k} {v['acc2_has0']:.3f}" for k, v in ideal.items()))
+        return 0
+    if a.data_command == "convert":
+        from mmcl.data.formats import load_public_pickle
+
+        if a.dest.suffix != ".npz":
+            raise ConfigError(f"{a.dest}: the destination must end in .npz")
+        ds = load_public_pickle(a.source, score_range=a.score_range)
+        out = save_dataset(ds, a.dest)
+        print(f"wrote {out} ({ds.meta['layout']} layout; " + ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items()) + ")")
+        return 0
+    print(json.dumps(describe(_load_any(a.path)), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data}
+    try:
+        return handlers[args.command](args)
+    except MMCLError as e:
+        print(f"mmcl: error: {e}", file=sys.stderr)
+    except ValidationError as e:
+        err = e.errors()[0]
+        print(f"mmcl: error: invalid option {'.'.join(map(str, err['loc'])) or ''}: {err['msg']}", file=sys.stderr)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        print(f"mmcl: error: {e.strerror}: {e.filename}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("mmcl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
