@@ -139,6 +139,7 @@ class Critic(nn.Module):
 
     def forward(self, states: list[Tensor], actions: list[Tensor], time_masks: list[Tensor]) -> Tensor:
         pooled = []
+        time_masks = effective_time_masks(time_masks)
         for m in range(3):
             x = torch.cat([states[m], actions[m].expand(-1, -1, self.tile)], dim=-1)  # (B, L, D + h)
             pooled.append(masked_mean(self.encoders[m](x, src_key_padding_mask=~time_masks[m]), time_masks[m]))

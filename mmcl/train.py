@@ -148,7 +148,7 @@ def train(
             for sch in schedulers:
                 sch.step(ev.loss)
             value = ev.metrics[metric]
-            improved = value > best_value if higher else value < best_value
+            improved = bool(value > best_value if higher else value < best_value)
             if improved:
                 best_value, best_epoch, best_valid, stale = value, epoch, ev.metrics, 0
                 save_checkpoint(out / BEST_DIR, model, mcfg, _profile(ds, mcfg),

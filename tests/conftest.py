@@ -13,12 +13,12 @@ def _deterministic() -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset():  # noqa: ANN201
+def tiny_dataset():
     """A small synthetic dataset with small dims: quick to train on."""
     return make_synthetic(SynthSpec(sizes=(96, 32, 40), seq_len=12, dims=(24, 5, 8), min_len=4, seed=3))
 
 
-def batch_inputs(dims: tuple[int, ...], b: int, seq_len: int, seed: int = 0):  # noqa: ANN201
+def batch_inputs(dims: tuple[int, ...], b: int, seq_len: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     xs = [torch.randn(b, seq_len, d, generator=g) for d in dims]
     masks = [torch.ones(b, seq_len, dtype=torch.bool) for _ in dims]

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmcl.config import ModelConfig, TaskConfig, TaskKind, TrainConfig
+from mmcl.data.dataset import Dataset
+from mmcl.train import train
+
+SMALL = {"seq_len": 12, "d_model": 16, "num_heads": 4, "ff_dim": 32}
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def cfgs(ds: Dataset, **train_kw: object) -> tuple[ModelConfig, TrainConfig]:
+    m = ModelConfig(input_dims=ds.dims, **SMALL)
+    t = TrainConfig(**{"epochs": 2, "batch_size": 32, "lr": 1e-3, "buffer_size": 64, **train_kw})
+    return m, t
+
+
+def test_same_seed_same_metrics(tiny_dataset: Dataset, tmp_path: Path) -> None:
+    m, t = cfgs(tiny_dataset, modality_dropout=0.2)
+    a = train(tiny_dataset, m, t, tmp_path / "a", progress=False, log=quiet)
+    b = train(tiny_dataset, m, t, tmp_path / "b", progress=False, log=quiet)
+    assert a.test == b.test and a.best_valid == b.best_valid
+    assert [r["critic_loss"] for r in a.history] == [r["critic_loss"] for r in b.history]
+    c = train(tiny_dataset, m, t.model_copy(update={"seed": 1}), tmp_path / "c", progress=False, log=quiet)
+    assert c.history[0]["train_loss"] != a.history[0]["train_loss"]
+
+
+def test_act_reward_trains_critic_and_logs_history(tiny_dataset: Dataset, tmp_path: Path) -> None:
+    m, t = cfgs(tiny_dataset)
+    r = train(tiny_dataset, m, t, tmp_path, progress=False, log=quiet)
+    rows = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(row["critic_loss"] > 0 for row in rows)
+    assert {"valid_mae", "valid_acc2_has0", "lr", "seconds"} <= rows[0].keys()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["test"] == r.test and summary["selection_metric"] == "mae"
+
+
+def test_selection_uses_validation_only(tiny_dataset: Dataset, tmp_path: Path) -> None:
+    m, t = cfgs(tiny_dataset, epochs=4, early_stop_patience=10)
+    r = train(tiny_dataset, m, t, tmp_path, progress=False, log=quiet)
+    best = min(r.history, key=lambda row: row["valid_mae"])
+    assert r.best_epoch == best["epoch"]
+    saved = json.loads((r.checkpoint / "metrics.json").read_text())
+    assert saved["epoch"] == r.best_epoch and saved["test"] == r.test
+
+
+def test_early_stopping(tiny_dataset: Dataset, tmp_path: Path) -> None:
+    m, t = cfgs(tiny_dataset, epochs=30, early_stop_patience=1, lr=1e-7)
+    r = train(tiny_dataset, m, t, tmp_path, progress=False, log=quiet)
+    assert r.epochs_run < 30
+
+
+def test_ctrl_c_keeps_the_best_checkpoint(tiny_dataset: Dataset, tmp_path: Path) -> None:
+    m, t = cfgs(tiny_dataset, epochs=10)
+    calls = []
+
+    def interrupt_on_second_epoch(line: str) -> None:
+        calls.append(line)
+        if line.startswith("epoch 2"):
+            raise KeyboardInterrupt
+
+    r = train(tiny_dataset, m, t, tmp_path, progress=False, log=interrupt_on_second_epoch)
+    assert r.interrupted and r.epochs_run == 2 and r.best_epoch in (1, 2)
+    assert (r.checkpoint / "model.safetensors").is_file() and r.test
+
+
+@pytest.mark.parametrize(
+    "task", [TaskConfig(kind=TaskKind.CLASSIFICATION, num_classes=3), TaskConfig(kind=TaskKind.CLASSIFICATION,
+                                                                                  num_classes=2)])
+def test_classification_and_calibrated_and_baseline(tiny_dataset: Dataset, tmp_path: Path, task: TaskConfig) -> None:
+    m = ModelConfig(input_dims=tiny_dataset.dims, task=task, decoupling="calibrated", **SMALL)
+    r = train(tiny_dataset, m, TrainConfig(epochs=1, batch_size=32), tmp_path / "m", progress=False, log=quiet)
+    assert {"acc", "f1"} == set(r.test)
+    b = m.model_copy(update={"kind": "late_fusion"})
+    rb = train(tiny_dataset, b, TrainConfig(epochs=1, batch_size=32), tmp_path / "b", progress=False, log=quiet)
+    assert {"acc", "f1"} == set(rb.test)
+
+
+def test_multitask_training(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mmcl.data.dataset import Split
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Split:
+        feats = {"text": rng.standard_normal((n, 6, 10)).astype(np.float32),
+                 "audio": rng.standard_normal((n, 6, 4)).astype(np.float32),
+                 "vision": rng.standard_normal((n, 6, 3)).astype(np.float32)}
+        return Split(feats, {k: np.full(n, 6) for k in feats}, {k: "none" for k in feats},
+                     rng.integers(0, 2, (n, 4)), np.array([str(i) for i in range(n)]))
+
+    ds = Dataset({"train": split(20), "valid": split(8), "test": split(8)}, {"label_kind": "multitask"})
+    m = ModelConfig(input_dims=(10, 4, 3), task=TaskConfig(kind=TaskKind.MULTITASK), **{**SMALL, "seq_len": 6})
+    r = train(ds, m, TrainConfig(epochs=1, batch_size=7), tmp_path, progress=False, log=quiet)  # a last batch of 6
+    assert "happy_f1" in r.test and "mean_f1" in r.test
