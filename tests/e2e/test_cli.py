@@ -1,0 +1,100 @@
+"""The `mmcl` command as a user runs it: real processes, real files; errors are one line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def mmcl(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "mmcl.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+SMALL_SYNTH = ("--sizes", "64,24,32", "--dims", "16,5,8", "--seq-len", "10")
+TINY_MODEL = ("--epochs", "1", "--d-model", "16", "--ff-dim", "32", "--batch-size", "16", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    r = mmcl("data", "synth", "--out", "small.npz", *SMALL_SYNTH, cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert "ideal test Acc-2" in r.stdout
+    return d
+
+
+def test_train_evaluate_and_inspect(workdir: Path) -> None:
+    r = mmcl("train", "--data", "small.npz", "--out", "run", "--decoupling", "calibrated", *TINY_MODEL, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert "acc2_has0" in r.stdout and "ideal" in r.stdout
+    assert (workdir / "run" / "best" / "model.safetensors").is_file()
+    r = mmcl("evaluate", "--checkpoint", "run/best", "--data", "small.npz", "--json", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout)["metrics"]
+    summary = json.loads((workdir / "run" / "summary.json").read_text())
+    assert metrics["mae"] == pytest.approx(summary["test"]["mae"], rel=1e-6)
+    r = mmcl("data", "inspect", "small.npz", cwd=workdir)
+    info = json.loads(r.stdout)
+    assert info["splits"]["train"]["n"] == 64 and info["splits"]["test"]["text"]["shape"] == [32, 10, 16]
+
+
+def test_baseline_and_classification(workdir: Path) -> None:
+    r = mmcl("train", "--data", "small.npz", "--out", "base", "--model", "baseline", "--modalities", "text,audio",
+             "--task", "classification", "--num-classes", "2", *TINY_MODEL, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert "f1" in r.stdout
+
+
+def test_pickle_convert_round_trip(workdir: Path) -> None:
+    r = mmcl("data", "synth", "--out", "mmsa.pkl", "--pickle", *SMALL_SYNTH, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    with (workdir / "mmsa.pkl").open("rb") as f:
+        assert set(pickle.load(f)["train"]) >= {"text", "audio", "vision", "regression_labels", "id"}
+    r = mmcl("data", "convert", "mmsa.pkl", "converted.npz", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert "mmsa layout" in r.stdout
+    r = mmcl("data", "inspect", "converted.npz", cwd=workdir)
+    assert json.loads(r.stdout)["splits"]["valid"]["n"] == 24
+
+
+def test_errors_are_one_line(workdir: Path) -> None:
+    assert_one_line_error(mmcl("train", "--data", "missing.npz", cwd=workdir), "no such dataset file")
+    (workdir / "notes.txt").write_text("hello")
+    assert_one_line_error(mmcl("data", "inspect", "notes.txt", cwd=workdir), "unknown format")
+    assert_one_line_error(mmcl("data", "convert", "notes.txt", "x.npz", cwd=workdir), "not a readable pickle")
+    assert_one_line_error(mmcl("train", "--data", "mmsa.pkl", cwd=workdir), "convert")
+    assert_one_line_error(mmcl("evaluate", "--checkpoint", "nowhere", "--data", "small.npz", cwd=workdir),
+                          "no checkpoint")
+    assert_one_line_error(mmcl("train", "--data", "small.npz", "--d-model", "30", "--epochs", "1", cwd=workdir),
+                          "divisible")
+    r = mmcl("train", "--data", "small.npz", "--decoupling", "magic", cwd=workdir)
+    assert r.returncode == 2 and "Traceback" not in r.stderr  # argparse usage error
+
+
+def test_dimension_mismatch_is_one_line(workdir: Path) -> None:
+    r = mmcl("train", "--data", "small.npz", "--out", "dims", *TINY_MODEL, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    r = mmcl("data", "synth", "--out", "other.npz", "--sizes", "8,8,8", "--dims", "16,6,8", "--seq-len", "10",
+             cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert_one_line_error(mmcl("evaluate", "--checkpoint", "dims/best", "--data", "other.npz", cwd=workdir),
+                          "do not match", "audio 6 vs 5")
