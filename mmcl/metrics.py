@@ -19,7 +19,7 @@ def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         fn = float(np.sum((y_pred != c) & (y_true == c)))
         f1 = 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
         total += f1 * np.sum(y_true == c)
-    return total / y_true.size
+    return float(total / y_true.size)
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
