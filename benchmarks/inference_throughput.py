@@ -1,0 +1,117 @@
+"""Inference throughput (utterances/s) on MOSI-shaped input, and the FLOP rate as a share of a matmul peak.
+
+Everything is measured in one run on one device: the peak is a large float32 matmul timed right before, and
+the MMCL reference model is compared with the quick preset and the late-fusion baseline (ratios, not absolute
+times: shared machines are noisy). `predictor` adds the Predictor's per-utterance input preparation.
+
+    python benchmarks/inference_throughput.py --device auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mmcl.checkpoint import Checkpoint, FeatureProfile
+from mmcl.config import ModelConfig
+from mmcl.model import build_model
+from mmcl.predictor import Predictor, resolve_device
+
+DIMS, SEQ_LEN = (768, 5, 20), 50
+BATCHES = (1, 8, 64, 256)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: torch.device, min_seconds: float, min_iters: int = 3) -> float:
+    """Seconds per call: warm up, then repeat until both min_iters and min_seconds are reached; best of 3 rounds."""
+    for _ in range(2):
+        fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(3):
+        n, t0 = 0, time.perf_counter()
+        while n < min_iters or time.perf_counter() - t0 < min_seconds / 3:
+            fn()
+            n += 1
+        sync(device)
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+def matmul_peak(device: torch.device, min_seconds: float) -> float:
+    n = 4096 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / timed(lambda: a @ b, device, min_seconds)
+
+
+def count_flops(model: torch.nn.Module, x: tuple) -> int:
+    """Matmul FLOPs of one forward; the fused inference fast path hides them from the counter, so turn it off."""
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            model(*x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    return fc.get_total_flops()
+
+
+def inputs(b: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    g = torch.Generator().manual_seed(b)
+    xs = [torch.randn(b, SEQ_LEN, d, generator=g).to(device) for d in DIMS]
+    masks = [torch.ones(b, SEQ_LEN, dtype=torch.bool, device=device) for _ in DIMS]
+    return xs, masks, torch.ones(b, 3, dtype=torch.bool, device=device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seconds", type=float, default=2.0, help="minimum measuring time per cell")
+    a = p.parse_args()
+    device = resolve_device(a.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    torch.manual_seed(0)
+    variants = {
+        "MMCL reference (ff 2048)": ModelConfig(input_dims=DIMS, seq_len=SEQ_LEN),
+        "MMCL quick (ff 256)": ModelConfig(input_dims=DIMS, seq_len=SEQ_LEN, ff_dim=256),
+        "late-fusion baseline": ModelConfig(input_dims=DIMS, seq_len=SEQ_LEN, kind="late_fusion"),
+    }
+    peak = matmul_peak(device, a.seconds)
+    print(f"device: {name}; torch {torch.__version__}; float32 matmul peak {peak / 1e9:.1f} GFLOP/s\n")
+    print("| model | batch | utterances/s | ratio to MMCL reference | GFLOP/utt | achieved GFLOP/s | share of matmul peak |")
+    print("|---|---|---|---|---|---|---|")
+    ref_rate: dict[int, float] = {}
+    for label, cfg in variants.items():
+        model = build_model(cfg).to(device).eval()
+        for b in BATCHES:
+            x = inputs(b, device)
+            flops = count_flops(model, x)
+            with torch.inference_mode():
+                sec = timed(lambda m=model, x=x: m(*x), device, a.seconds)
+            rate = b / sec
+            ref_rate.setdefault(b, rate)
+            print(f"| {label} | {b} | {rate:,.0f} | {rate / ref_rate[b]:.2f} | {flops / b / 1e9:.3f} | "
+                  f"{flops / sec / 1e9:.1f} | {flops / sec / peak:.1%} |", flush=True)
+    # The Predictor path: numpy per-utterance features of varied lengths -> fitted, masked tensors -> model.
+    model = build_model(variants["MMCL reference (ff 2048)"])
+    ckpt = Checkpoint(model, variants["MMCL reference (ff 2048)"], FeatureProfile(DIMS), {}, None, "0" * 64)  # type: ignore[arg-type]
+    pred = Predictor(ckpt, device)
+    rng = np.random.default_rng(0)
+    for b in (1, 64):
+        batch = [{m: rng.standard_normal((int(rng.integers(10, 120)), d)).astype(np.float32)
+                  for m, d in zip(("text", "audio", "vision"), DIMS, strict=True)} for _ in range(b)]
+        sec = timed(lambda batch=batch: pred.predict(batch), device, a.seconds)
+        print(f"| Predictor.predict (numpy in, varied lengths) | {b} | {b / sec:,.0f} | {b / sec / ref_rate[b]:.2f} "
+              "| - | - | - |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
