@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmcl.sequence import masked_mean
+
 _NEG = -1e9  # masked logits; finite so that an all-masked row gives a uniform softmax instead of NaN
 
 
@@ -91,8 +93,6 @@ class CalibratedDecoupling(nn.Module):
 
 def agreement_loss(parts: list[Decoupled], time_masks: list[Tensor], modality_mask: Tensor) -> Tensor:
     """Common parts of present modalities should agree; each specific part should differ from its common part."""
-    from mmcl.sequence import masked_mean  # local: avoids an import cycle at module load
-
     commons = [F.normalize(masked_mean(p.common, m), dim=-1) for p, m in zip(parts, time_masks, strict=True)]
     specifics = [F.normalize(masked_mean(p.specific, m), dim=-1) for p, m in zip(parts, time_masks, strict=True)]
     present = modality_mask.float()  # (B, 3)

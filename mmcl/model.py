@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from mmcl.config import ModelConfig
+from mmcl.config import MODALITIES, ModelConfig
 from mmcl.decoupling import CalibratedDecoupling, Decoupled, PaperDecoupling, agreement_loss
 from mmcl.sequence import masked_mean
 
@@ -151,8 +152,6 @@ class LateFusionBaseline(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        from mmcl.config import MODALITIES
-
         self.cfg = cfg
         self.used = [MODALITIES.index(m) for m in cfg.use_modalities]
         width = sum(2 * cfg.input_dims[m] for m in self.used)
@@ -179,6 +178,4 @@ def build_model(cfg: ModelConfig) -> MMCL | LateFusionBaseline:
 
 
 def _clone(module: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(module)

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
-from mmcl.checkpoint import FeatureProfile, save_checkpoint
+from mmcl.checkpoint import FeatureProfile, load_checkpoint, save_checkpoint
 from mmcl.config import ModelConfig, TrainConfig
 from mmcl.data.dataset import Dataset
 from mmcl.data.tensors import TensorSplit, drop_modalities, to_tensors
@@ -186,8 +187,6 @@ def train(
 def _test_once(path: Path, test: TensorSplit, tcfg: TrainConfig, best_epoch: int, best_valid: dict[str, float],
                metric: str, ds: Dataset, mcfg: ModelConfig) -> dict[str, float]:
     """The test split is evaluated once, with the checkpoint chosen on validation (fixes reference defect 4)."""
-    from mmcl.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(path)
     ev = evaluate(ckpt.model, test, mcfg.task, regression_loss=tcfg.regression_loss)
     save_checkpoint(path, ckpt.model, mcfg, _profile(ds, mcfg),
@@ -198,8 +197,6 @@ def _test_once(path: Path, test: TensorSplit, tcfg: TrainConfig, best_epoch: int
 def _train_epoch(model: nn.Module, data: TensorSplit, mcfg: ModelConfig, tcfg: TrainConfig,
                  opt_model: torch.optim.Optimizer, opt_actor: torch.optim.Optimizer | None, rl: ActReward | None,
                  gen: torch.Generator, epoch: int, progress: bool) -> dict[str, float]:
-    from tqdm import tqdm
-
     model.train()
     n = len(data)
     order = torch.randperm(n, generator=gen)

@@ -75,7 +75,8 @@ def _mmsa_split(d: dict[str, Any], name: str) -> Split:
     for m in MODALITIES:
         if m not in d:
             raise DataFormatError(f"MMSA split {name!r} lacks {m!r}")
-        feats[m] = clean(d[m], f"{name}/{m}")
+        # pop: the source array can be freed as soon as its float32 copy exists (MOSEI files are GBs)
+        feats[m] = clean(d.pop(m), f"{name}/{m}")
     text_len = None
     if "text_bert" in d:  # (N, 3, Lt): ids, attention mask, segments; the mask gives the true text length
         tb = np.asarray(d["text_bert"])
@@ -93,7 +94,7 @@ def _cmu_split(d: dict[str, Any], name: str) -> tuple[Split, str]:
     for m in MODALITIES:
         if m not in d:
             raise DataFormatError(f"CMU split {name!r} lacks {m!r}")
-        feats[m] = clean(d[m], f"{name}/{m}")
+        feats[m] = clean(d.pop(m), f"{name}/{m}")
         lengths[m], sides[m] = _lengths(feats[m], None)
     y = np.nan_to_num(np.asarray(d["labels"], dtype=np.float32))
     if y.ndim == 3 and y.shape[1:] == (4, 2):  # IEMOCAP: one-hot per emotion
