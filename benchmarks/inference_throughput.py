@@ -98,7 +98,7 @@ def main() -> None:
                 sec = timed(lambda m=model, x=x: m(*x), device, a.seconds)
             rate = b / sec
             ref_rate.setdefault(b, rate)
-            print(f"| {label} | {b} | {rate:,.0f} | {rate / ref_rate[b]:.2f} | {flops / b / 1e9:.3f} | "
+            print(f"| {label} | {b} | {rate:,.0f} | {rate / ref_rate[b]:.2f} | {flops / b / 1e9:.4f} | "
                   f"{flops / sec / 1e9:.1f} | {flops / sec / peak:.1%} |", flush=True)
     # The Predictor path: numpy per-utterance features of varied lengths -> fitted, masked tensors -> model.
     model = build_model(variants["MMCL reference (ff 2048)"])

@@ -34,7 +34,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "MMCL calibrated": ({**QUICK_MODEL, "decoupling": "calibrated"}, QUICK_TRAIN),
     "MMCL calibrated, no aux loss": ({**QUICK_MODEL, "decoupling": "calibrated"}, {**QUICK_TRAIN, "aux_weight": 0.0}),
     "MMCL paper, no act-reward": ({**QUICK_MODEL, "decoupling": "paper"}, {**QUICK_TRAIN, "act_reward": False}),
+    "MMCL calibrated, modality dropout 0.3": (
+        {**QUICK_MODEL, "decoupling": "calibrated"}, {**QUICK_TRAIN, "modality_dropout": 0.3}),
     "baseline (late fusion)": ({"kind": "late_fusion"}, BASELINE_TRAIN),
+    "baseline, modality dropout 0.3": ({"kind": "late_fusion"}, {**BASELINE_TRAIN, "modality_dropout": 0.3}),
     "baseline, text only": ({"kind": "late_fusion", "use_modalities": ("text",)}, BASELINE_TRAIN),
     "baseline, audio only": ({"kind": "late_fusion", "use_modalities": ("audio",)}, BASELINE_TRAIN),
     "baseline, vision only": ({"kind": "late_fusion", "use_modalities": ("vision",)}, BASELINE_TRAIN),
