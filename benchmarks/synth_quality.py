@@ -94,8 +94,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--only", action="append", help="variant name (repeatable)")
     p.add_argument("--sizes", default="1284,229,686")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None, help="write the raw results here")
+    p.add_argument("--from-json", type=Path, action="append", help="print the table of saved results (repeatable)")
     a = p.parse_args()
+    if a.from_json:
+        merged: dict[str, Any] = {"variants": {}}
+        for path in a.from_json:
+            saved = json.loads(path.read_text())
+            merged["ideal"] = saved["ideal"]
+            merged["variants"].update(saved["variants"])
+        print(table(merged))
+        return
     sizes = tuple(int(s) for s in a.sizes.split(","))
     results = run(a.seeds, a.only, sizes)  # type: ignore[arg-type]
     print(table(results))

@@ -12,7 +12,7 @@ import torch
 from mmcl.checkpoint import Checkpoint, load_checkpoint
 from mmcl.config import MODALITIES
 from mmcl.errors import DimensionMismatch, MMCLError
-from mmcl.sequence import fit_length
+from mmcl.sequence import resample_mean
 from mmcl.tasks import decode
 
 UtteranceFeatures = Mapping[str, np.ndarray | None]  # modality -> (T, d) array, or None / absent when missing
@@ -80,8 +80,11 @@ class Predictor:
                     raise InvalidInput(f"sample {i}: {m} features contain NaN or Inf")
                 if arr.shape[0] == 0:
                     continue
-                fx, fm = fit_length(arr[None], np.array([arr.shape[0]]), "none", seq_len)
-                x[i], mask[i] = fx[0], fm[0]
+                t = arr.shape[0]
+                if t <= seq_len:
+                    x[i, :t], mask[i, :t] = arr, True
+                else:
+                    x[i], mask[i] = resample_mean(arr, seq_len), True
                 present[i, m_idx] = True
             xs.append(torch.from_numpy(x).to(self.device))
             masks.append(torch.from_numpy(mask).to(self.device))
