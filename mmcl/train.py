@@ -28,6 +28,7 @@ from mmcl.config import ModelConfig, TrainConfig
 from mmcl.data.dataset import Dataset
 from mmcl.data.tensors import TensorSplit, drop_modalities, to_tensors
 from mmcl.evaluate import evaluate
+from mmcl.interrupts import deferred_sigint
 from mmcl.metrics import selection_metric
 from mmcl.model import MMCL, Critic, build_model
 from mmcl.replay import ReplayBuffer
@@ -152,8 +153,9 @@ def train(
             improved = bool(value > best_value if higher else value < best_value)
             if improved:
                 best_value, best_epoch, best_valid, stale = value, epoch, ev.metrics, 0
-                save_checkpoint(out / BEST_DIR, model, mcfg, _profile(ds, mcfg),
-                                {"epoch": epoch, "valid": ev.metrics, "selection_metric": metric})
+                with deferred_sigint():  # Ctrl-C mid-swap would leave no checkpoint at all
+                    save_checkpoint(out / BEST_DIR, model, mcfg, _profile(ds, mcfg),
+                                    {"epoch": epoch, "valid": ev.metrics, "selection_metric": metric})
             else:
                 stale += 1
             row = {"epoch": epoch, **losses, "valid_loss": ev.loss,
@@ -189,8 +191,9 @@ def _test_once(path: Path, test: TensorSplit, tcfg: TrainConfig, best_epoch: int
     """The test split is evaluated once, with the checkpoint chosen on validation (fixes reference defect 4)."""
     ckpt = load_checkpoint(path)
     ev = evaluate(ckpt.model, test, mcfg.task, regression_loss=tcfg.regression_loss)
-    save_checkpoint(path, ckpt.model, mcfg, _profile(ds, mcfg),
-                    {"epoch": best_epoch, "selection_metric": metric, "valid": best_valid, "test": ev.metrics})
+    with deferred_sigint():
+        save_checkpoint(path, ckpt.model, mcfg, _profile(ds, mcfg),
+                        {"epoch": best_epoch, "selection_metric": metric, "valid": best_valid, "test": ev.metrics})
     return ev.metrics
 
 

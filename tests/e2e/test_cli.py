@@ -98,3 +98,34 @@ def test_dimension_mismatch_is_one_line(workdir: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert_one_line_error(mmcl("evaluate", "--checkpoint", "dims/best", "--data", "other.npz", cwd=workdir),
                           "do not match", "audio 6 vs 5")
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_best_checkpoint(workdir: Path) -> None:
+    import signal
+    import time
+
+    run = workdir / "interrupted"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmcl.cli", "train", "--data", "small.npz", "--out", str(run), "--epochs", "10000",
+         "--early-stop-patience", "10000", "--d-model", "16", "--ff-dim", "32", "--batch-size", "16"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    history = run / "history.jsonl"
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if history.is_file() and len(history.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)  # polling a file written by another process; bounded by the deadline
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["best_epoch"] >= 1 and summary["test"]
+    assert (run / "best" / "checksums.sha256").is_file()
