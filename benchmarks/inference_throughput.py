@@ -19,8 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mmcl.checkpoint import Checkpoint, FeatureProfile
 from mmcl.config import ModelConfig
+from mmcl.device import resolve_device
 from mmcl.model import build_model
-from mmcl.predictor import Predictor, resolve_device
+from mmcl.predictor import Predictor
 
 DIMS, SEQ_LEN = (768, 5, 20), 50
 BATCHES = (1, 8, 64, 256)

@@ -45,7 +45,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 COLUMNS = ("acc2_has0", "acc2_non0", "f1_has0", "acc7", "mae", "corr")
 
 
-def run(seeds: int, only: list[str] | None, sizes: tuple[int, int, int]) -> dict[str, Any]:
+def run(seeds: int, only: list[str] | None, sizes: tuple[int, int, int], device: str) -> dict[str, Any]:
     ds = make_synthetic(SynthSpec(sizes=sizes))
     test = ds.splits["test"]
     results: dict[str, Any] = {"ideal": ds.meta["ideal_test_metrics"], "variants": {}}
@@ -58,10 +58,10 @@ def run(seeds: int, only: list[str] | None, sizes: tuple[int, int, int]) -> dict
             tcfg = TrainConfig(**{**train_kw, "seed": seed})
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.monotonic()
-                r = train(ds, mcfg, tcfg, tmp, progress=False, log=lambda _: None)
+                r = train(ds, mcfg, tcfg, tmp, progress=False, log=lambda _: None, device=device)
                 row = {**r.test, "seconds": time.monotonic() - t0, "best_epoch": r.best_epoch}
-                ckpt = load_checkpoint(r.checkpoint)
-                data = to_tensors(test, mcfg)
+                ckpt = load_checkpoint(r.checkpoint, device=r.device)
+                data = to_tensors(test, mcfg).to(r.device)
                 no_vision = dataclasses.replace(data, modality_mask=data.modality_mask.clone())
                 no_vision.modality_mask[:, 2] = False
                 row["acc2_no_vision"] = evaluate(ckpt.model, no_vision, mcfg.task).metrics["acc2_has0"]
@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--only", action="append", help="variant name (repeatable)")
     p.add_argument("--sizes", default="1284,229,686")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda")
     p.add_argument("--json", type=Path, default=None, help="write the raw results here")
     p.add_argument("--from-json", type=Path, action="append", help="print the table of saved results (repeatable)")
     a = p.parse_args()
@@ -106,7 +107,7 @@ def main() -> None:
         print(table(merged))
         return
     sizes = tuple(int(s) for s in a.sizes.split(","))
-    results = run(a.seeds, a.only, sizes)  # type: ignore[arg-type]
+    results = run(a.seeds, a.only, sizes, a.device)  # type: ignore[arg-type]
     print(table(results))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

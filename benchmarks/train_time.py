@@ -21,6 +21,7 @@ from mmcl.train import train
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sizes", default="1284,229,686")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda")
     a = p.parse_args()
     sizes = tuple(int(s) for s in a.sizes.split(","))
     ds = make_synthetic(SynthSpec(sizes=sizes))  # type: ignore[arg-type]
@@ -31,7 +32,8 @@ def main() -> None:
         "MMCL quick (ff 256, batch 64), act-reward": ({"ff_dim": 256}, {"batch_size": 64, "lr": 1e-3}),
         "MMCL quick, calibrated": ({"ff_dim": 256, "decoupling": "calibrated"}, {"batch_size": 64, "lr": 1e-3}),
     }
-    print(f"CPU, {torch.get_num_threads()} threads; train split {sizes[0]} utterances, length 50, dims {ds.dims}\n")
+    where = torch.cuda.get_device_name() if a.device != "cpu" and torch.cuda.is_available() else "CPU"
+    print(f"{where}, {torch.get_num_threads()} threads; train split {sizes[0]} utterances, length 50, dims {ds.dims}\n")
     print("| variant | seconds / epoch | ratio to baseline |")
     print("|---|---|---|")
     base = None
@@ -39,7 +41,7 @@ def main() -> None:
         mcfg = ModelConfig(input_dims=ds.dims, seq_len=50, **model_kw)
         tcfg = TrainConfig(**{"epochs": 2, "early_stop_patience": 5, **train_kw})
         with tempfile.TemporaryDirectory() as tmp:
-            r = train(ds, mcfg, tcfg, tmp, progress=False, log=lambda _: None)
+            r = train(ds, mcfg, tcfg, tmp, progress=False, log=lambda _: None, device=a.device)
         sec = r.history[-1]["seconds"]
         base = base or sec
         print(f"| {name} | {sec:.2f} | {sec / base:.1f}x |", flush=True)

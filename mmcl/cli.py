@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-act-reward", action="store_true", help="supervised only (ablation)")
     t.add_argument("--extractor-id", action="append", default=[], metavar="MODALITY=ID",
                    help="record which extractor made each modality's features in the checkpoint")
+    t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     t.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")
@@ -129,7 +130,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if extractor_ids:
         ds.meta["extractor_ids"] = extractor_ids
     mcfg, tcfg = ModelConfig(**model_kw), TrainConfig(**train_kw)
-    result = train(ds, mcfg, tcfg, a.out, progress=not a.no_progress)
+    result = train(ds, mcfg, tcfg, a.out, progress=not a.no_progress, device=a.device)
     print(f"\nbest epoch {result.best_epoch} of {result.epochs_run} ({result.seconds:.0f} s)"
           + ("; interrupted" if result.interrupted else ""))
     print(f"checkpoint: {result.checkpoint}")

@@ -28,13 +28,13 @@ def evaluate(model: nn.Module, data: TensorSplit, task: TaskConfig, batch_size: 
     logits, weights, loss_sum = [], [], 0.0
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(data)))
+            idx = torch.arange(start, min(start + batch_size, len(data)), device=data.y.device)
             xs, masks, present, y = data.batch(idx)
             out = model(xs, masks, present)
             loss_sum += float(supervised_loss(task, out.logits, y, regression_loss)) * len(idx)
-            logits.append(out.logits.float().numpy())
+            logits.append(out.logits.float().cpu().numpy())
             if out.modality_weights is not None:
-                weights.append(out.modality_weights.numpy())
+                weights.append(out.modality_weights.float().cpu().numpy())
     all_logits = np.concatenate(logits) if logits else np.zeros((0, task.output_dim), np.float32)
-    metrics = task_metrics(task, all_logits, data.y.numpy())
+    metrics = task_metrics(task, all_logits, data.y.cpu().numpy())
     return Evaluation(metrics, loss_sum / max(len(data), 1), all_logits, np.concatenate(weights) if weights else None)

@@ -11,6 +11,7 @@ import torch
 
 from mmcl.checkpoint import Checkpoint, load_checkpoint
 from mmcl.config import MODALITIES
+from mmcl.device import resolve_device
 from mmcl.errors import DimensionMismatch, MMCLError
 from mmcl.sequence import resample_mean
 from mmcl.tasks import decode
@@ -30,15 +31,6 @@ class PredictionBatch:
     modality_weights: np.ndarray | None  # (B, 3) MMCL fusion weights (text, audio, vision); 0 = missing
     modality_mask: np.ndarray  # (B, 3) bool
     model_version: str
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MMCLError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 class Predictor:

@@ -27,6 +27,7 @@ from mmcl.checkpoint import FeatureProfile, load_checkpoint, save_checkpoint
 from mmcl.config import ModelConfig, TrainConfig
 from mmcl.data.dataset import Dataset
 from mmcl.data.tensors import TensorSplit, drop_modalities, to_tensors
+from mmcl.device import resolve_device
 from mmcl.evaluate import evaluate
 from mmcl.interrupts import deferred_sigint
 from mmcl.metrics import selection_metric
@@ -46,6 +47,7 @@ class TrainResult:
     interrupted: bool
     checkpoint: Path
     seconds: float
+    device: str
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -65,7 +67,8 @@ class ActReward:
 
     def __init__(self, model: MMCL, mcfg: ModelConfig, tcfg: TrainConfig) -> None:
         self.model, self.tcfg = model, tcfg
-        self.critic = Critic(mcfg)
+        device = next(model.parameters()).device
+        self.critic = Critic(mcfg).to(device)
         self.target_critic = copy.deepcopy(self.critic)  # defect 5: targets start as copies
         self.target_gates = copy.deepcopy(model.gates)
         for p in [*self.target_critic.parameters(), *self.target_gates.parameters()]:
@@ -117,13 +120,16 @@ def train(
     *,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    device: str | torch.device = "cpu",
 ) -> TrainResult:
+    """Train and select on validation; the test split is evaluated once. `device="auto"` uses CUDA if present."""
+    dev = resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(tcfg.seed)
     gen = torch.Generator().manual_seed(tcfg.seed)
-    data = {name: to_tensors(split, mcfg) for name, split in ds.splits.items()}
-    model = build_model(mcfg)
+    data = {name: to_tensors(split, mcfg).to(dev) for name, split in ds.splits.items()}
+    model = build_model(mcfg).to(dev)
     task = mcfg.task
     is_mmcl = isinstance(model, MMCL)
     rl = ActReward(model, mcfg, tcfg) if is_mmcl and tcfg.act_reward else None
@@ -176,9 +182,9 @@ def train(
         ev = evaluate(model, data["valid"], task, regression_loss=tcfg.regression_loss)
         best_valid = ev.metrics
         save_checkpoint(out / BEST_DIR, model, mcfg, _profile(ds, mcfg), {"epoch": 0, "valid": ev.metrics})
-    test = _test_once(out / BEST_DIR, data["test"], tcfg, best_epoch, best_valid, metric, ds, mcfg)
+    test = _test_once(out / BEST_DIR, data["test"], tcfg, best_epoch, best_valid, metric, ds, mcfg, dev)
     result = TrainResult(best_epoch, best_valid, test, epoch, interrupted, out / BEST_DIR,
-                         round(time.monotonic() - started, 2), history)
+                         round(time.monotonic() - started, 2), str(dev), history)
     summary = {"best_epoch": best_epoch, "epochs_run": epoch, "interrupted": interrupted, "selection_metric": metric,
                "valid": best_valid, "test": test, "seconds": result.seconds,
                "model": mcfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json")}
@@ -187,9 +193,9 @@ def train(
 
 
 def _test_once(path: Path, test: TensorSplit, tcfg: TrainConfig, best_epoch: int, best_valid: dict[str, float],
-               metric: str, ds: Dataset, mcfg: ModelConfig) -> dict[str, float]:
+               metric: str, ds: Dataset, mcfg: ModelConfig, dev: torch.device) -> dict[str, float]:
     """The test split is evaluated once, with the checkpoint chosen on validation (fixes reference defect 4)."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, device=dev)
     ev = evaluate(ckpt.model, test, mcfg.task, regression_loss=tcfg.regression_loss)
     with deferred_sigint():
         save_checkpoint(path, ckpt.model, mcfg, _profile(ds, mcfg),
@@ -208,7 +214,7 @@ def _train_epoch(model: nn.Module, data: TensorSplit, mcfg: ModelConfig, tcfg: T
     sums = {"train_loss": 0.0, "critic_loss": 0.0, "actor_loss": 0.0}
     bar = tqdm(starts, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
     for s in bar:
-        idx = order[s : s + tcfg.batch_size]
+        idx = order[s : s + tcfg.batch_size].to(data.y.device)
         xs, masks, present, y = data.batch(idx)
         xs, masks, present = drop_modalities(xs, masks, present, tcfg.modality_dropout, gen)
         out = model(xs, masks, present, with_aux=with_aux)

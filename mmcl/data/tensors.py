@@ -24,6 +24,10 @@ class TensorSplit:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def to(self, device: torch.device) -> TensorSplit:
+        return TensorSplit([x.to(device) for x in self.xs], [m.to(device) for m in self.time_masks],
+                           self.modality_mask.to(device), self.y.to(device))
+
     def batch(self, idx: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
         return [x[idx] for x in self.xs], [m[idx] for m in self.time_masks], self.modality_mask[idx], self.y[idx]
 
@@ -63,10 +67,10 @@ def drop_modalities(
     """Training-time modality dropout: each present modality is removed with probability p; one always stays."""
     if p <= 0:
         return xs, masks, present
-    drop = (torch.rand(present.shape, generator=gen) < p) & present
+    drop = (torch.rand(present.shape, generator=gen).to(present.device) < p) & present
     all_gone = (present & ~drop).sum(1) == 0
     if all_gone.any():  # keep one random present modality of those samples
-        scores = torch.rand(present.shape, generator=gen).masked_fill(~present, -1.0)
+        scores = torch.rand(present.shape, generator=gen).to(present.device).masked_fill(~present, -1.0)
         keep = torch.nn.functional.one_hot(scores.argmax(1), 3).bool()
         drop = torch.where(all_gone[:, None], drop & ~keep, drop)
     new_present = present & ~drop

@@ -29,6 +29,12 @@ def assert_one_line_error(r: subprocess.CompletedProcess[str], *fragments: str) 
         assert f in lines[0], lines[0]
 
 
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 SMALL_SYNTH = ("--sizes", "64,24,32", "--dims", "16,5,8", "--seq-len", "10")
 TINY_MODEL = ("--epochs", "1", "--d-model", "16", "--ff-dim", "32", "--batch-size", "16", "--no-progress")
 
@@ -86,6 +92,11 @@ def test_errors_are_one_line(workdir: Path) -> None:
                           "no checkpoint")
     assert_one_line_error(mmcl("train", "--data", "small.npz", "--d-model", "30", "--epochs", "1", cwd=workdir),
                           "divisible")
+    if not torch_has_cuda():
+        assert_one_line_error(mmcl("train", "--data", "small.npz", "--device", "cuda", *TINY_MODEL, cwd=workdir),
+                              "CUDA is not available")
+    assert_one_line_error(mmcl("train", "--data", "small.npz", "--device", "tpu9", *TINY_MODEL, cwd=workdir),
+                          "unknown device")
     r = mmcl("train", "--data", "small.npz", "--decoupling", "magic", cwd=workdir)
     assert r.returncode == 2 and "Traceback" not in r.stderr  # argparse usage error
 

@@ -101,3 +101,10 @@ def test_multitask_training(tmp_path: Path) -> None:
     m = ModelConfig(input_dims=(10, 4, 3), task=TaskConfig(kind=TaskKind.MULTITASK), **{**SMALL, "seq_len": 6})
     r = train(ds, m, TrainConfig(epochs=1, batch_size=7), tmp_path, progress=False, log=quiet)  # a last batch of 6
     assert "happy_f1" in r.test and "mean_f1" in r.test
+
+
+def test_device_auto_trains_on_what_is_there(tiny_dataset: Dataset, tmp_path: Path) -> None:
+    """On a CUDA machine this exercises the GPU path; here it is the CPU, through the same code."""
+    m, t = cfgs(tiny_dataset, epochs=1, modality_dropout=0.3)
+    r = train(tiny_dataset, m, t, tmp_path, progress=False, log=quiet, device="auto")
+    assert r.test and r.history[0]["critic_loss"] > 0
