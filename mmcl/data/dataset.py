@@ -102,18 +102,18 @@ def describe(ds: Dataset) -> dict[str, Any]:
             info[m] = {
                 "shape": list(x.shape),
                 "pad_side": split.pad_side[m],
-                "length_min": int(ln.min(initial=0)),
+                "length_min": int(ln.min()) if ln.size else 0,
                 "length_mean": round(float(ln.mean()) if ln.size else 0.0, 2),
-                "length_max": int(ln.max(initial=0)),
+                "length_max": int(ln.max()) if ln.size else 0,
             }
         y = split.labels
-        if y.ndim == 1:
+        if y.ndim == 1 and y.size:
             info["labels"] = {
                 "mean": round(float(y.mean()), 4), "std": round(float(y.std()), 4),
-                "min": float(y.min(initial=0)), "max": float(y.max(initial=0)),
+                "min": float(y.min()), "max": float(y.max()),
                 "negative": int((y < 0).sum()), "zero": int((y == 0).sum()), "positive": int((y > 0).sum()),
             }
-        else:
+        elif y.ndim == 2:
             names = ds.meta.get("subtask_names") or [str(i) for i in range(y.shape[1])]
             info["labels"] = {n: int(y[:, i].sum()) for i, n in enumerate(names)}
         out["splits"][name] = info

@@ -61,6 +61,9 @@ def test_train_evaluate_and_inspect(workdir: Path) -> None:
     r = mmcl("data", "inspect", "small.npz", cwd=workdir)
     info = json.loads(r.stdout)
     assert info["splits"]["train"]["n"] == 64 and info["splits"]["test"]["text"]["shape"] == [32, 10, 16]
+    lengths, labels = info["splits"]["train"]["audio"], info["splits"]["train"]["labels"]
+    assert 1 <= lengths["length_min"] <= lengths["length_mean"] <= lengths["length_max"] == 10
+    assert labels["min"] < 0 < labels["max"] and labels["negative"] + labels["zero"] + labels["positive"] == 64
 
 
 def test_baseline_and_classification(workdir: Path) -> None:
