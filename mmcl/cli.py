@@ -7,14 +7,24 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from mmcl.config import MODALITIES, ModelConfig, TaskConfig, TaskKind, TrainConfig
 from mmcl.errors import ConfigError, DataFormatError, MMCLError
 
+if TYPE_CHECKING:
+    from mmcl.data import Dataset
+
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+# `mmcl train` options that override a ModelConfig / TrainConfig field of the same name (None: keep the preset)
+MODEL_OPTIONS = ("seq_len", "d_model", "ff_dim")
+TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "seed", "modality_dropout", "aux_weight", "early_stop_patience")
+OPTION_TYPES: dict[str, type] = {
+    "epochs": int, "batch_size": int, "lr": float, "seq_len": int, "d_model": int, "ff_dim": int, "seed": int,
+    "modality_dropout": float, "aux_weight": float, "early_stop_patience": int,
+}
 
 
 def _int_triple(text: str) -> tuple[int, int, int]:
@@ -46,10 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: regression, or multitask for per-emotion labels")
     t.add_argument("--num-classes", type=int, default=3, help="classification: number of classes")
     t.add_argument("--modalities", type=_modalities, default=MODALITIES, help="baseline only: e.g. text,audio")
-    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("seq-len", int), ("d-model", int),
-                      ("ff-dim", int), ("seed", int), ("modality-dropout", float), ("aux-weight", float),
-                      ("early-stop-patience", int)):
-        t.add_argument(f"--{name}", type=typ, default=None)
+    for name, typ in OPTION_TYPES.items():
+        t.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None)
     t.add_argument("--no-act-reward", action="store_true", help="supervised only (ablation)")
     t.add_argument("--extractor-id", action="append", default=[], metavar="MODALITY=ID",
                    help="record which extractor made each modality's features in the checkpoint")
@@ -79,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_any(path: Path) -> Any:
+def _load_any(path: Path) -> Dataset:
     from mmcl.data import load_dataset
     from mmcl.data.formats import load_public_pickle
 
@@ -110,13 +118,8 @@ def cmd_train(a: argparse.Namespace) -> int:
                                 "decoupling": a.decoupling, "input_dims": ds.dims, "task": TaskConfig(**task_kwargs),
                                 "use_modalities": a.modalities}
     train_kw: dict[str, Any] = dict(preset["train"])
-    for arg, key, target in (("seq_len", "seq_len", model_kw), ("d_model", "d_model", model_kw),
-                             ("ff_dim", "ff_dim", model_kw), ("epochs", "epochs", train_kw),
-                             ("batch_size", "batch_size", train_kw), ("lr", "lr", train_kw), ("seed", "seed", train_kw),
-                             ("modality_dropout", "modality_dropout", train_kw), ("aux_weight", "aux_weight", train_kw),
-                             ("early_stop_patience", "early_stop_patience", train_kw)):
-        if getattr(a, arg) is not None:
-            target[key] = getattr(a, arg)
+    for names, target in ((MODEL_OPTIONS, model_kw), (TRAIN_OPTIONS, train_kw)):
+        target.update({n: getattr(a, n) for n in names if getattr(a, n) is not None})
     if a.no_act_reward:
         train_kw["act_reward"] = False
     if "seq_len" not in model_kw:

@@ -4,6 +4,7 @@
     ├── ConfigError           an option or config value that cannot work
     ├── DataFormatError       a file that is not one of the layouts we read, or is damaged
     ├── DimensionMismatch     features whose dims differ from what the model was built for
+    ├── InvalidInput          features the predictor cannot use (NaN / Inf, no modality, a bad mask)
     └── CheckpointError       a checkpoint directory that is missing files or fails its checksum
 """
 
@@ -23,6 +24,10 @@ class DataFormatError(MMCLError):
 
 
 class DimensionMismatch(MMCLError):
+    pass
+
+
+class InvalidInput(MMCLError):
     pass
 
 

@@ -12,15 +12,11 @@ import torch
 from mmcl.checkpoint import Checkpoint, load_checkpoint
 from mmcl.config import MODALITIES
 from mmcl.device import resolve_device
-from mmcl.errors import DimensionMismatch, MMCLError
+from mmcl.errors import DimensionMismatch, InvalidInput
 from mmcl.sequence import resample_mean
 from mmcl.tasks import decode
 
 UtteranceFeatures = Mapping[str, np.ndarray | None]  # modality -> (T, d) array, or None / absent when missing
-
-
-class InvalidInput(MMCLError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -53,6 +49,8 @@ class Predictor:
     def _prepare(self, batch: Sequence[UtteranceFeatures], modality_mask: np.ndarray | None
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         n, seq_len = len(batch), self.cfg.seq_len
+        if modality_mask is not None and np.shape(modality_mask) != (n, 3):
+            raise InvalidInput(f"modality_mask has shape {np.shape(modality_mask)}, expected ({n}, 3)")
         present = np.zeros((n, 3), dtype=bool)
         xs, masks = [], []
         for m_idx, m in enumerate(MODALITIES):

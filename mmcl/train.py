@@ -131,9 +131,9 @@ def train(
     data = {name: to_tensors(split, mcfg).to(dev) for name, split in ds.splits.items()}
     model = build_model(mcfg).to(dev)
     task = mcfg.task
-    is_mmcl = isinstance(model, MMCL)
-    rl = ActReward(model, mcfg, tcfg) if is_mmcl and tcfg.act_reward else None
+    rl: ActReward | None = None
     if isinstance(model, MMCL):
+        rl = ActReward(model, mcfg, tcfg) if tcfg.act_reward else None
         opt_model = torch.optim.Adam(model.body_parameters(), lr=tcfg.lr)
         opt_actor: torch.optim.Optimizer | None = torch.optim.Adam(model.actor_parameters(), lr=tcfg.lr)
     else:

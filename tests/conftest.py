@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -24,6 +23,3 @@ def batch_inputs(dims: tuple[int, ...], b: int, seq_len: int, seed: int = 0):
     masks = [torch.ones(b, seq_len, dtype=torch.bool) for _ in dims]
     return xs, masks, torch.ones(b, 3, dtype=torch.bool)
 
-
-def rng() -> np.random.Generator:
-    return np.random.default_rng(0)

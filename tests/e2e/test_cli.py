@@ -7,6 +7,8 @@ import os
 import pickle
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,16 @@ def assert_one_line_error(r: subprocess.CompletedProcess[str], *fragments: str) 
     assert len(lines) == 1, r.stderr
     for f in fragments:
         assert f in lines[0], lines[0]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.2) -> bool:
+    """Poll a condition owned by another process (a file it writes) until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll_s)  # the other process gives no event to wait on; bounded by the deadline
+    return condition()
 
 
 def torch_has_cuda() -> bool:
@@ -116,7 +128,6 @@ def test_dimension_mismatch_is_one_line(workdir: Path) -> None:
 
 def test_ctrl_c_stops_cleanly_and_keeps_the_best_checkpoint(workdir: Path) -> None:
     import signal
-    import time
 
     run = workdir / "interrupted"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -125,12 +136,11 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_checkpoint(workdir: Path) -> No
          "--early-stop-patience", "10000", "--d-model", "16", "--ff-dim", "32", "--batch-size", "16"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     history = run / "history.jsonl"
-    deadline = time.monotonic() + 90
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if history.is_file() and len(history.read_text().splitlines()) >= 2:
-                break
-            time.sleep(0.2)  # polling a file written by another process; bounded by the deadline
+        two_epochs_done = wait_for(
+            lambda: proc.poll() is not None or (history.is_file() and len(history.read_text().splitlines()) >= 2),
+            timeout_s=90)
+        assert two_epochs_done, "no two epochs within 90 s"
         assert proc.poll() is None, "training ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)

@@ -9,9 +9,9 @@ import torch
 
 from mmcl.checkpoint import FeatureProfile, load_checkpoint, save_checkpoint
 from mmcl.config import ModelConfig, TaskConfig, TaskKind
-from mmcl.errors import CheckpointError, DimensionMismatch
+from mmcl.errors import CheckpointError, DimensionMismatch, InvalidInput
 from mmcl.model import build_model
-from mmcl.predictor import InvalidInput, Predictor
+from mmcl.predictor import Predictor
 from tests.conftest import batch_inputs
 
 SMALL = {"input_dims": (12, 5, 9), "seq_len": 10, "d_model": 16, "num_heads": 4, "ff_dim": 32}
@@ -100,3 +100,5 @@ def test_predictor_rejects_bad_input(tmp_path: Path) -> None:
         p.predict([{"text": np.full((2, 12), np.nan)}])
     with pytest.raises(InvalidInput, match="no modality"):
         p.predict([{"vision": None}])
+    with pytest.raises(InvalidInput, match="modality_mask has shape"):
+        p.predict([{"text": np.ones((2, 12))}], modality_mask=np.ones((1, 2), dtype=bool))

@@ -11,7 +11,7 @@ import mmcl
 def test_public_exports() -> None:
     assert set(mmcl.__all__) == {
         "MMCL", "MODALITIES", "Checkpoint", "CheckpointError", "ConfigError", "DataFormatError", "DimensionMismatch",
-        "FeatureProfile", "LateFusionBaseline", "MMCLError", "ModelConfig", "PredictionBatch", "Predictor",
+        "FeatureProfile", "InvalidInput", "LateFusionBaseline", "MMCLError", "ModelConfig", "PredictionBatch", "Predictor",
         "TaskConfig", "TaskKind", "TrainConfig", "build_model", "load_checkpoint", "save_checkpoint",
     }
     assert all(hasattr(mmcl, name) for name in mmcl.__all__)
