@@ -204,11 +204,18 @@ def cmd_data(a: argparse.Namespace) -> int:
     return 0
 
 
+HANDLERS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data}
+    return run_handler(HANDLERS[args.command], args)
+
+
+def run_handler(handler: Any, args: argparse.Namespace) -> int:
+    """Run a command; every expected failure is one line on stderr and exit code 1, Ctrl-C is 130."""
     try:
-        return handlers[args.command](args)
+        return int(handler(args))
     except MMCLError as e:
         print(f"mmcl: error: {e}", file=sys.stderr)
     except ValidationError as e:

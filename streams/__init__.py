@@ -1,0 +1,1 @@
+"""The mmcl-stream service: Faust worker, join, batched inference, Redis/Kafka sinks, metrics, embedded runtime."""

@@ -1,0 +1,194 @@
+"""The `mmcl` command: the model tools of mmcl.cli plus the service: up, down, worker, produce, demo, results,
+config show, schemas export. Errors print one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from mmcl import cli as model_cli
+from mmcl.errors import ConfigError
+from streams.settings import Settings, load_settings, masked
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = model_cli.build_parser()
+    p.description = "MMCL multimodal sentiment on Kafka: model tools and the streaming service."
+    sub = next(a for a in p._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+
+    sub.add_parser("up", help="start the embedded broker and Redis where the configured ones do not answer")
+    sub.add_parser("down", help="stop what `mmcl up` started")
+    w = sub.add_parser("worker", help="run the streaming worker against the configured broker and Redis")
+    w.add_argument("--create-topics", action="store_true", help="create missing topics first (default: they must exist)")
+
+    pr = sub.add_parser("produce", help="publish a dataset split as a simulated call center")
+    pr.add_argument("--data", type=Path, help="dataset file (.npz, or a public .pkl); default: the demo's synthetic set")
+    pr.add_argument("--split", default="test")
+    _sim_options(pr)
+
+    d = sub.add_parser("demo", help="everything at once: up, a model, the worker, a simulated call center, live view")
+    d.add_argument("--checkpoint", type=Path, help="model to serve (default: train a small one on synthetic data)")
+    d.add_argument("--keep", action="store_true", help="leave the embedded broker and Redis running afterwards")
+    _sim_options(d, duration=True)
+
+    r = sub.add_parser("results", help="a call's aggregates and timeline from Redis (no CALL_ID: the latest results)")
+    r.add_argument("call_id", nargs="?")
+    r.add_argument("--last", type=int, default=20)
+    r.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("config", help="settings").add_subparsers(dest="config_command", required=True)
+    c.add_parser("show", help="print the effective settings (secrets masked)")
+    sc = sub.add_parser("schemas", help="message JSON Schemas").add_subparsers(dest="schemas_command", required=True)
+    ex = sc.add_parser("export", help="write one JSON Schema per wire message")
+    ex.add_argument("--out", type=Path, default=Path("docs/schemas"))
+    return p
+
+
+def _sim_options(p: argparse.ArgumentParser, duration: bool = False) -> None:
+    p.add_argument("--calls", type=int, default=8, help="concurrent calls")
+    p.add_argument("--rate", type=float, default=20.0, help="utterances per second")
+    p.add_argument("--jitter-ms", type=float, default=300.0, help="parts of an utterance leave up to this far apart")
+    p.add_argument("--missing-visual", type=float, default=0.1, help="share of utterances without a visual part")
+    p.add_argument("--limit", type=int, help="stop after this many utterances")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def settings() -> Settings:
+    from streams.runtime import resolve
+
+    return resolve(load_settings())
+
+
+def cmd_up(a: argparse.Namespace) -> int:
+    from streams.runtime import up
+
+    res = up(load_settings())
+    s = res.settings
+    for name, svc in res.embedded.items():
+        print(f"{name}: embedded, {svc.url} (pid {svc.pid}, log {svc.log})" + ("" if name in res.started else " [already up]"))
+    if "kafka" not in res.embedded:
+        print(f"kafka: {s.kafka.bootstrap_servers} (configured, reachable)")
+    if "redis" not in res.embedded:
+        print(f"redis: {masked(s)['redis']['url']} (configured, reachable)")
+    print(f"topics: {', '.join(s.topics.all)}")
+    print("every mmcl command finds these by itself; other programs can use:")
+    print(f"  export MMCL_KAFKA__BOOTSTRAP_SERVERS={s.kafka.bootstrap_servers}")
+    print(f"  export MMCL_REDIS__URL={masked(s)['redis']['url']}")
+    return 0
+
+
+def cmd_down(a: argparse.Namespace) -> int:
+    from streams.embedded import stop_runtime
+
+    stopped = stop_runtime(load_settings().state_dir)
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(settings(), create_topics=a.create_topics)
+
+
+def sim_spec(a: argparse.Namespace, run_id: str = "") -> object:
+    from streams.simulate import SimSpec
+
+    for name in ("calls", "rate"):
+        if getattr(a, name) <= 0:
+            raise ConfigError(f"--{name} must be positive")
+    if not 0 <= a.missing_visual <= 1:
+        raise ConfigError("--missing-visual must be between 0 and 1")
+    return SimSpec(calls=a.calls, rate=a.rate, jitter_ms=a.jitter_ms, missing_visual=a.missing_visual, limit=a.limit,
+                   duration_s=a.duration, seed=a.seed, run_id=run_id)
+
+
+def cmd_produce(a: argparse.Namespace) -> int:
+    import time
+
+    from streams import simulate
+    from streams.demo import demo_dataset
+
+    s = settings()
+    ds = model_cli._load_any(a.data) if a.data else demo_dataset(s.state_dir)
+    if a.split not in ds.splits:
+        raise ConfigError(f"split {a.split!r} is not in the dataset (has {', '.join(ds.splits)})")
+    spec = sim_spec(a, run_id=f"r{int(time.time()) % 100000}-")
+    stop = threading.Event()
+    try:
+        stats = simulate.run(s, ds.splits[a.split], spec, stop)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        stop.set()
+        raise
+    print(f"sent {stats.utterances} utterances ({stats.messages} messages, {len(stats.calls)} calls, "
+          f"{stats.skipped_visual} without visual, {stats.errors} errors) to {s.kafka.bootstrap_servers}")
+    return 1 if stats.errors else 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(load_settings(), a)
+
+
+def cmd_results(a: argparse.Namespace) -> int:
+    from streams.redis_store import FEED, read_call, sync_client
+
+    s = settings()
+    client = sync_client(s.redis)
+    if a.call_id:
+        out = read_call(client, a.call_id, a.last)
+        if not out["aggregates"]:
+            raise ConfigError(f"no results for call {a.call_id!r} in Redis at {masked(s)['redis']['url']}")
+    else:
+        out = {"latest": [dict(f, id=i) for i, f in client.xrevrange(FEED, count=a.last)]}
+    if a.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    if a.call_id:
+        agg = out["aggregates"]
+        print(f"call {a.call_id}: {agg.get('all:count')} utterances, mean {float(agg.get('all:mean', 0)):+.2f}, "
+              f"ewma {float(agg.get('all:ewma', 0)):+.2f}")
+        for role in ("agent", "customer", "unknown"):
+            if f"{role}:count" in agg:
+                print(f"  {role:8s} n={agg[f'{role}:count']:>4s} mean={float(agg[f'{role}:mean']):+.2f} "
+                      f"ewma={float(agg[f'{role}:ewma']):+.2f} shift={float(agg[f'{role}:shift']):+.2f} "
+                      f"alert={'yes' if agg.get(f'{role}:alert') == '1' else 'no'}")
+        rows = out["timeline"]
+    else:
+        rows = out["latest"]
+    for e in rows:
+        print(f"  {e.get('call_id', a.call_id or ''):>16s} {e['utterance_id']:>24s} {e['speaker']:8s} "
+              f"{float(e['score']):+.2f} {e['label']:8s} model {e['model_version']}")
+    return 0
+
+
+def cmd_config(a: argparse.Namespace) -> int:
+    print(json.dumps(masked(settings()), indent=2))
+    return 0
+
+
+def cmd_schemas(a: argparse.Namespace) -> int:
+    from streams.schemas import export
+
+    for path in export(a.out):
+        print(f"wrote {path}")
+    return 0
+
+
+HANDLERS = {**model_cli.HANDLERS, "up": cmd_up, "down": cmd_down, "worker": cmd_worker, "produce": cmd_produce,
+            "demo": cmd_demo, "results": cmd_results, "config": cmd_config, "schemas": cmd_schemas}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return model_cli.run_handler(HANDLERS[args.command], args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Raw Kafka bytes -> a validated feature part, or a rejection with a dead-letter reason. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from pydantic import ValidationError
+
+from streams.messages import FeatureMessage
+from streams.settings import WIRE_MODALITIES, LimitSettings
+
+
+class Reason(StrEnum):
+    """Dead-letter reasons: a closed set, so the metric's label values stay bounded."""
+
+    OVERSIZE = "oversize"
+    NOT_JSON = "not_json"
+    SCHEMA = "schema"
+    BAD_ID = "bad_id"
+    UNKNOWN_MODALITY = "unknown_modality"
+    MODALITY_MISMATCH = "modality_mismatch"
+    DIMS = "dims"
+    NON_FINITE = "non_finite"
+    PROFILE_MISMATCH = "profile_mismatch"
+    INCOMPLETE = "incomplete"
+    LATE = "late"
+    SPEAKER_CONFLICT = "speaker_conflict"
+    INFERENCE_ERROR = "inference_error"
+
+
+@dataclass(frozen=True)
+class Part:
+    utterance_id: str
+    call_id: str | None
+    speaker: str
+    modality: str  # wire name: text | audio | visual
+    array: np.ndarray  # (T, D) float32
+    produced_at: int
+    start_ms: int | None
+
+    @property
+    def join_key(self) -> tuple[str, str]:
+        return (self.call_id or "", self.utterance_id)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: Reason
+    error: str
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """What the loaded model accepts: feature dim per wire modality, and extractor ids where the checkpoint names them."""
+
+    dims: dict[str, int]
+    extractor_ids: dict[str, str]
+
+
+def decode_part(raw: bytes | None, topic_modality: str, limits: LimitSettings, profile: ModelProfile) -> Part | Rejection:
+    if raw is None:
+        return Rejection(Reason.NOT_JSON, "empty message value")
+    if len(raw) > limits.max_message_bytes:
+        return Rejection(Reason.OVERSIZE, f"{len(raw)} bytes > limit {limits.max_message_bytes}")
+    try:
+        msg = FeatureMessage.model_validate_json(raw)
+    except ValidationError as e:
+        return _schema_rejection(e)
+    if msg.modality not in WIRE_MODALITIES:
+        return Rejection(Reason.UNKNOWN_MODALITY, f"modality {msg.modality[:32]!r} is not one of {', '.join(WIRE_MODALITIES)}")
+    if msg.modality != topic_modality:
+        return Rejection(Reason.MODALITY_MISMATCH, f"a {msg.modality} message on the {topic_modality} topic")
+    if isinstance(msg.features, list):
+        t = len(msg.features)
+        d = len(msg.features[0]) if t else 0
+    else:
+        t, d = msg.features.shape
+    if t > limits.max_frames or d > limits.max_dim:
+        return Rejection(Reason.OVERSIZE, f"features [{t}, {d}] exceed the limit [{limits.max_frames}, {limits.max_dim}]")
+    want = profile.extractor_ids.get(msg.modality)
+    if msg.feature_profile is not None and want is not None and msg.feature_profile != want:
+        return Rejection(Reason.PROFILE_MISMATCH,
+                         f"{msg.modality} features from {msg.feature_profile!r}, the model needs {want!r}")
+    try:
+        arr = msg.array()
+    except ValueError as e:
+        return Rejection(Reason.SCHEMA, str(e))
+    if arr.shape[1] != profile.dims[msg.modality]:
+        need = profile.dims[msg.modality]
+        return Rejection(Reason.DIMS, f"{msg.modality} features have D={arr.shape[1]}, the model needs {need}")
+    if not np.isfinite(arr).all():
+        return Rejection(Reason.NON_FINITE, f"{msg.modality} features contain NaN or Inf")
+    return Part(msg.utterance_id, msg.call_id, msg.speaker, msg.modality, arr, msg.produced_at, msg.start_ms)
+
+
+def _schema_rejection(e: ValidationError) -> Rejection:
+    errs = e.errors(include_url=False, include_input=False)
+    first = errs[0]
+    if first["type"] == "json_invalid":
+        return Rejection(Reason.NOT_JSON, first["msg"][:200])
+    for err in errs:
+        if err["loc"] and err["loc"][0] in ("utterance_id", "call_id") and err["type"] != "missing":
+            return Rejection(Reason.BAD_ID, f"{err['loc'][0]}: {err['msg']}"[:200])
+    where = ".".join(str(p) for p in first["loc"])
+    return Rejection(Reason.SCHEMA, f"{where}: {first['msg']}"[:200])

@@ -1,0 +1,111 @@
+"""The Faust app: one agent reads the three feature topics as raw bytes and hands each message to the Pipeline.
+
+Two things Faust 0.15.3 does not let us configure are set here, in one place (BROKER.md items 2-3):
+- the worker consumer's fetch wait (hard-coded 1500 ms: every hop would cost up to 1.5 s on the embedded broker);
+- the partition assignor: without tables Faust uses plain round-robin over all topic-partitions, which can give
+  `text` partition 1 and `audio` partition 1 to different workers. Faust's own assignor keeps co-partitioned topics
+  together, which the join needs as soon as there is more than one worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streams.kafka import ssl_context
+from streams.pipeline import Headers, Pipeline, Source
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        conf = self.app.conf
+        consumer._fetch_max_wait_ms = conf.mmcl_fetch_max_wait_ms  # read by AIOKafkaConsumer.start()
+        self._assignor = self.app.assignor
+        consumer._partition_assignment_strategy = [self.app.assignor]
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class StreamApp(faust.App):
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
+class FaustPublisher:
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def send_many(self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]) -> None:
+        producer = self.app.producer
+        futures = [await producer.send(topic, key, value, None, None, headers) for topic, key, value, headers in records]
+        await asyncio.gather(*futures)
+
+
+def build_app(s: Settings) -> StreamApp:
+    k = s.kafka
+    brokers = ";".join(f"kafka://{b.strip()}" for b in k.bootstrap_servers.split(","))
+    credentials: Any = None
+    if k.sasl_mechanism:
+        credentials = faust.SASLCredentials(
+            username=k.sasl_username, password=k.sasl_password.get_secret_value() if k.sasl_password else "",
+            mechanism=k.sasl_mechanism, ssl_context=ssl_context(k))
+    elif k.security_protocol == "SSL":
+        credentials = ssl_context(k)
+    app = StreamApp(
+        k.group_id,
+        broker=brokers,
+        broker_credentials=credentials,
+        processing_guarantee="at_least_once",  # exactly-once dies on the embedded broker (BROKER.md 4)
+        broker_session_timeout=k.session_timeout_s,
+        broker_heartbeat_interval=k.heartbeat_interval_s,
+        broker_commit_interval=k.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        stream_recovery_delay=0,
+        topic_partitions=s.topics.partitions,
+        topic_allow_declare=False,  # `mmcl up` / ensure_topics create them with the right counts
+        topic_disable_leader=True,
+        web_enabled=False,
+        autodiscover=False,
+        store="memory://",
+    )
+    app.conf.mmcl_fetch_max_wait_ms = k.fetch_max_wait_ms  # type: ignore[attr-defined]
+    return app
+
+
+def attach_pipeline(app: StreamApp, s: Settings, pipeline: Pipeline) -> None:
+    channel = app.topic(*s.topics.features, key_type=bytes, value_type=bytes, key_serializer="raw",
+                        value_serializer="raw", allow_empty=True)
+
+    @app.agent(channel, name="mmcl-join")
+    async def join_agent(stream: Any) -> None:
+        async for event in stream.noack().events():
+            msg = event.message
+            await pipeline.on_message(Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                                             list(msg.headers or []), event))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
+        pipeline.on_revoked({(tp.topic, tp.partition) for tp in revoked})
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: Any, assigned: set[Any], **kwargs: Any) -> None:
+        pipeline.on_assigned()
+        log.info("assigned %d partitions", len(assigned))

@@ -1,0 +1,242 @@
+"""All service settings in one place: env vars `MMCL_*`, nested with `__` (e.g. MMCL_KAFKA__BOOTSTRAP_SERVERS)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mmcl.config import MODALITIES
+from mmcl.errors import ConfigError
+
+Modality = Literal["text", "audio", "visual"]
+Role = Literal["agent", "customer", "unknown"]
+WIRE_MODALITIES: tuple[str, ...] = ("text", "audio", "visual")  # on the wire; the model calls the last one "vision"
+ENV_PREFIX, ENV_DELIM = "MMCL_", "__"
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # SASL / TLS pass through to every client (librdkafka and aiokafka names differ; see streams.kafka_config).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    group_id: str = "mmcl-worker"
+    session_timeout_s: float = Field(6.0, gt=0, le=300)  # BROKER.md 2: short joins on the embedded broker
+    heartbeat_interval_s: float = Field(0.3, gt=0)
+    fetch_max_wait_ms: int = Field(50, ge=1, le=30_000)  # BROKER.md 3: each hop costs up to this
+    commit_interval_s: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username):
+            raise ValueError("SASL needs sasl_mechanism and sasl_username")
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError("heartbeat_interval_s must be below session_timeout_s")
+        return self
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl_ca_certs: Path | None = None
+    socket_timeout_s: float = Field(2.0, gt=0)
+    retry_initial_s: float = Field(0.05, gt=0)  # back-off on a failed write doubles from here ...
+    retry_max_s: float = Field(2.0, gt=0)  # ... up to here; consumption stays paused until a write succeeds
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+class TopicSettings(BaseModel):
+    prefix: str = "mmcl"  # every name below is <prefix>.<name>: tests and tenants get their own set
+    partitions: int = Field(4, ge=1, le=1024)
+    replication: int = Field(1, ge=1)
+
+    def feature(self, modality: str) -> str:
+        return f"{self.prefix}.features.{modality}"
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.feature(m) for m in WIRE_MODALITIES)
+
+    @property
+    def predictions(self) -> str:
+        return f"{self.prefix}.predictions"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}.alerts"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}.dlq"
+
+    @property
+    def feedback(self) -> str:
+        return f"{self.prefix}.feedback"
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.features, self.predictions, self.alerts, self.dlq, self.feedback)
+
+
+class JoinSettings(BaseModel):
+    timeout_s: float = Field(2.0, gt=0, le=3600)  # from the first part of an utterance
+    required: tuple[Modality, ...] = ("text", "audio")
+    max_pending: int = Field(10_000, ge=1)  # beyond this the oldest pending utterance is decided early
+    remember_emitted: int = Field(100_000, ge=0)  # emitted ids kept to recognise late parts
+
+    @field_validator("required")
+    @classmethod
+    def _nonempty(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one modality must be required")
+        return tuple(dict.fromkeys(v))
+
+
+class BatchSettings(BaseModel):
+    max_size: int = Field(64, ge=1, le=4096)
+    wait_ms: float = Field(10.0, ge=0, le=10_000)
+    queue_size: int = Field(512, ge=1)  # utterances in flight (queued, in the model, being written): back-pressure
+
+
+class ModelSettings(BaseModel):
+    checkpoint: Path | None = None  # a checkpoint directory (mmcl train --out)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda", "mps") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
+class MetricsSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)  # 0: pick a free port (tests)
+
+
+class OutputSettings(BaseModel):
+    utterance_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    call_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    timeline_maxlen: int = Field(10_000, ge=1)
+    feed_maxlen: int = Field(100_000, ge=1)
+    alerts_maxlen: int = Field(10_000, ge=1)
+    ewma_alpha: float = Field(0.3, gt=0, le=1)
+    shift_window: int = Field(3, ge=1, le=100)  # start-vs-recent: mean of the first k vs the last k utterances
+
+
+class AlertSettings(BaseModel):
+    roles: tuple[Role, ...] = ("customer",)
+    negative_below: float = Field(-0.5, le=0)  # a score below this counts as negative
+    n: int = Field(3, ge=1)  # alert when n of the last m utterances of the role are negative
+    m: int = Field(4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _check(self) -> AlertSettings:
+        if self.n > self.m:
+            raise ValueError(f"n={self.n} cannot exceed m={self.m}")
+        return self
+
+
+class PolicySettings(BaseModel):
+    """Modalities each speaker role may be analysed on. Default: text only for agents, a common reading of rules on
+    emotion recognition at the workplace (EU AI Act art. 5(1)(f)); customers and unknown speakers use all three."""
+
+    agent: tuple[Modality, ...] = ("text",)
+    customer: tuple[Modality, ...] = WIRE_MODALITIES  # type: ignore[assignment]
+    unknown: tuple[Modality, ...] = WIRE_MODALITIES  # type: ignore[assignment]
+
+    def allowed(self, role: str) -> tuple[str, ...]:
+        return tuple(getattr(self, role))
+
+
+class LimitSettings(BaseModel):
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_frames: int = Field(2000, ge=1)  # T
+    max_dim: int = Field(4096, ge=1)  # D
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIM, extra="forbid")
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    topics: TopicSettings = TopicSettings()
+    join: JoinSettings = JoinSettings()
+    batch: BatchSettings = BatchSettings()
+    model: ModelSettings = ModelSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    output: OutputSettings = OutputSettings()
+    alert: AlertSettings = AlertSettings()
+    policy: PolicySettings = PolicySettings()
+    limits: LimitSettings = LimitSettings()
+    state_dir: Path = Path(".mmcl")  # embedded broker / Redis data, logs, the demo's model
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def env_name(loc: tuple[Any, ...]) -> str:
+    return ENV_PREFIX + ENV_DELIM.join(str(p).upper() for p in loc if not isinstance(p, int))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment; a bad value is one ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        name = env_name(loc) if loc else ENV_PREFIX + "*"
+        raw = os.environ.get(name)
+        if raw is not None and name.endswith("URL"):
+            raw = _mask_url(raw)
+        shown = f" (got {raw!r})" if raw is not None and "PASSWORD" not in name else ""
+        raise ConfigError(f"{name}: {err['msg']}{shown}") from None
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as JSON-able data, secrets shown as '***'."""
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, SecretStr):
+            return "***"
+        if isinstance(v, BaseModel):
+            return {k: walk(getattr(v, k)) for k in type(v).model_fields}
+        if isinstance(v, (list, tuple)):
+            return [walk(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    out = walk(settings)
+    out["redis"]["url"] = _mask_url(settings.redis.url)
+    return out
+
+
+def _mask_url(url: str) -> str:
+    # redis://user:secret@host -> redis://user:***@host
+    head, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    cred, _, host = rest.rpartition("@")
+    user = cred.split(":", 1)[0]
+    return f"{head}{sep}{user}:***@{host}" if ":" in cred else url
+
+
+def model_modality(wire: str) -> str:
+    """Wire name -> mmcl.config.MODALITIES name."""
+    return MODALITIES[WIRE_MODALITIES.index(wire)]

@@ -1,0 +1,163 @@
+"""`mmcl produce`: a simulated call center publishing feature messages for a dataset split.
+
+N calls run at once; each is a run of utterances with alternating agent / customer turns. Utterances start at the
+target rate; each one's parts are sent in random order with jitter, and a share of visual parts never comes. Uses
+the confluent-kafka producer with murmur2_random (Faust's key hash) and idempotence.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmcl.data.dataset import Split
+from streams.kafka import producer_config
+from streams.messages import EncodedArray, FeatureMessage
+from streams.settings import WIRE_MODALITIES, Settings, model_modality
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    calls: int = 8  # concurrent calls
+    rate: float = 20.0  # utterances per second
+    jitter_ms: float = 300.0  # each part leaves up to this long after its utterance starts
+    missing_visual: float = 0.0  # share of utterances whose visual part is never sent
+    call_length: tuple[int, int] = (6, 16)  # utterances per call, uniform
+    limit: int | None = None  # stop after this many utterances (default: the whole split once)
+    duration_s: float | None = None
+    seed: int = 0
+    run_id: str = ""  # prefix of call ids, so runs do not collide in Redis
+
+
+@dataclass
+class SimStats:
+    utterances: int = 0
+    messages: int = 0
+    skipped_visual: int = 0
+    errors: int = 0
+    last_sent: dict[str, int] = field(default_factory=dict)  # utterance id -> produced_at of its last part
+    calls: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Planned:
+    at: float  # seconds after start
+    utterance_id: str
+    call_id: str
+    speaker: str
+    modality: str
+    features: np.ndarray
+
+
+def plan(split: Split, spec: SimSpec) -> Iterator[list[Planned]]:
+    """Per utterance, its parts in send order (by their jittered times). Endless over the split unless limited."""
+    rng = random.Random(spec.seed)
+    n_total = spec.limit if spec.limit is not None else len(split)
+    slots: list[dict[str, object]] = []
+    next_call = 0
+
+    def new_call() -> dict[str, object]:
+        nonlocal next_call
+        next_call += 1
+        return {"id": f"{spec.run_id}call-{next_call:05d}", "left": rng.randint(*spec.call_length), "turn": 0}
+
+    slots = [new_call() for _ in range(spec.calls)]
+    for i in range(n_total):
+        j = i % len(split)
+        slot_idx = i % spec.calls
+        call = slots[slot_idx]
+        speaker = "agent" if int(call["turn"]) % 2 == 0 else "customer"  # type: ignore[call-overload]
+        call["turn"] = int(call["turn"]) + 1  # type: ignore[call-overload]
+        utt = f"{call['id']}-u{int(call['turn']):03d}"  # type: ignore[call-overload]
+        start = i / spec.rate
+        parts = []
+        for m in WIRE_MODALITIES:
+            if m == "visual" and rng.random() < spec.missing_visual:
+                continue
+            mm = model_modality(m)
+            length = int(split.lengths[mm][j])
+            arr = split.features[mm][j]
+            arr = arr[-length:] if split.pad_side.get(mm) == "left" else arr[:length]
+            if length == 0:
+                arr = split.features[mm][j][:1] * 0
+            parts.append(Planned(start + rng.uniform(0, spec.jitter_ms / 1000), utt, str(call["id"]), speaker, m, arr))
+        yield sorted(parts, key=lambda p: p.at)
+        call["left"] = int(call["left"]) - 1  # type: ignore[call-overload]
+        if int(call["left"]) <= 0:  # type: ignore[call-overload]
+            slots[slot_idx] = new_call()
+
+
+def encode(p: Planned, produced_at: int) -> bytes:
+    msg = FeatureMessage(utterance_id=p.utterance_id, call_id=p.call_id, speaker=p.speaker, modality=p.modality,
+                         features=EncodedArray.from_numpy(p.features), produced_at=produced_at)
+    return msg.model_dump_json(exclude_none=True).encode()
+
+
+def run(s: Settings, split: Split, spec: SimSpec, stop: threading.Event | None = None,
+        on_progress: Callable[[SimStats], None] | None = None) -> SimStats:
+    from confluent_kafka import KafkaException, Producer
+
+    stop = stop or threading.Event()
+    producer = Producer(producer_config(s.kafka))
+    stats = SimStats()
+    heap: list[tuple[float, int, Planned]] = []
+    seq = 0
+    utterances = plan(split, spec)
+    exhausted = False
+    planned_until = -1.0  # start time of the last utterance taken from the plan
+    t0 = time.monotonic()
+
+    def failed(err: object, _msg: object) -> None:
+        if err is not None:
+            stats.errors += 1
+
+    while not stop.is_set():
+        now = time.monotonic() - t0
+        if spec.duration_s is not None and now >= spec.duration_s:
+            break
+        # plan utterances as their start times come up (parts may leave up to jitter_ms later)
+        while not exhausted and planned_until <= now:
+            parts = next(utterances, None)
+            if parts is None:
+                exhausted = True
+                break
+            planned_until = stats.utterances / spec.rate
+            stats.utterances += 1
+            stats.calls.add(parts[0].call_id)
+            if len(parts) < 3:
+                stats.skipped_visual += 1
+            for p in parts:
+                heapq.heappush(heap, (p.at, seq, p))
+                seq += 1
+        if not heap:
+            break
+        at, _, p = heap[0]
+        if at > now:
+            stop.wait(min(at - now, 0.05))
+            producer.poll(0)
+            continue
+        heapq.heappop(heap)
+        produced_at = time.time_ns() // 1_000_000
+        value = encode(p, produced_at)
+        while True:
+            try:
+                producer.produce(s.topics.feature(p.modality), value, key=p.call_id.encode(), on_delivery=failed)
+                break
+            except BufferError:
+                producer.poll(0.05)  # local queue full: wait for deliveries
+            except KafkaException:
+                stats.errors += 1
+                break
+        stats.messages += 1
+        stats.last_sent[p.utterance_id] = produced_at
+        producer.poll(0)
+        if on_progress is not None and stats.messages % 50 == 0:
+            on_progress(stats)
+    producer.flush(30)
+    return stats
