@@ -15,8 +15,9 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmcl.errors import MMCLError
 
@@ -34,6 +35,17 @@ class Service:
     port: int
     url: str
     log: str
+    # the Popen when this process started it: kept so the child is reaped (and not reported as leaked) on stop
+    proc: Any = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "pid": self.pid, "port": self.port, "url": self.url, "log": self.log}
+
+    def stop(self, grace_s: float = 6.0) -> None:
+        stop_pid(self.pid, grace_s)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(1)
 
 
 def _package_binary(package: str, *rel: str) -> Path:
@@ -122,10 +134,11 @@ def start_kafka(state_dir: Path, port: int | None = None, deadline_s: float = 20
             return False
 
     _wait_ready(proc, ready, "the embedded Kafka broker", log, deadline_s)
-    return Service("kafka", proc.pid, port, url, str(log))
+    return Service("kafka", proc.pid, port, url, str(log), proc)
 
 
 def start_redis(state_dir: Path, port: int | None = None, deadline_s: float = 20.0) -> Service:
+    """A Redis on loopback; a given port (a restart, in tests) reuses the data under state_dir/redis."""
     import redis
 
     port = port or free_port()
@@ -144,7 +157,7 @@ def start_redis(state_dir: Path, port: int | None = None, deadline_s: float = 20
             return False
 
     _wait_ready(proc, ready, "the embedded Redis", log, deadline_s)
-    return Service("redis", proc.pid, port, url, str(log))
+    return Service("redis", proc.pid, port, url, str(log), proc)
 
 
 def stop_pid(pid: int, grace_s: float = 6.0) -> None:
@@ -166,7 +179,7 @@ def save_runtime(state_dir: Path, services: dict[str, Service]) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / RUNTIME_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({k: asdict(v) for k, v in services.items()}, indent=2) + "\n")
+    tmp.write_text(json.dumps({k: v.to_json() for k, v in services.items()}, indent=2) + "\n")
     os.replace(tmp, path)
     return path
 

@@ -24,7 +24,7 @@ class _Pending:
     first_at: float
     speaker: str
     parts: dict[str, Part] = field(default_factory=dict)
-    masked: dict[str, Part] = field(default_factory=dict)
+    masked: set[str] = field(default_factory=set)
     tokens: list[Any] = field(default_factory=list)
 
 
@@ -34,7 +34,7 @@ class Joined:
     utterance_id: str
     speaker: str
     parts: dict[str, Part]  # modality -> part, the allowed ones only
-    masked: tuple[str, ...]  # modalities received but not allowed for this speaker
+    masked: tuple[str, ...]  # modalities received (before emission) that this speaker's role does not allow
     tokens: tuple[Any, ...]
     complete: bool
     wait_s: float  # first part -> emission
@@ -52,7 +52,15 @@ class Dropped:
     tokens: tuple[Any, ...]
 
 
-Outcome = Joined | Dropped
+@dataclass(frozen=True)
+class Ignored:
+    """A part of a modality the speaker's role may not be analysed on: never held, never used."""
+
+    part: Part
+    token: Any
+
+
+Outcome = Joined | Dropped | Ignored
 
 
 class Joiner:
@@ -81,6 +89,10 @@ class Joiner:
 
     def add(self, part: Part, token: Any) -> list[Outcome]:
         key, now = part.join_key, self.clock()
+        if part.modality not in self.allowed(part.speaker):
+            if key in self._pending and self._pending[key].speaker == part.speaker:
+                self._pending[key].masked.add(part.modality)
+            return [Ignored(part, token)]
         if key in self._emitted:
             self.count("late")
             return [Dropped(Reason.LATE, f"{part.modality} part arrived after the utterance was emitted", (part,), (token,))]
@@ -94,12 +106,10 @@ class Joiner:
             return [Dropped(Reason.SPEAKER_CONFLICT, f"speaker {part.speaker!r}, earlier parts said {entry.speaker!r}",
                             (part,), (token,))]
         entry.tokens.append(token)
-        allowed = self.allowed(entry.speaker)
-        slot = entry.parts if part.modality in allowed else entry.masked
-        if part.modality in slot:
+        if part.modality in entry.parts:
             self.count("duplicate")
-        slot[part.modality] = part
-        if all(m in entry.parts for m in allowed):
+        entry.parts[part.modality] = part
+        if all(m in entry.parts for m in self.allowed(entry.speaker)):
             del self._pending[key]
             out.append(self._emit(key, entry, now, complete=True))
         return out
@@ -135,7 +145,7 @@ class Joiner:
         self.count("incomplete")
         missing = [m for m in need if m not in entry.parts]
         return Dropped(Reason.INCOMPLETE, f"no {', '.join(missing)} part within {self.timeout_s:g} s",
-                       (*entry.parts.values(), *entry.masked.values()), tuple(entry.tokens))
+                       tuple(entry.parts.values()), tuple(entry.tokens))
 
     def _emit(self, key: JoinKey, entry: _Pending, now: float, complete: bool) -> Joined:
         self.count("complete" if complete else "partial")
@@ -143,5 +153,5 @@ class Joiner:
             self._emitted[key] = None
             if len(self._emitted) > self.remember_emitted:
                 self._emitted.popitem(last=False)
-        return Joined(key[0] or None, key[1], entry.speaker, dict(entry.parts), tuple(entry.masked), tuple(entry.tokens),
+        return Joined(key[0] or None, key[1], entry.speaker, dict(entry.parts), tuple(sorted(entry.masked)), tuple(entry.tokens),
                       complete, now - entry.first_at)

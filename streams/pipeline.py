@@ -22,7 +22,7 @@ from streams.acks import OrderedAcker
 from streams.aggregates import AggregateRule
 from streams.decode import ModelProfile, Part, Reason, Rejection, decode_part
 from streams.inference import BatchResult, InferenceThread
-from streams.join import Dropped, Joined, Joiner
+from streams.join import Dropped, Ignored, Joined, Joiner
 from streams.messages import Prediction
 from streams.metrics import Metrics
 from streams.redis_store import ResultWriter
@@ -131,13 +131,15 @@ class Pipeline:
             return
         await self._handle(self.joiner.add(part, src))
 
-    async def _handle(self, outcomes: list[Joined | Dropped]) -> None:
+    async def _handle(self, outcomes: list[Joined | Dropped | Ignored]) -> None:
         for out in outcomes:
             if isinstance(out, Dropped):
                 await self._dead_letter(list(out.tokens), out.reason, "join", out.error)
                 continue
-            for m in out.masked:
-                self.metrics.policy_masked.labels(out.speaker, m).inc()
+            if isinstance(out, Ignored):
+                self.metrics.policy_masked.labels(out.part.speaker, out.part.modality).inc()
+                self._ack([out.token])
+                continue
             self.metrics.join_wait.observe(out.wait_s)
             await self._slots.acquire()  # back-pressure: waits while the model or the sinks are behind
             self.metrics.inflight.inc()

@@ -1,0 +1,215 @@
+"""Integration fixtures: a real Kafka-protocol broker (embedded Tansu) and a real Redis, started once per session;
+workers are real `mmcl worker` processes. Each test module gets its own topic prefix and consumer group."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from mmcl.checkpoint import FeatureProfile, save_checkpoint
+from mmcl.config import ModelConfig
+from mmcl.model import build_model
+from streams.embedded import Service, free_port, start_kafka, start_redis
+from streams.kafka import ensure_topics, producer_config
+from streams.messages import EncodedArray, FeatureMessage
+from streams.settings import KafkaSettings, TopicSettings
+
+DIMS = {"text": 24, "audio": 5, "visual": 8}
+SEQ_LEN = 12
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mmcl-state")
+
+
+@pytest.fixture(scope="session")
+def kafka(state_dir: Path) -> Iterator[Service]:
+    svc = start_kafka(state_dir)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_service(state_dir: Path) -> Iterator[Service]:
+    svc = start_redis(state_dir)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small MMCL with random weights: the service does not care what the model learned."""
+    import torch
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_dims=(DIMS["text"], DIMS["audio"], DIMS["visual"]), seq_len=SEQ_LEN, d_model=16,
+                      num_heads=2, ff_dim=32)
+    path = tmp_path_factory.mktemp("model") / "ckpt"
+    return save_checkpoint(path, build_model(cfg).eval(), cfg, FeatureProfile(cfg.input_dims), {})
+
+
+@dataclass
+class Stack:
+    """One test module's view: its own topics and group on the shared broker and Redis."""
+
+    kafka: Service
+    redis_svc: Service
+    checkpoint: Path
+    state_dir: Path
+    prefix: str
+    redis: redis.Redis = field(init=False)
+    workers: list[Worker] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.redis = redis.Redis.from_url(self.redis_svc.url, decode_responses=True)
+
+    @property
+    def topics(self) -> TopicSettings:
+        return TopicSettings(prefix=self.prefix, partitions=4)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MMCL_")}
+        env.update({
+            "MMCL_KAFKA__BOOTSTRAP_SERVERS": self.kafka.url, "MMCL_REDIS__URL": self.redis_svc.url,
+            "MMCL_TOPICS__PREFIX": self.prefix, "MMCL_KAFKA__GROUP_ID": f"{self.prefix}-workers",
+            "MMCL_MODEL__CHECKPOINT": str(self.checkpoint), "MMCL_STATE_DIR": str(self.state_dir),
+            "MMCL_KAFKA__SESSION_TIMEOUT_S": "3", "MMCL_JOIN__TIMEOUT_S": "1.0", "MMCL_LOG_LEVEL": "info",
+        })
+        env.update(extra)
+        return env
+
+    def start_worker(self, **extra: str) -> Worker:
+        port = free_port()
+        log = self.state_dir / f"worker-{self.prefix}-{len(self.workers)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],  # noqa: S603
+                                    env=self.env(MMCL_METRICS__PORT=str(port), **extra), stdout=out, stderr=subprocess.STDOUT)
+        w = Worker(proc, port, log)
+        self.workers.append(w)
+        w.wait_ready()
+        return w
+
+    def producer(self) -> Any:
+        from confluent_kafka import Producer
+
+        return Producer(producer_config(KafkaSettings(bootstrap_servers=self.kafka.url)))
+
+    def send(self, producer: Any, modality: str, value: bytes, key: bytes) -> None:
+        producer.produce(self.topics.feature(modality), value, key=key)
+
+    def consume_all(self, topic: str, expect: int, timeout: float = 30.0) -> list[Any]:
+        """Read a topic from the start until `expect` messages arrived (or the timeout)."""
+        from confluent_kafka import Consumer
+
+        c = Consumer({"bootstrap.servers": self.kafka.url, "group.id": f"reader-{uuid.uuid4().hex}",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.wait.max.ms": 20,
+                      "session.timeout.ms": 3000, "heartbeat.interval.ms": 300})
+        c.subscribe([topic])
+        out: list[Any] = []
+        end = time.monotonic() + timeout
+        try:
+            while len(out) < expect and time.monotonic() < end:
+                msg = c.poll(0.2)
+                if msg is not None and msg.error() is None:
+                    out.append(msg)
+        finally:
+            c.close()
+        return out
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:  # noqa: S310
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            return self.get("/readyz")[0] == 200
+
+        wait_for(ready, timeout, "the worker to be ready", every=0.2)
+
+    def metric(self, name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        for fam in text_string_to_metric_families(self.get("/metrics")[1]):
+            for smp in fam.samples:
+                if smp.name == name and all(smp.labels.get(k) == v for k, v in labels.items()):
+                    total += smp.value
+        return total
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.get("/healthz")[1] or "{}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def stack(kafka: Service, redis_service: Service, checkpoint: Path, state_dir: Path) -> Iterator[Stack]:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    st = Stack(kafka, redis_service, checkpoint, state_dir, prefix)
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka.url), st.topics)
+    yield st
+    for w in st.workers:
+        w.stop()
+
+
+def features(modality: str, seed: int, t: int = 6, dim: int | None = None, fill: float | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    arr = rng.standard_normal((t, dim or DIMS[modality])).astype(np.float32)
+    if fill is not None:
+        arr[0, 0] = fill
+    return arr
+
+
+def part(utt: str, call: str | None, modality: str, speaker: str = "customer", seed: int = 0, **kw: Any) -> bytes:
+    arr = kw.pop("array", None)
+    if arr is None:
+        arr = features(modality, seed)
+    msg = FeatureMessage(utterance_id=utt, call_id=call, speaker=speaker, modality=modality,
+                         features=EncodedArray.from_numpy(arr), produced_at=int(time.time() * 1000), **kw)
+    return msg.model_dump_json(exclude_none=True).encode()

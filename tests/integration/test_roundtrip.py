@@ -1,0 +1,113 @@
+"""Round trip through the real broker, worker and Redis: K utterances in, K results out, aggregates as computed."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+
+from mmcl.predictor import Predictor
+from streams.aggregates import AggregateRule, fold
+from streams.redis_store import call_key, timeline_key, utt_key
+from streams.settings import AlertSettings, OutputSettings
+
+from .conftest import Stack, features, part, wait_for
+
+RULE = AggregateRule(OutputSettings().ewma_alpha, OutputSettings().shift_window, AlertSettings().roles,
+                     AlertSettings().negative_below, AlertSettings().n, AlertSettings().m)
+
+
+def test_round_trip_results_aggregates_and_alerts(stack: Stack) -> None:
+    worker = stack.start_worker()
+    calls = [f"{stack.prefix}-call{i}" for i in range(4)]
+    rng = random.Random(1)
+    sent: dict[tuple[str, str], tuple[str, int]] = {}
+    producer = stack.producer()
+    k = 0
+    for turn in range(10):
+        for call in calls:
+            utt = f"u{turn:02d}"
+            speaker = "agent" if turn % 2 == 0 else "customer"
+            mods = ["text", "audio", "visual"]
+            rng.shuffle(mods)  # parts leave in any order
+            for m in mods:
+                stack.send(producer, m, part(utt, call, m, speaker, seed=k), call.encode())
+            sent[(call, utt)] = (speaker, k)
+            k += 1
+    producer.flush(10)
+
+    def all_written() -> bool:
+        return all(stack.redis.exists(utt_key(c, u)) for c, u in sent)
+
+    wait_for(all_written, 60, f"{len(sent)} results in Redis")
+    preds = stack.consume_all(stack.topics.predictions, len(sent))
+    assert len(preds) == len(sent)
+    by_id = {}
+    for msg in preds:
+        p = json.loads(msg.value())
+        assert msg.key().decode() == p["call_id"]  # keyed by call: a consumer sees a call in order
+        by_id[(p["call_id"], p["utterance_id"])] = p
+    assert set(by_id) == set(sent)
+
+    # the worker's scores are the model's own on the same features
+    predictor = Predictor.from_checkpoint(stack.checkpoint, device="cpu")
+    for (call, utt), (speaker, seed) in list(sent.items())[:8]:
+        p = by_id[(call, utt)]
+        assert p["model_version"] == predictor.version
+        assert p["speaker"] == speaker
+        if speaker == "agent":  # default policy: text only for agents
+            assert p["modalities"] == ["text"] and set(p["masked"]) <= {"audio", "visual"}
+            want = predictor.predict([{"text": features("text", seed)}])
+        else:
+            assert p["modalities"] == ["text", "audio", "visual"] and p["masked"] == []
+            want = predictor.predict([{"text": features("text", seed), "audio": features("audio", seed),
+                                       "vision": features("visual", seed)}])
+        assert abs(p["score"] - float(want.scores[0])) < 1e-4
+        np.testing.assert_allclose([p["modality_weights"][m] for m in ("text", "audio", "visual")],
+                                   want.modality_weights[0], atol=1e-5)
+        assert all((w > 0) == (m in p["modalities"]) for m, w in p["modality_weights"].items())  # 0 = not used
+        stored = stack.redis.hgetall(utt_key(call, utt))
+        assert float(stored["score"]) == p["score"] and stored["model_version"] == predictor.version
+
+    # call aggregates are the reference fold over the call's timeline, alerts included
+    alerts_seen = 0
+    for call in calls:
+        timeline = stack.redis.xrange(timeline_key(call))
+        assert len(timeline) == 10
+        want, raised = fold([(e["speaker"], float(e["score"])) for _, e in timeline], RULE)
+        got = stack.redis.hgetall(call_key(call))
+        for key, value in want.items():
+            if key.endswith(":recent"):
+                assert [float(x) for x in got[key].split(",")] == [float(x) for x in str(value).split(",")]
+            elif isinstance(value, str):
+                assert got[key] == value, key
+            else:
+                assert abs(float(got[key]) - float(value)) < 1e-9, key
+        assert int(got["all:count"]) == 10
+        alerts_seen += len(raised)
+    kafka_alerts = stack.consume_all(stack.topics.alerts, alerts_seen, timeout=5 if alerts_seen == 0 else 30)
+    assert len(kafka_alerts) == alerts_seen
+    assert worker.metric("mmcl_predictions_total") == len(sent)
+    assert worker.metric("mmcl_alerts_total") == alerts_seen
+    assert worker.metric("mmcl_join_outcomes_total", outcome="complete") == len(sent)
+    n_agent = sum(1 for speaker, _ in sent.values() if speaker == "agent")
+    wait_for(lambda: worker.metric("mmcl_policy_masked_total", role="agent") == 2 * n_agent, 10,
+             "every agent audio / visual part counted as masked by policy")
+    assert worker.metric("mmcl_dead_letters_total") == 0
+
+
+def test_replayed_messages_change_no_aggregate(stack: Stack) -> None:
+    """Send an utterance's parts twice (a producer retry, a replay): one result, counts unchanged."""
+    worker = stack.workers[0] if stack.workers else stack.start_worker()
+    call = f"{stack.prefix}-replay"
+    producer = stack.producer()
+    for _ in range(2):
+        for m in ("text", "audio", "visual"):
+            stack.send(producer, m, part("u1", call, m, seed=99), call.encode())
+        producer.flush(10)
+        wait_for(lambda: stack.redis.exists(utt_key(call, "u1")), 30, "the result")
+    wait_for(lambda: worker.metric("mmcl_join_outcomes_total", outcome="late") >= 3, 30, "the replay counted late")
+    assert worker.metric("mmcl_dead_letters_total", reason="late") >= 3  # kept on the dead-letter topic
+    assert stack.redis.hget(call_key(call), "all:count") == "1"
+    assert stack.redis.xlen(timeline_key(call)) == 1
