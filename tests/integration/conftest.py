@@ -122,21 +122,26 @@ class Stack:
     def send(self, producer: Any, modality: str, value: bytes, key: bytes) -> None:
         producer.produce(self.topics.feature(modality), value, key=key)
 
-    def consume_all(self, topic: str, expect: int, timeout: float = 30.0) -> list[Any]:
-        """Read a topic from the start until `expect` messages arrived (or the timeout)."""
-        from confluent_kafka import Consumer
+    def consume_all(self, topic: str, expect: int | None, timeout: float = 30.0, idle_s: float = 1.5) -> list[Any]:
+        """Read a topic from the start until `expect` messages arrived (None: until it stays idle), or the timeout."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         c = Consumer({"bootstrap.servers": self.kafka.url, "group.id": f"reader-{uuid.uuid4().hex}",
                       "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.wait.max.ms": 20,
                       "session.timeout.ms": 3000, "heartbeat.interval.ms": 300})
-        c.subscribe([topic])
+        # assigned, not subscribed: no group join to wait for
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(self.topics.partitions)])
         out: list[Any] = []
         end = time.monotonic() + timeout
         try:
-            while len(out) < expect and time.monotonic() < end:
+            last = time.monotonic()
+            while (expect is None or len(out) < expect) and time.monotonic() < end:
                 msg = c.poll(0.2)
                 if msg is not None and msg.error() is None:
                     out.append(msg)
+                    last = time.monotonic()
+                elif expect is None and out and time.monotonic() - last > idle_s:
+                    break
         finally:
             c.close()
         return out

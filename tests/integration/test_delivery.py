@@ -1,0 +1,131 @@
+"""At-least-once delivery: a worker killed mid-stream, Redis going away and coming back, batching under load, and
+the co-partition check at start-up."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mmcl.data.synth import SynthSpec, make_synthetic
+from streams import simulate
+from streams.embedded import start_redis
+from streams.kafka import ensure_topics
+from streams.redis_store import call_key, timeline_key, utt_key
+from streams.settings import KafkaSettings, Settings, TopicSettings
+
+from .conftest import DIMS, SEQ_LEN, Stack, wait_for
+
+SPLIT = make_synthetic(SynthSpec(sizes=(8, 8, 300), seq_len=SEQ_LEN, dims=(DIMS["text"], DIMS["audio"], DIMS["visual"]),
+                                 min_len=4, seed=11)).splits["test"]
+
+
+def sim_settings(stack: Stack) -> Settings:
+    return Settings(kafka=KafkaSettings(bootstrap_servers=stack.kafka.url), topics=stack.topics)
+
+
+def results_complete(stack: Stack, stats: simulate.SimStats) -> bool:
+    return all(stack.redis.exists(utt_key(u.rsplit("-u", 1)[0], u)) for u in stats.last_sent)
+
+
+def assert_counted_once(stack: Stack, stats: simulate.SimStats) -> None:
+    per_call: dict[str, int] = {}
+    for u in stats.last_sent:
+        c = u.rsplit("-u", 1)[0]
+        per_call[c] = per_call.get(c, 0) + 1
+    for c, n in per_call.items():
+        assert stack.redis.hget(call_key(c), "all:count") == str(n), c
+        assert stack.redis.xlen(timeline_key(c)) == n, c
+
+
+@pytest.mark.parametrize("commit_every", ["0.2", "60"])
+def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(stack: Stack, commit_every: str) -> None:
+    # 0.2 s: commits happen while parts of many utterances are pending (parts leave up to 400 ms apart), so a
+    # commit past a pending part would lose that utterance. 60 s: nothing is committed before the kill.
+    first = stack.start_worker(MMCL_KAFKA__COMMIT_INTERVAL_S=commit_every)
+    spec = simulate.SimSpec(calls=6, rate=60, jitter_ms=400, missing_visual=0.0, limit=240, seed=3,
+                            run_id=f"{stack.prefix}-crash{commit_every.replace('.', '')}-")
+    box: dict[str, simulate.SimStats] = {}
+    t = threading.Thread(target=lambda: box.update(stats=simulate.run(sim_settings(stack), SPLIT, spec)))
+    t.start()
+    wait_for(lambda: first.status().get("written", 0) >= 40, 30, "some results before the crash")
+    first.stop(signal.SIGKILL)  # no clean shutdown: pending joins and uncommitted offsets are lost with it
+    second = stack.start_worker()
+    t.join(60)
+    stats = box["stats"]
+    assert stats.utterances == 240 and stats.errors == 0
+    wait_for(lambda: results_complete(stack, stats), 90, "every utterance's result after the restart")
+    assert_counted_once(stack, stats)
+    if commit_every == "60":  # the second worker read everything again and found >= 40 results already there
+        assert second.metric("mmcl_redelivered_utterances_total") >= 40
+    second.stop()
+
+
+def test_redis_outage_pauses_and_recovers_without_loss(stack: Stack, tmp_path: Path) -> None:
+    own = start_redis(tmp_path)  # this test stops its Redis; the others keep theirs
+    local = Stack(stack.kafka, own, stack.checkpoint, stack.state_dir, f"{stack.prefix}o")
+    ensure_topics(KafkaSettings(bootstrap_servers=stack.kafka.url), local.topics)
+    try:
+        worker = local.start_worker(MMCL_REDIS__RETRY_MAX_S="0.5")
+        spec = simulate.SimSpec(calls=4, rate=100, jitter_ms=50, limit=40, seed=4, run_id=f"{local.prefix}-a-")
+        first = simulate.run(sim_settings(local), SPLIT, spec)
+        wait_for(lambda: results_complete(local, first), 30, "results before the outage")
+        own.stop()
+        spec2 = simulate.SimSpec(calls=4, rate=100, jitter_ms=50, limit=40, seed=5, run_id=f"{local.prefix}-b-")
+        second = simulate.run(sim_settings(local), SPLIT, spec2)
+        wait_for(lambda: worker.metric("mmcl_redis_errors_total") >= 2, 30, "failed writes")
+        assert worker.metric("mmcl_consumption_paused") == 1
+        assert worker.get("/readyz")[0] == 503 and worker.get("/healthz")[0] == 200  # alive, not ready
+        revived = start_redis(tmp_path, port=own.port)  # same port, same data folder
+        local.redis_svc = revived
+        wait_for(lambda: results_complete(local, second), 60, "the results held back during the outage")
+        assert_counted_once(local, first)
+        assert_counted_once(local, second)
+        wait_for(lambda: worker.get("/readyz")[0] == 200, 10, "ready again")
+        assert worker.metric("mmcl_consumption_paused") == 0
+        worker.stop()
+        revived.stop()
+    finally:
+        for w in local.workers:
+            w.stop()
+        own.stop()
+
+
+def test_batches_form_under_load(stack: Stack) -> None:
+    local = Stack(stack.kafka, stack.redis_svc, stack.checkpoint, stack.state_dir, f"{stack.prefix}b")
+    ensure_topics(KafkaSettings(bootstrap_servers=stack.kafka.url), local.topics)
+    # the whole backlog is in the topics before the worker starts: it must not score one utterance at a time
+    spec = simulate.SimSpec(calls=8, rate=2000, jitter_ms=5, limit=300, seed=6, run_id=f"{local.prefix}-")
+    stats = simulate.run(sim_settings(local), SPLIT, spec)
+    worker = local.start_worker(MMCL_BATCH__WAIT_MS="20")
+    try:
+        wait_for(lambda: results_complete(local, stats), 60, "all results")
+        batches = worker.metric("mmcl_batch_size_count")
+        assert worker.metric("mmcl_batch_size_sum") == 300
+        assert 300 / batches > 1.0, f"average batch {300 / batches:.2f}"
+    finally:
+        worker.stop()
+
+
+def test_worker_refuses_feature_topics_that_are_not_copartitioned(stack: Stack) -> None:
+    prefix = f"np{uuid.uuid4().hex[:6]}"
+    k = KafkaSettings(bootstrap_servers=stack.kafka.url)
+    ensure_topics(k, TopicSettings(prefix=prefix, partitions=4))
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    # recreate audio with 2 partitions
+    admin = AdminClient({"bootstrap.servers": stack.kafka.url})
+    admin.delete_topics([f"{prefix}.features.audio"])[f"{prefix}.features.audio"].result(10)
+    wait_for(lambda: f"{prefix}.features.audio" not in admin.list_topics(timeout=5).topics, 10, "the deletion")
+    admin.create_topics([NewTopic(f"{prefix}.features.audio", 2, 1)])[f"{prefix}.features.audio"].result(10)
+    env = stack.env(MMCL_TOPICS__PREFIX=prefix)
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env, capture_output=True, text=True,  # noqa: S603
+                          timeout=60, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not co-partitioned" in lines[0] and f"{prefix}.features.audio=2" in lines[0], proc.stderr
