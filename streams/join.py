@@ -153,5 +153,6 @@ class Joiner:
             self._emitted[key] = None
             if len(self._emitted) > self.remember_emitted:
                 self._emitted.popitem(last=False)
-        return Joined(key[0] or None, key[1], entry.speaker, dict(entry.parts), tuple(sorted(entry.masked)), tuple(entry.tokens),
+        return Joined(key[0] or None, key[1], entry.speaker, dict(entry.parts), tuple(sorted(entry.masked)),
+                      tuple(entry.tokens),
                       complete, now - entry.first_at)

@@ -107,7 +107,7 @@ class Stack:
         port = free_port()
         log = self.state_dir / f"worker-{self.prefix}-{len(self.workers)}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],  # noqa: S603
+            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],
                                     env=self.env(MMCL_METRICS__PORT=str(port), **extra), stdout=out, stderr=subprocess.STDOUT)
         w = Worker(proc, port, log)
         self.workers.append(w)
@@ -155,7 +155,7 @@ class Worker:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()

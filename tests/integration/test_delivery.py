@@ -124,7 +124,7 @@ def test_worker_refuses_feature_topics_that_are_not_copartitioned(stack: Stack) 
     wait_for(lambda: f"{prefix}.features.audio" not in admin.list_topics(timeout=5).topics, 10, "the deletion")
     admin.create_topics([NewTopic(f"{prefix}.features.audio", 2, 1)])[f"{prefix}.features.audio"].result(10)
     env = stack.env(MMCL_TOPICS__PREFIX=prefix)
-    proc = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env, capture_output=True, text=True,  # noqa: S603
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env, capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

@@ -1,0 +1,299 @@
+"""End-to-end pipeline benchmark on the embedded broker and Redis: throughput and latency of the worker against a
+naive consumer and against the model alone, all measured in one run on this machine.
+
+- service: `mmcl worker` (Faust, join, batched inference thread, one Redis pipeline per batch, acked outputs).
+- naive: a plain confluent-kafka consumer loop that joins in a dict, scores one utterance at a time and writes
+  each result to Redis with separate commands (run as its own process, like the worker).
+- model alone: the Predictor's own throughput on the same features, at the service's average batch size and at 64.
+
+Throughput is the drain rate of a backlog (first to last result in Redis). Latency is last part produced ->
+result in Redis (the feed entry's id is the Redis server's clock at the write; same machine). An offered rate is
+sustainable when every result is in Redis within 2 s of the producer's end.
+
+    python benchmarks/pipeline_throughput.py            # ~6 minutes on 2 cores; writes benchmarks/results/pipeline.*
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DIMS, SEQ_LEN = (768, 5, 20), 50
+
+
+# --- the naive baseline (runs as `python pipeline_throughput.py naive ...`) -----------------------------------------
+def naive_main(a: argparse.Namespace) -> None:
+    import redis
+    from confluent_kafka import Consumer
+
+    from mmcl.predictor import Predictor
+    from streams.messages import FeatureMessage
+    from streams.settings import WIRE_MODALITIES, model_modality
+
+    predictor = Predictor.from_checkpoint(a.checkpoint, device="cpu")
+    r = redis.Redis.from_url(a.redis, decode_responses=True)
+    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": a.group, "auto.offset.reset": "earliest",
+                  "fetch.wait.max.ms": 50, "session.timeout.ms": 3000, "heartbeat.interval.ms": 300})
+    c.subscribe([f"{a.prefix}.features.{m}" for m in WIRE_MODALITIES],
+                on_assign=lambda *_: print("ready", flush=True))
+    pending: dict[tuple[str, str], dict[str, Any]] = {}
+    while True:
+        msg = c.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        m = FeatureMessage.model_validate_json(msg.value())
+        key = (m.call_id or "", m.utterance_id)
+        parts = pending.setdefault(key, {})
+        parts[m.modality] = m
+        if len(parts) < 3:
+            continue
+        del pending[key]
+        out = predictor.predict([{model_modality(k): v.array() for k, v in parts.items()}])
+        score, label = float(out.scores[0]), out.labels[0]
+        call, utt = key
+        now = int(time.time() * 1000)
+        r.hset(f"mmcl:{{{call}}}:utt:{utt}", mapping={"score": score, "label": label, "model_version": out.model_version})
+        r.hincrby(f"mmcl:{{{call}}}:call", "all:count", 1)
+        r.hincrbyfloat(f"mmcl:{{{call}}}:call", "all:sum", score)
+        r.xadd(f"mmcl:{{{call}}}:timeline", {"utterance_id": utt, "score": score, "ts": now})
+        r.xadd("mmcl:feed", {"utterance_id": utt, "call_id": call, "score": score, "ts": now})
+
+
+# --- the harness ---------------------------------------------------------------------------------------------------
+def make_checkpoint(path: Path) -> Path:
+    import torch
+
+    from mmcl.checkpoint import FeatureProfile, save_checkpoint
+    from mmcl.config import ModelConfig
+    from mmcl.model import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_dims=DIMS, seq_len=SEQ_LEN)  # the reference size: ff 2048, D 128
+    return save_checkpoint(path, build_model(cfg).eval(), cfg, FeatureProfile(DIMS), {})
+
+
+def percentiles(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    a = np.asarray(xs)
+    return {f"p{q}": float(np.percentile(a, q)) for q in (50, 95, 99)}
+
+
+class Harness:
+    def __init__(self, state: Path, checkpoint: Path) -> None:
+        import redis
+
+        from mmcl.data.synth import SynthSpec, make_synthetic
+        from streams.embedded import start_kafka, start_redis
+
+        self.kafka, self.redis_svc = start_kafka(state), start_redis(state)
+        self.redis = redis.Redis.from_url(self.redis_svc.url, decode_responses=True)
+        self.checkpoint, self.state = checkpoint, state
+        self.split = make_synthetic(SynthSpec(sizes=(8, 8, 1000), seed=5)).splits["test"]
+
+    def close(self) -> None:
+        self.kafka.stop()
+        self.redis_svc.stop()
+
+    def settings(self, prefix: str) -> Any:
+        from streams.settings import KafkaSettings, Settings, TopicSettings
+
+        return Settings(kafka=KafkaSettings(bootstrap_servers=self.kafka.url), topics=TopicSettings(prefix=prefix))
+
+    def start(self, kind: str, prefix: str) -> subprocess.Popen[str]:
+        from streams.embedded import free_port
+        from streams.kafka import ensure_topics
+
+        s = self.settings(prefix)
+        ensure_topics(s.kafka, s.topics)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MMCL_")}
+        if kind == "service":
+            self.port = free_port()
+            env.update({"MMCL_KAFKA__BOOTSTRAP_SERVERS": self.kafka.url, "MMCL_REDIS__URL": self.redis_svc.url,
+                        "MMCL_TOPICS__PREFIX": prefix, "MMCL_KAFKA__GROUP_ID": f"{prefix}-g",
+                        "MMCL_MODEL__CHECKPOINT": str(self.checkpoint), "MMCL_METRICS__PORT": str(self.port),
+                        "MMCL_POLICY__AGENT": '["text","audio","visual"]', "MMCL_STATE_DIR": str(self.state),
+                        "MMCL_KAFKA__SESSION_TIMEOUT_S": "3"})
+            cmd = [sys.executable, "-m", "streams.cli", "worker"]
+        else:
+            cmd = [sys.executable, __file__, "naive", "--bootstrap", self.kafka.url, "--redis", self.redis_svc.url,
+                   "--prefix", prefix, "--group", f"{prefix}-g", "--checkpoint", str(self.checkpoint)]
+        log = (self.state / f"{kind}-{prefix}.log").open("w")
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if kind == "naive" else log, stderr=log, text=True)  # noqa: S603
+        self.wait_ready(kind, proc)
+        return proc
+
+    def wait_ready(self, kind: str, proc: subprocess.Popen[str]) -> None:
+        import urllib.request
+
+        end = time.monotonic() + 90
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                raise SystemExit(f"{kind} exited with {proc.returncode}")
+            if kind == "naive":
+                if proc.stdout is not None and proc.stdout.readline().strip() == "ready":
+                    return
+                continue
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status == 200:  # noqa: S310
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"{kind} not ready")
+
+    def offer(self, prefix: str, run_id: str, rate: float, n: int, calls: int = 16) -> dict[str, Any]:
+        """Produce n utterances at `rate`; wait for their results; latency and throughput from Redis."""
+        from streams import simulate
+
+        spec = simulate.SimSpec(calls=calls, rate=rate, jitter_ms=20, missing_visual=0.0, limit=n, seed=len(run_id),
+                                run_id=run_id)
+        t_start = time.time()
+        stats = simulate.run(self.settings(prefix), self.split, spec)
+        produced_end = time.time()
+        deadline = time.monotonic() + max(60, n / 20)
+        got: dict[str, int] = {}
+        last_id = "0-0"
+        while len(got) < n and time.monotonic() < deadline:
+            for entry_id, f in self.redis.xrange("mmcl:feed", min=f"({last_id}" if last_id != "0-0" else "-", count=5000):
+                last_id = entry_id
+                if f["call_id"].startswith(run_id):
+                    got[f["utterance_id"]] = int(entry_id.split("-")[0])
+            time.sleep(0.05)
+        lat = [(got[u] - stats.last_sent[u]) / 1000 for u in got if u in stats.last_sent]
+        done_at = max(got.values()) / 1000 if got else float("nan")
+        first = min(got.values()) / 1000 if got else float("nan")
+        return {"offered": rate, "n": n, "results": len(got), "achieved": (len(got) - 1) / max(done_at - first, 1e-9),
+                "sustained": len(got) == n and done_at - produced_end <= 2.0,
+                "wall_s": done_at - t_start, **percentiles(lat)}
+
+
+def model_alone(checkpoint: Path, split: Any, batch: int, seconds: float = 6.0) -> float:
+    from mmcl.predictor import Predictor
+    from streams.settings import WIRE_MODALITIES, model_modality
+
+    p = Predictor.from_checkpoint(checkpoint, device="cpu")
+    utts = []
+    for j in range(batch):
+        u = {}
+        for w in WIRE_MODALITIES:
+            m = model_modality(w)
+            u[m] = split.features[m][j][: int(split.lengths[m][j])] if split.pad_side.get(m) != "left" else \
+                split.features[m][j][-int(split.lengths[m][j]):]
+        utts.append(u)
+    p.predict(utts)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        p.predict(utts)
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def scrape_batch(port: int) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()  # noqa: S310
+    vals = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return vals.get("mmcl_batch_size_sum", 0) / max(vals.get("mmcl_batch_size_count", 1), 1)
+
+
+def run(a: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="mmcl-bench-"))
+    ckpt = make_checkpoint(tmp / "ckpt")
+    h = Harness(tmp, ckpt)
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    try:
+        for kind in ("service", "naive"):
+            prefix = f"b{kind[0]}{uuid.uuid4().hex[:6]}"
+            proc = h.start(kind, prefix)
+            try:
+                h.offer(prefix, f"{kind}-warm-", 50, 50)
+                drain = h.offer(prefix, f"{kind}-drain-", 5000, a.backlog)
+                cap = drain["achieved"]
+                summary[kind] = {"drain_throughput": cap}
+                if kind == "service":
+                    summary[kind]["avg_batch"] = scrape_batch(h.port)
+                print(f"{kind}: drains {cap:.0f} utt/s", flush=True)
+                highest = 0.0
+                for frac in a.fractions:
+                    rate = max(5.0, round(cap * frac))
+                    row = {"system": kind, **h.offer(prefix, f"{kind}-r{int(rate)}-", rate, max(40, int(rate * a.seconds)))}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    if row["sustained"]:
+                        highest = max(highest, rate)
+                rate80 = max(5.0, round(0.8 * highest))
+                at80 = h.offer(prefix, f"{kind}-at80-", rate80, max(40, int(rate80 * a.seconds)))
+                summary[kind].update({"highest_sustained": highest, "at80": at80})
+                print(f"{kind}: highest sustained {highest:.0f} utt/s; at {rate80:.0f}: p99 {at80['p99'] * 1000:.0f} ms",
+                      flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        avg = max(1, round(summary["service"]["avg_batch"]))
+        summary["model_alone"] = {"batch": avg, "throughput": model_alone(ckpt, h.split, avg),
+                                  "throughput_b64": model_alone(ckpt, h.split, 64)}
+    finally:
+        h.close()
+    out = {"rows": rows, "summary": summary, "cpu_count": os.cpu_count()}
+    res = ROOT / "benchmarks" / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "pipeline.json").write_text(json.dumps(out, indent=2) + "\n")
+    table = render(out)
+    (res / "pipeline.md").write_text(table)
+    print(table)
+
+
+def render(out: dict[str, Any]) -> str:
+    s = out["summary"]
+    lines = ["| system | offered utt/s | achieved utt/s | sustained | p50 ms | p95 ms | p99 ms |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for r in out["rows"]:
+        lines.append(f"| {r['system']} | {r['offered']:.0f} | {r['achieved']:.0f} | {'yes' if r['sustained'] else 'no'} | "
+                     f"{r['p50'] * 1000:.0f} | {r['p95'] * 1000:.0f} | {r['p99'] * 1000:.0f} |")
+    sv, nv, ma = s["service"], s["naive"], s["model_alone"]
+    lines += ["", "| | service | naive | model alone |", "| --- | ---: | ---: | ---: |",
+              f"| drain throughput, utt/s | {sv['drain_throughput']:.0f} | {nv['drain_throughput']:.0f} | "
+              f"{ma['throughput']:.0f} (batch {ma['batch']}), {ma['throughput_b64']:.0f} (batch 64) |",
+              f"| highest sustained rate, utt/s | {sv['highest_sustained']:.0f} | {nv['highest_sustained']:.0f} | |",
+              f"| p99 at 80% of it, ms | {sv['at80']['p99'] * 1000:.0f} (at {sv['at80']['offered']:.0f}/s) | "
+              f"{nv['at80']['p99'] * 1000:.0f} (at {nv['at80']['offered']:.0f}/s) | |",
+              "", f"service / naive throughput: {sv['drain_throughput'] / nv['drain_throughput']:.2f}x; "
+              f"service / model alone at the same batch size: {sv['drain_throughput'] / ma['throughput']:.2f}; "
+              f"service average batch {sv['avg_batch']:.1f}", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd")
+    n = sub.add_parser("naive")
+    for opt in ("bootstrap", "redis", "prefix", "group", "checkpoint"):
+        n.add_argument(f"--{opt}", required=True)
+    p.add_argument("--backlog", type=int, default=1500, help="utterances for the drain measurement")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each offered-rate run")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],
+                   help="offered rates as fractions of each system's drain throughput")
+    a = p.parse_args()
+    if a.cmd == "naive":
+        naive_main(a)
+    else:
+        run(a)
+
+
+if __name__ == "__main__":
+    main()

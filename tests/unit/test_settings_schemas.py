@@ -1,0 +1,60 @@
+"""Settings from MMCL_* env vars, one-line errors naming the variable, masked secrets, exported JSON Schemas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmcl.errors import ConfigError
+from streams.schemas import render, schemas
+from streams.settings import load_settings, masked
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_nested_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMCL_BATCH__MAX_SIZE", "8")
+    monkeypatch.setenv("MMCL_JOIN__REQUIRED", '["text"]')
+    monkeypatch.setenv("MMCL_POLICY__AGENT", '["text", "audio"]')
+    monkeypatch.setenv("MMCL_TOPICS__PREFIX", "tenant1")
+    s = load_settings()
+    assert s.batch.max_size == 8 and s.join.required == ("text",) and s.policy.allowed("agent") == ("text", "audio")
+    assert s.topics.feature("audio") == "tenant1.features.audio" and s.topics.dlq == "tenant1.dlq"
+
+
+@pytest.mark.parametrize(("var", "value", "words"), [
+    ("MMCL_BATCH__MAX_SIZE", "lots", "integer"),
+    ("MMCL_REDIS__URL", "http://x", "redis://"),
+    ("MMCL_ALERT__N", "9", "cannot exceed"),
+    ("MMCL_MODEL__DEVICE", "tpu", "cuda"),
+    ("MMCL_JOIN__REQUIRED", '["smell"]', "text"),
+])
+def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str, words: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    text = str(e.value)
+    assert "\n" not in text and words in text
+    assert text.startswith("MMCL_ALERT") if var == "MMCL_ALERT__N" else text.startswith(var)
+
+
+def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMCL_REDIS__URL", "redis://user:hunter2@db:6379/0")
+    monkeypatch.setenv("MMCL_REDIS__PASSWORD", "hunter3")
+    monkeypatch.setenv("MMCL_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("MMCL_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("MMCL_KAFKA__SASL_USERNAME", "svc")
+    monkeypatch.setenv("MMCL_KAFKA__SASL_PASSWORD", "hunter4")
+    shown = json.dumps(masked(load_settings()))
+    assert "hunter" not in shown and "user:***@db" in shown and "svc" in shown
+
+
+def test_exported_schemas_match_the_models() -> None:
+    """docs/schemas/ is what `mmcl schemas export` writes; regenerate it when a message changes."""
+    for name, schema in schemas().items():
+        path = ROOT / "docs" / "schemas" / f"{name}.schema.json"
+        assert path.exists(), f"missing {path}: run `mmcl schemas export`"
+        assert path.read_text() == render(schema), f"{path} is stale: run `mmcl schemas export`"
+    assert {p.name for p in (ROOT / "docs" / "schemas").glob("*.json")} == {f"{n}.schema.json" for n in schemas()}
