@@ -130,7 +130,7 @@ class Harness:
             cmd = [sys.executable, __file__, "naive", "--bootstrap", self.kafka.url, "--redis", self.redis_svc.url,
                    "--prefix", prefix, "--group", f"{prefix}-g", "--checkpoint", str(self.checkpoint)]
         log = (self.state / f"{kind}-{prefix}.log").open("w")
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if kind == "naive" else log, stderr=log, text=True)  # noqa: S603
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if kind == "naive" else log, stderr=log, text=True)
         self.wait_ready(kind, proc)
         return proc
 
@@ -146,7 +146,7 @@ class Harness:
                     return
                 continue
             try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status == 200:  # noqa: S310
+                if urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status == 200:
                     return
             except OSError:
                 pass
@@ -205,7 +205,7 @@ def scrape_batch(port: int) -> float:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()  # noqa: S310
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     vals = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     return vals.get("mmcl_batch_size_sum", 0) / max(vals.get("mmcl_batch_size_count", 1), 1)
 

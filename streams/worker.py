@@ -50,7 +50,7 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
     @app.task
     async def start_pipeline() -> None:
         await pipeline.start()
-        state["http"] = await start_http(metrics, lambda: status(pipeline), s.metrics.host, s.metrics.port)
+        state["http"] = await start_http(metrics, lambda: status(pipeline, app), s.metrics.host, s.metrics.port)
         log.info("worker up: model %s on %s, metrics on http://%s:%d/metrics", predictor.version, predictor.device,
                  s.metrics.host, s.metrics.port)
 
@@ -60,10 +60,14 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
     return 0
 
 
-def status(pipeline: Any) -> dict[str, Any]:
+def status(pipeline: Any, app: Any) -> dict[str, Any]:
+    try:
+        assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
+    except Exception:
+        assignment = []
     return {"ready": pipeline.ready, "partitions_assigned": pipeline.assigned, "redis_ok": pipeline.redis_ok,
             "pending_joins": len(pipeline.joiner), "written": pipeline.written,
-            "model_version": pipeline.predictor.version}
+            "model_version": pipeline.predictor.version, "assignment": assignment}
 
 
 def _faust_level(level: str) -> str:

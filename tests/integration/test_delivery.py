@@ -129,3 +129,33 @@ def test_worker_refuses_feature_topics_that_are_not_copartitioned(stack: Stack) 
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not co-partitioned" in lines[0] and f"{prefix}.features.audio=2" in lines[0], proc.stderr
+
+
+def test_three_workers_split_the_partitions_without_splitting_a_call(stack: Stack) -> None:
+    """A call's three feature partitions must go to the same worker, or its parts never meet. Three workers on four
+    partitions: plain round-robin over the 12 topic-partitions would give text:2 and audio:2 to different workers."""
+    local = Stack(stack.kafka, stack.redis_svc, stack.checkpoint, stack.state_dir, f"{stack.prefix}w")
+    ensure_topics(KafkaSettings(bootstrap_servers=stack.kafka.url), local.topics)
+    try:
+        workers = [local.start_worker() for _ in range(3)]
+
+        def split() -> bool:
+            sets = [set(w.status().get("assignment", [])) for w in workers]
+            return all(sets) and len(set().union(*sets)) == 12 and sum(map(len, sets)) == 12
+
+        wait_for(split, 60, "all three workers to hold partitions")
+        for w in workers:
+            by_topic: dict[str, set[str]] = {}
+            for tp in w.status()["assignment"]:
+                topic, part = tp.rsplit(":", 1)
+                by_topic.setdefault(topic, set()).add(part)
+            assert len(by_topic) == 3 and len({frozenset(v) for v in by_topic.values()}) == 1, by_topic
+        spec = simulate.SimSpec(calls=12, rate=200, jitter_ms=100, limit=120, seed=8, run_id=f"{local.prefix}-")
+        stats = simulate.run(sim_settings(local), SPLIT, spec)
+        wait_for(lambda: results_complete(local, stats), 60, "all results from three workers")
+        assert_counted_once(local, stats)
+        assert all(w.metric("mmcl_predictions_total") > 0 for w in workers)
+        assert sum(w.metric("mmcl_dead_letters_total") for w in workers) == 0
+    finally:
+        for w in local.workers:
+            w.stop()
