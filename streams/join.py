@@ -1,16 +1,25 @@
 """Join per-modality parts into utterances by (call_id, utterance_id). Pure logic with an injected clock.
 
-Emit as soon as every modality the speaker's role allows is present. At the deadline (join timeout after the first
-part) emit with the rest masked if the required modalities are present, else drop as `incomplete`. A duplicate part
-before emission replaces the earlier one; a part after emission is `late`. Every part carries an opaque token (the
-worker's handle on its source offset), and every token comes back exactly once in a Joined or Dropped result.
+Emit as soon as every modality the speaker's role allows is present. Otherwise the utterance is decided at its
+deadline, with the rest masked if the required modalities are present, else dropped as `incomplete`. A duplicate
+part before emission replaces the earlier one; a part after emission is `late`. Every part carries an opaque token
+(the worker's handle on its source offset), and every token comes back exactly once in an outcome.
+
+The deadline is in event time, not arrival time: an utterance whose first part was produced at P may still get a
+part from modality m until m's partition (`group`: the partition number, the same for the three co-partitioned
+topics) has delivered parts produced after P + timeout (its watermark passed), or until that partition has been
+quiet for the timeout while the utterance waited at least as long. Deciding on arrival time alone would drop
+whole backlogs as incomplete whenever the worker is behind (after a restart, a burst, an outage), because the
+three topics are not read at the same pace. `clock` is live time: the worker stops it while it is not taking
+messages (back-pressure), so a pause does not make partitions look quiet.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +30,10 @@ JoinKey = tuple[str, str]
 
 @dataclass
 class _Pending:
-    first_at: float
+    first_at: float  # live clock at the first part's arrival
+    deadline_ms: int  # event time: earliest produced_at + timeout
     speaker: str
+    group: Hashable
     parts: dict[str, Part] = field(default_factory=dict)
     masked: set[str] = field(default_factory=set)
     tokens: list[Any] = field(default_factory=list)
@@ -37,7 +48,7 @@ class Joined:
     masked: tuple[str, ...]  # modalities received (before emission) that this speaker's role does not allow
     tokens: tuple[Any, ...]
     complete: bool
-    wait_s: float  # first part -> emission
+    wait_s: float  # first part -> emission, live time
 
     @property
     def produced_at(self) -> int:
@@ -63,6 +74,26 @@ class Ignored:
 Outcome = Joined | Dropped | Ignored
 
 
+class LiveClock:
+    """Monotonic time that stands still while paused."""
+
+    def __init__(self, base: Callable[[], float] = time.monotonic) -> None:
+        self._base, self._paused_at, self._paused_total = base, None, 0.0  # type: ignore[var-annotated]
+
+    def pause(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = self._base()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self._paused_total += self._base() - self._paused_at
+            self._paused_at = None
+
+    def __call__(self) -> float:
+        now = self._base() if self._paused_at is None else self._paused_at
+        return now - self._paused_total
+
+
 class Joiner:
     def __init__(
         self,
@@ -77,18 +108,28 @@ class Joiner:
         self.required = tuple(required)
         self.allowed = allowed
         self.timeout_s = timeout_s
+        self.timeout_ms = int(timeout_s * 1000)
         self.max_pending = max_pending
         self.remember_emitted = remember_emitted
         self.clock = clock
         self.count = count  # join outcome counter: complete, partial, incomplete, late, duplicate
-        self._pending: OrderedDict[JoinKey, _Pending] = OrderedDict()  # in first-part order
+        self._pending: OrderedDict[JoinKey, _Pending] = OrderedDict()  # in arrival order
         self._emitted: OrderedDict[JoinKey, None] = OrderedDict()
+        self._deadlines: dict[Hashable, list[tuple[int, int, JoinKey]]] = {}  # group -> heap (lazy deletion)
+        self._seq = 0
+        self._watermark: dict[tuple[str, Hashable], int] = {}  # (modality, group) -> max produced_at seen
+        self._last_arrival: dict[tuple[str, Hashable], float] = {}
+        self._group_start: dict[Hashable, float] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, part: Part, token: Any) -> list[Outcome]:
+    def add(self, part: Part, token: Any, group: Hashable = 0) -> list[Outcome]:
         key, now = part.join_key, self.clock()
+        self._group_start.setdefault(group, now)
+        wk = (part.modality, group)
+        self._watermark[wk] = max(self._watermark.get(wk, part.produced_at), part.produced_at)
+        self._last_arrival[wk] = now
         if part.modality not in self.allowed(part.speaker):
             if key in self._pending and self._pending[key].speaker == part.speaker:
                 self._pending[key].masked.add(part.modality)
@@ -101,10 +142,14 @@ class Joiner:
         if entry is None:
             if len(self._pending) >= self.max_pending:
                 out.append(self._decide(*self._pending.popitem(last=False), now))
-            entry = self._pending[key] = _Pending(first_at=now, speaker=part.speaker)
+            entry = self._pending[key] = _Pending(now, part.produced_at + self.timeout_ms, part.speaker, group)
+            self._push(entry, key)
         elif part.speaker != entry.speaker:
             return [Dropped(Reason.SPEAKER_CONFLICT, f"speaker {part.speaker!r}, earlier parts said {entry.speaker!r}",
                             (part,), (token,))]
+        elif part.produced_at + self.timeout_ms < entry.deadline_ms:
+            entry.deadline_ms = part.produced_at + self.timeout_ms
+            self._push(entry, key)
         entry.tokens.append(token)
         if part.modality in entry.parts:
             self.count("duplicate")
@@ -115,20 +160,33 @@ class Joiner:
         return out
 
     def expire(self) -> list[Outcome]:
-        """Decide every pending utterance whose deadline has passed."""
+        """Decide every pending utterance whose missing modalities can no longer arrive in time."""
         now, out = self.clock(), []
-        while self._pending:
-            key, entry = next(iter(self._pending.items()))
-            if entry.first_at + self.timeout_s > now:
-                break
-            del self._pending[key]
-            out.append(self._decide(key, entry, now))
+        for group, heap in self._deadlines.items():
+            while heap:
+                deadline, _, key = heap[0]
+                entry = self._pending.get(key)
+                if entry is None or entry.deadline_ms != deadline or entry.group != group:
+                    heapq.heappop(heap)  # emitted, forgotten or re-scheduled
+                    continue
+                missing = [m for m in self.allowed(entry.speaker) if m not in entry.parts]
+                if not all(self._passed(m, entry, now) for m in missing):
+                    break  # later deadlines in this group are not due either
+                heapq.heappop(heap)
+                del self._pending[key]
+                out.append(self._decide(key, entry, now))
         return out
 
-    def next_deadline(self) -> float | None:
-        if not self._pending:
-            return None
-        return next(iter(self._pending.values())).first_at + self.timeout_s
+    def _passed(self, modality: str, entry: _Pending, now: float) -> bool:
+        wk = (modality, entry.group)
+        if self._watermark.get(wk, -1) >= entry.deadline_ms:
+            return True  # that partition already delivered parts produced after the deadline
+        quiet_since = self._last_arrival.get(wk, self._group_start[entry.group])
+        return now - entry.first_at >= self.timeout_s and now - quiet_since >= self.timeout_s
+
+    def _push(self, entry: _Pending, key: JoinKey) -> None:
+        self._seq += 1
+        heapq.heappush(self._deadlines.setdefault(entry.group, []), (entry.deadline_ms, self._seq, key))
 
     def forget(self, keep: Callable[[Any], bool]) -> int:
         """Drop pending utterances holding a token `keep` rejects (revoked partitions: their new owner re-reads them)."""
@@ -154,5 +212,4 @@ class Joiner:
             if len(self._emitted) > self.remember_emitted:
                 self._emitted.popitem(last=False)
         return Joined(key[0] or None, key[1], entry.speaker, dict(entry.parts), tuple(sorted(entry.masked)),
-                      tuple(entry.tokens),
-                      complete, now - entry.first_at)
+                      tuple(entry.tokens), complete, now - entry.first_at)

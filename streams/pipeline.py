@@ -22,7 +22,7 @@ from streams.acks import OrderedAcker
 from streams.aggregates import AggregateRule
 from streams.decode import ModelProfile, Part, Reason, Rejection, decode_part
 from streams.inference import BatchResult, InferenceThread
-from streams.join import Dropped, Ignored, Joined, Joiner
+from streams.join import Dropped, Ignored, Joined, Joiner, LiveClock
 from streams.messages import Prediction
 from streams.metrics import Metrics
 from streams.redis_store import ResultWriter
@@ -76,8 +76,9 @@ class Pipeline:
         self.topic_modality = {settings.topics.feature(m): m for m in WIRE_MODALITIES}
         self.label_names = list(predictor.cfg.task.label_names)
         self.acker = OrderedAcker(ack)
+        self.live = LiveClock(clock)  # stands still while back-pressure holds the agent: quiet is not idle then
         self.joiner = Joiner(settings.join.required, settings.policy.allowed, settings.join.timeout_s,
-                             settings.join.max_pending, settings.join.remember_emitted, clock,
+                             settings.join.max_pending, settings.join.remember_emitted, self.live,
                              count=lambda o: metrics.join_outcomes.labels(o).inc())
         self._slots = asyncio.Semaphore(settings.batch.queue_size)
         self._results: asyncio.Queue[BatchResult] = asyncio.Queue()
@@ -129,7 +130,7 @@ class Pipeline:
         if isinstance(part, Rejection):
             await self._dead_letter([src], part.reason, "decode", part.error)
             return
-        await self._handle(self.joiner.add(part, src))
+        await self._handle(self.joiner.add(part, src, group=src.partition))
 
     async def _handle(self, outcomes: list[Joined | Dropped | Ignored]) -> None:
         for out in outcomes:
@@ -141,7 +142,10 @@ class Pipeline:
                 self._ack([out.token])
                 continue
             self.metrics.join_wait.observe(out.wait_s)
-            await self._slots.acquire()  # back-pressure: waits while the model or the sinks are behind
+            if self._slots.locked():  # back-pressure: wait while the model or the sinks are behind
+                self.live.pause()
+            await self._slots.acquire()
+            self.live.resume()
             self.metrics.inflight.inc()
             self._inference.submit(out)
         self.metrics.pending_joins.set(len(self.joiner))
@@ -227,6 +231,7 @@ class Pipeline:
                 out = await op()
             except (TimeoutError, redis.RedisError, OSError, RuntimeError, ConnectionError) as e:
                 errors.inc()
+                self.live.pause()  # the agent is about to stall on this: parts not arriving is not news
                 if redis_write:
                     self.redis_ok = False
                 self.metrics.paused.set(1)
@@ -235,6 +240,7 @@ class Pipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, r.retry_max_s)
                 continue
+            self.live.resume()
             if redis_write:
                 self.metrics.redis_write_seconds.observe(time.perf_counter() - t0)
                 self.redis_ok = True

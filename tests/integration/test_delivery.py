@@ -96,18 +96,21 @@ def test_redis_outage_pauses_and_recovers_without_loss(stack: Stack, tmp_path: P
         own.stop()
 
 
-def test_batches_form_under_load(stack: Stack) -> None:
+def test_a_backlog_is_joined_completely_and_batched(stack: Stack) -> None:
     local = Stack(stack.kafka, stack.redis_svc, stack.checkpoint, stack.state_dir, f"{stack.prefix}b")
     ensure_topics(KafkaSettings(bootstrap_servers=stack.kafka.url), local.topics)
-    # the whole backlog is in the topics before the worker starts: it must not score one utterance at a time
-    spec = simulate.SimSpec(calls=8, rate=2000, jitter_ms=5, limit=300, seed=6, run_id=f"{local.prefix}-")
+    # The whole backlog is in the topics before the worker starts. It must not score one utterance at a time, and
+    # reading three topics at different paces must not make parts miss each other (the join runs on event time).
+    spec = simulate.SimSpec(calls=8, rate=2000, jitter_ms=5, limit=1200, seed=6, run_id=f"{local.prefix}-")
     stats = simulate.run(sim_settings(local), SPLIT, spec)
     worker = local.start_worker(MMCL_BATCH__WAIT_MS="20")
     try:
-        wait_for(lambda: results_complete(local, stats), 60, "all results")
+        wait_for(lambda: results_complete(local, stats), 120, "all results")
         batches = worker.metric("mmcl_batch_size_count")
-        assert worker.metric("mmcl_batch_size_sum") == 300
-        assert 300 / batches > 1.0, f"average batch {300 / batches:.2f}"
+        assert worker.metric("mmcl_batch_size_sum") == 1200
+        assert 1200 / batches > 1.0, f"average batch {1200 / batches:.2f}"
+        assert worker.metric("mmcl_join_outcomes_total", outcome="complete") == 1200
+        assert worker.metric("mmcl_dead_letters_total") == 0
     finally:
         worker.stop()
 

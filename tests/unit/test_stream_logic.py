@@ -14,7 +14,7 @@ from streams.acks import OrderedAcker
 from streams.aggregates import AggregateRule, fold
 from streams.batching import STOP, collect_batch
 from streams.decode import ModelProfile, Part, Reason, Rejection, decode_part
-from streams.join import Dropped, Ignored, Joined, Joiner
+from streams.join import Dropped, Ignored, Joined, Joiner, LiveClock
 from streams.messages import EncodedArray, FeatureMessage
 from streams.settings import LimitSettings, PolicySettings
 
@@ -85,8 +85,9 @@ class Clock:
         return self.t
 
 
-def p(modality: str, utt: str = "u1", speaker: str = "customer", call: str | None = "c1", value: float = 0.0) -> Part:
-    return Part(utt, call, speaker, modality, np.full((2, 2), value, np.float32), produced_at=1, start_ms=None)
+def p(modality: str, utt: str = "u1", speaker: str = "customer", call: str | None = "c1", value: float = 0.0,
+      at: int = 1) -> Part:
+    return Part(utt, call, speaker, modality, np.full((2, 2), value, np.float32), produced_at=at, start_ms=None)
 
 
 def make_joiner(clock: Clock, counts: dict[str, int], **kw: object) -> Joiner:
@@ -115,13 +116,70 @@ def test_join_deadline_emits_partial_with_required_present_else_incomplete() -> 
     j.add(p("visual", "u2"), "c")
     clock.t += 1.99
     assert j.expire() == []
-    assert j.next_deadline() == pytest.approx(102.0)
     clock.t += 0.02
     partial, incomplete = j.expire()
     assert isinstance(partial, Joined) and not partial.complete and set(partial.parts) == {"text", "audio"}
     assert isinstance(incomplete, Dropped) and incomplete.reason is Reason.INCOMPLETE and incomplete.tokens == ("c",)
     assert "text, audio" in incomplete.error
     assert counts == {"partial": 1, "incomplete": 1}
+
+
+def test_join_deadline_is_event_time_so_a_backlog_is_not_dropped() -> None:
+    """Behind by minutes, reading three topics at different paces: text first, audio and visual lagging but
+    arriving. Wall time is long past the timeout; event time says the parts are on their way. Nothing is dropped."""
+    clock, counts = Clock(), {}
+    j = make_joiner(clock, counts)
+    for i in range(50):  # the text backlog is read first
+        assert j.add(p("text", f"u{i}", at=100 * i), f"t{i}") == []
+        clock.t += 0.01
+    out = []
+    for i in range(53):  # then audio, and visual three utterances behind it, one step every 0.1 s
+        if i < 50:
+            out += j.add(p("audio", f"u{i}", at=100 * i + 5), f"a{i}")
+        if i >= 3:
+            out += j.add(p("visual", f"u{i - 3}", at=100 * (i - 3) + 7), f"v{i - 3}")
+        out += j.expire()
+        clock.t += 0.1
+    # u49 waited 5 s of wall time for its visual part; with arrival-time deadlines the last ~35 would have gone
+    # out without it, and their visual parts would have been dead-lettered as late
+    assert len(out) == 50 and all(isinstance(o, Joined) and o.complete for o in out)
+    assert counts == {"complete": 50} and len(j) == 0 and out[-1].wait_s > 2.0
+
+
+def test_join_quiet_partition_decides_after_the_timeout() -> None:
+    """No visual traffic at all: the missing part is given the timeout, then the utterance goes partial."""
+    clock, counts = Clock(), {}
+    j = make_joiner(clock, counts)
+    j.add(p("text", "u1", at=0), "t")
+    j.add(p("audio", "u1", at=10), "a")
+    clock.t += 1.9
+    assert j.expire() == []
+    clock.t += 0.2
+    (out,) = j.expire()
+    assert isinstance(out, Joined) and not out.complete
+
+
+def test_join_watermark_decides_before_the_wall_clock_timeout() -> None:
+    clock, counts = Clock(), {}
+    j = make_joiner(clock, counts)
+    j.add(p("text", "u1", at=0), "t")
+    j.add(p("audio", "u1", at=10), "a")
+    assert j.expire() == []
+    j.add(p("visual", "other", at=2500), "v")  # the visual partition moved past u1's deadline (0 + 2000 ms)
+    (out,) = j.expire()
+    assert isinstance(out, Joined) and not out.complete and clock.t == 100.0  # no wall time had to pass
+
+
+def test_live_clock_stands_still_while_paused() -> None:
+    t = [10.0]
+    live = LiveClock(lambda: t[0])
+    t[0] = 11.0
+    live.pause()
+    t[0] = 20.0
+    assert live() == 11.0
+    live.resume()
+    t[0] = 21.0
+    assert live() == 12.0
 
 
 def test_join_duplicate_replaces_and_late_is_dropped() -> None:
