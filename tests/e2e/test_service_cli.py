@@ -1,0 +1,50 @@
+"""`mmcl up`, `config show`, `produce` and `down` as a user runs them, on a machine where nothing else listens."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from streams.embedded import free_port, pid_alive
+
+ROOT = Path(__file__).resolve().parents[2]
+MMCL = str(ROOT / ".venv" / "bin" / "mmcl")
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MMCL, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_up_config_produce_down(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMCL_")}
+    configured_kafka = f"127.0.0.1:{free_port()}"
+    env.update({"MMCL_STATE_DIR": str(tmp_path / "state"), "MMCL_KAFKA__BOOTSTRAP_SERVERS": configured_kafka,
+                "MMCL_REDIS__URL": f"redis://:s3cret@127.0.0.1:{free_port()}/0", "MMCL_TOPICS__PREFIX": "cli"})
+    up = run(env, "up")
+    assert up.returncode == 0, up.stderr
+    runtime = json.loads((tmp_path / "state" / "runtime.json").read_text())
+    try:
+        assert set(runtime) == {"kafka", "redis"} and all(pid_alive(s["pid"]) for s in runtime.values())
+        assert runtime["kafka"]["url"] in up.stdout and "cli.features.text" in up.stdout
+        again = run(env, "up")  # idempotent: finds them running
+        assert again.returncode == 0 and again.stdout.count("[already up]") == 2
+        shown = json.loads(run(env, "config", "show").stdout)
+        assert shown["kafka"]["bootstrap_servers"] == runtime["kafka"]["url"]  # the configured one does not answer
+        assert "s3cret" not in json.dumps(shown)
+        sent = run(env, "produce", "--limit", "6", "--rate", "100", "--calls", "2")
+        assert sent.returncode == 0, sent.stderr
+        assert "sent 6 utterances" in sent.stdout
+    finally:
+        down = run(env, "down")
+    assert down.returncode == 0 and "stopped: kafka, redis" in down.stdout
+    assert not any(pid_alive(s["pid"]) for s in runtime.values())
+    assert run(env, "down").stdout.strip() == "nothing was running"
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable() -> None:
+    env = {**os.environ, "MMCL_BATCH__MAX_SIZE": "many"}
+    r = run(env, "config", "show")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("mmcl: error: MMCL_BATCH__MAX_SIZE")
