@@ -44,8 +44,12 @@ def _modalities(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmcl", description="MMCL multimodal sentiment: train, evaluate, data tools.")
-    sub = p.add_subparsers(dest="command", required=True)
+    add_model_commands(p.add_subparsers(dest="command", required=True))
+    return p
 
+
+def add_model_commands(sub: Any) -> None:
+    """train, evaluate, data: also part of the service's `mmcl` command (streams.cli)."""
     t = sub.add_parser("train", help="train MMCL or the late-fusion baseline on a dataset file (.npz)")
     t.add_argument("--data", required=True, type=Path, help="dataset .npz (from `mmcl data synth|convert`)")
     t.add_argument("--out", type=Path, default=Path("runs/latest"), help="run directory (checkpoint in OUT/best)")
@@ -84,10 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--score-range", type=float, default=None, help="label range (3 MOSI/MOSEI, 1 SIMS); default: detect")
     i = d.add_parser("inspect", help="splits, shapes, dims and label statistics of a dataset file")
     i.add_argument("path", type=Path)
-    return p
 
 
-def _load_any(path: Path) -> Dataset:
+def load_any(path: Path) -> Dataset:
     from mmcl.data import load_dataset
     from mmcl.data.formats import load_public_pickle
 
@@ -200,7 +203,7 @@ def cmd_data(a: argparse.Namespace) -> int:
         out = save_dataset(ds, a.dest)
         print(f"wrote {out} ({ds.meta['layout']} layout; " + ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items()) + ")")
         return 0
-    print(json.dumps(describe(_load_any(a.path)), indent=2))
+    print(json.dumps(describe(load_any(a.path)), indent=2))
     return 0
 
 

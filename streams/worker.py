@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
 from mmcl.config import TaskKind
 from mmcl.errors import ConfigError
 from mmcl.predictor import Predictor
@@ -22,7 +24,7 @@ def load_predictor(s: Settings) -> Predictor:
     if predictor.cfg.task.kind is TaskKind.MULTITASK:
         raise ConfigError("the worker serves sentiment models (regression or classes); this checkpoint is multitask")
     # warm up: the first call pays for allocations and kernel choice; do not bill it to the first utterance
-    predictor.predict([{"text": __import__("numpy").zeros((2, predictor.input_dims[0]), "float32")}])
+    predictor.predict([{"text": np.zeros((2, predictor.input_dims[0]), np.float32)}])
     return predictor
 
 
