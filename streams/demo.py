@@ -191,6 +191,8 @@ def run_demo(s: Settings, a: argparse.Namespace) -> int:
         if worker.poll() is not None:
             raise ConfigError(f"the worker exited with code {worker.returncode}; see {log_path}")
         sc = scrape(port)
+        if not tty:  # a log has no live view: leave one snapshot of it
+            print("\n" + render(s, client, sc, 0.0, stats_box.get("live", sim_stats).utterances, time.monotonic() - t0))
         print(f"\nresults: {int(sc.predictions)} predictions, p95 latency "
               f"{'-' if sc.p95_s is None else f'{sc.p95_s * 1000:.0f} ms'}; metrics were on http://127.0.0.1:{port}/metrics")
         return 0

@@ -26,6 +26,7 @@ def test_demo_leaves_results_in_redis_and_counts_predictions(tmp_path: Path) -> 
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     m = re.search(r"results: (\d+) predictions, p95 latency (\d+) ms", r.stdout)
     assert m and int(m.group(1)) > 100, r.stdout[-2000:]  # read from the worker's /metrics before it stopped
+    assert "customer ewma" in r.stdout and "call-" in r.stdout  # the view's snapshot: calls and their sentiment
     runtime = json.loads((tmp_path / "state" / "runtime.json").read_text())
     try:
         client = redis.Redis.from_url(runtime["redis"]["url"], decode_responses=True)
