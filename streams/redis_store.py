@@ -69,17 +69,17 @@ class ResultWriter:
 
     async def write(self, preds: list[Prediction], now_ms: int) -> list[tuple[bool, str]]:
         """-> per prediction (new?, alert JSON or ''). Raises redis errors; the caller retries the whole batch."""
-        pipe = self.client.pipeline(transaction=False)
         o, r = self.out, self.rule
-        for p in preds:
-            c = call_of(p)
-            await self.script(
-                keys=[utt_key(c, p.utterance_id), call_key(c), timeline_key(c), FEED, ALERTS],
-                args=[json.dumps(hash_fields(p)), repr(float(p.score)), p.speaker, o.utterance_ttl_s, o.call_ttl_s,
-                      o.timeline_maxlen, o.feed_maxlen, o.alerts_maxlen, repr(o.ewma_alpha), o.shift_window,
-                      "1" if p.speaker in r.alert_roles else "0", repr(r.negative_below), r.n, r.m, now_ms, r.name],
-                client=pipe)
-        replies = await pipe.execute()
+        async with self.client.pipeline(transaction=False) as pipe:  # released even when the write fails
+            for p in preds:
+                c = call_of(p)
+                await self.script(
+                    keys=[utt_key(c, p.utterance_id), call_key(c), timeline_key(c), FEED, ALERTS],
+                    args=[json.dumps(hash_fields(p)), repr(float(p.score)), p.speaker, o.utterance_ttl_s, o.call_ttl_s,
+                          o.timeline_maxlen, o.feed_maxlen, o.alerts_maxlen, repr(o.ewma_alpha), o.shift_window,
+                          "1" if p.speaker in r.alert_roles else "0", repr(r.negative_below), r.n, r.m, now_ms, r.name],
+                    client=pipe)
+            replies = await pipe.execute()
         return [(status == "new", alert) for status, alert in replies]
 
 
