@@ -41,6 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--last", type=int, default=20)
     r.add_argument("--json", action="store_true")
 
+    m = sub.add_parser("model", help="the model registry").add_subparsers(dest="model_command", required=True)
+    m.add_parser("list", help="every version, oldest first; * marks the current one")
+    sh = m.add_parser("show", help="one version's lineage, label window and metrics")
+    sh.add_argument("version", nargs="?", help="default: the current one")
+    pb = m.add_parser("publish", help="add a checkpoint directory as a version")
+    pb.add_argument("checkpoint", type=Path)
+    pb.add_argument("--parent", help="the version it was trained from")
+    pb.add_argument("--note", default="")
+    pb.add_argument("--promote", action="store_true", help="and make it current")
+    pm = m.add_parser("promote", help="make a version current (atomic) and tell the workers")
+    pm.add_argument("version")
+    m.add_parser("rollback", help="back to the version promoted before the current one, and tell the workers")
+
     c = sub.add_parser("config", help="settings").add_subparsers(dest="config_command", required=True)
     c.add_parser("show", help="print the effective settings (secrets masked)")
     sc = sub.add_parser("schemas", help="message JSON Schemas").add_subparsers(dest="schemas_command", required=True)
@@ -167,6 +180,50 @@ def cmd_results(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(a: argparse.Namespace) -> int:
+    from streams.models import announce, open_registry
+
+    s = settings()
+    reg = open_registry(s)
+    cmd = a.model_command
+    if cmd == "list":
+        current = reg.current()
+        for v in reg.versions():
+            print(f"{'*' if v.version == current else ' '} {v.version}  created {_iso(v.created_at)}  "
+                  f"parent {v.parent or '-'}  {v.note}")
+        return 0
+    if cmd == "show":
+        version = a.version or reg.current()
+        if version is None:
+            raise ConfigError("the registry has no current version")
+        info = reg.get(version).to_json()
+        info["current"] = version == reg.current()
+        print(json.dumps(info, indent=2))
+        return 0
+    if cmd == "publish":
+        v = reg.publish(a.checkpoint, parent=a.parent, note=a.note)
+        print(f"published {v.version}")
+        if not a.promote:
+            return 0
+        a.version = v.version
+        cmd = "promote"
+    if cmd == "promote":
+        reg.promote(a.version)
+        version, action = a.version, "promote"
+    else:
+        version, action = reg.rollback(), "rollback"
+    announce(s, version, reg.get(version).checksum, action)
+    done = {"promote": "promoted", "rollback": "rolled back"}[action]
+    print(f"current: {version} ({done}; workers told on {s.topics.model_updates})")
+    return 0
+
+
+def _iso(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def cmd_config(a: argparse.Namespace) -> int:
     print(json.dumps(masked(settings()), indent=2))
     return 0
@@ -181,7 +238,7 @@ def cmd_schemas(a: argparse.Namespace) -> int:
 
 
 HANDLERS = {**model_cli.HANDLERS, "up": cmd_up, "down": cmd_down, "worker": cmd_worker, "produce": cmd_produce,
-            "demo": cmd_demo, "results": cmd_results, "config": cmd_config, "schemas": cmd_schemas}
+            "demo": cmd_demo, "results": cmd_results, "model": cmd_model, "config": cmd_config, "schemas": cmd_schemas}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

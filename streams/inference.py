@@ -56,17 +56,18 @@ class InferenceThread:
             self.deliver(self.run_batch(batch))  # type: ignore[arg-type]
 
     def run_batch(self, items: Sequence[Joined]) -> BatchResult:
+        predictor = self.predictor  # one model per batch: a hot swap takes effect at the next one
         t0 = time.perf_counter()
         try:
-            return BatchResult(items, self.predictor.predict(model_inputs(items)), [], time.perf_counter() - t0)
+            return BatchResult(items, predictor.predict(model_inputs(items)), [], time.perf_counter() - t0)
         except Exception as e:
             log.warning("batch of %d failed (%s); retrying one by one", len(items), e)
         good, failed = [], []
         for item in items:
             try:
-                self.predictor.predict(model_inputs([item]))
+                predictor.predict(model_inputs([item]))
                 good.append(item)
             except Exception as e:
                 failed.append((item, f"{type(e).__name__}: {e}"[:300]))
-        preds = self.predictor.predict(model_inputs(good)) if good else None
+        preds = predictor.predict(model_inputs(good)) if good else None
         return BatchResult(good, preds, failed, time.perf_counter() - t0)

@@ -54,11 +54,14 @@ def ensure_topics(k: KafkaSettings, t: TopicSettings, timeout: float = 15.0) -> 
     """Create the missing topics with the configured partition count (auto-created ones would get the broker's)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    missing = [name for name, n in partition_counts(k, t.all, timeout).items() if n is None]
+    wanted = (*t.all, t.model_updates)
+    missing = [name for name, n in partition_counts(k, wanted, timeout).items() if n is None]
     if missing:
         admin = AdminClient(librdkafka_config(k))  # must outlive the futures: its destruction cancels them
         futures = admin.create_topics(
-            [NewTopic(name, num_partitions=t.partitions, replication_factor=t.replication) for name in missing],
+            [NewTopic(name, num_partitions=1, replication_factor=t.replication, config={"cleanup.policy": "compact"})
+             if name == t.model_updates else
+             NewTopic(name, num_partitions=t.partitions, replication_factor=t.replication) for name in missing],
             operation_timeout=timeout)
         for name, fut in futures.items():
             try:

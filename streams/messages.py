@@ -116,9 +116,20 @@ class FeedbackLabel(_Wire):
     labeled_at: int = Field(ge=0)
 
 
+class ModelAnnouncement(_Wire):
+    """On the model-updates topic (key: the model name) after a promotion or rollback. The registry stays the
+    truth: a worker that hears one re-reads `current` there."""
+
+    version: str
+    checksum: str
+    action: Literal["promote", "rollback"]
+    announced_at: int
+
+
 WIRE_MODELS: dict[str, type[BaseModel]] = {
     "feature_message": FeatureMessage,
     "prediction": Prediction,
     "alert": Alert,
     "feedback_label": FeedbackLabel,
+    "model_announcement": ModelAnnouncement,
 }

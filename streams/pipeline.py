@@ -88,8 +88,17 @@ class Pipeline:
         self.assigned = False
         self.redis_ok = True
         self.written = 0  # utterances written (new or re-delivered), for tests and the demo
-        metrics.model_info.info({"version": predictor.version, "kind": predictor.cfg.kind,
-                                 "decoupling": predictor.cfg.decoupling, "device": str(predictor.device)})
+        self._describe_model(predictor)
+
+    def _describe_model(self, p: Predictor) -> None:
+        self.metrics.model_info.info({"version": p.version, "kind": p.cfg.kind, "decoupling": p.cfg.decoupling,
+                                      "device": str(p.device)})
+
+    def swap(self, new: Predictor) -> None:
+        """Serve `new` from the next batch on (any thread; the caller has loaded and warmed it)."""
+        self.predictor = new
+        self._inference.predictor = new
+        self._describe_model(new)
 
     # lifecycle -----------------------------------------------------------------------------------------------
     async def start(self) -> None:

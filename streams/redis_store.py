@@ -30,7 +30,7 @@ def timeline_key(c: str) -> str:
     return f"mmcl:{{{c}}}:timeline"
 
 
-def _client_kwargs(r: RedisSettings) -> dict[str, Any]:
+def redis_kwargs(r: RedisSettings) -> dict[str, Any]:
     kw: dict[str, Any] = {"socket_timeout": r.socket_timeout_s, "socket_connect_timeout": r.socket_timeout_s,
                           "decode_responses": True}
     if r.username:
@@ -43,11 +43,11 @@ def _client_kwargs(r: RedisSettings) -> dict[str, Any]:
 
 
 def async_client(r: RedisSettings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(r.url, **_client_kwargs(r))
+    return aioredis.Redis.from_url(r.url, **redis_kwargs(r))
 
 
 def sync_client(r: RedisSettings) -> redis.Redis:
-    return redis.Redis.from_url(r.url, **_client_kwargs(r))
+    return redis.Redis.from_url(r.url, **redis_kwargs(r))
 
 
 def call_of(p: Prediction) -> str:

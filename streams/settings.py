@@ -89,7 +89,12 @@ class TopicSettings(BaseModel):
         return f"{self.prefix}.feedback"
 
     @property
+    def model_updates(self) -> str:
+        return f"{self.prefix}.model-updates"  # one partition, compacted
+
+    @property
     def all(self) -> tuple[str, ...]:
+        """The topics with `partitions` partitions (model_updates has one)."""
         return (*self.features, self.predictions, self.alerts, self.dlq, self.feedback)
 
 
@@ -123,6 +128,18 @@ class ModelSettings(BaseModel):
         if v not in ("auto", "cpu", "cuda", "mps") and not (v.startswith("cuda:") and v[5:].isdigit()):
             raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return v
+
+
+class RegistrySettings(BaseModel):
+    """Where versioned models live. `dir`: a folder (one machine; default <state_dir>/registry). `redis`: Redis at
+    `redis_url` (default: MMCL_REDIS__URL), for workers on several machines. When the registry has a current
+    version, workers serve it and follow promotions; otherwise they serve MMCL_MODEL__CHECKPOINT."""
+
+    backend: Literal["dir", "redis"] = "dir"
+    path: Path | None = None
+    redis_url: str | None = None
+    prefix: str = "mmcl:registry"
+    poll_s: float = Field(30.0, gt=0)  # workers also re-check `current` this often, in case an announcement was missed
 
 
 class MetricsSettings(BaseModel):
@@ -180,6 +197,7 @@ class Settings(BaseSettings):
     join: JoinSettings = JoinSettings()
     batch: BatchSettings = BatchSettings()
     model: ModelSettings = ModelSettings()
+    registry: RegistrySettings = RegistrySettings()
     metrics: MetricsSettings = MetricsSettings()
     output: OutputSettings = OutputSettings()
     alert: AlertSettings = AlertSettings()

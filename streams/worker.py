@@ -5,27 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
-from mmcl.config import TaskKind
-from mmcl.errors import ConfigError
-from mmcl.predictor import Predictor
 from streams.kafka import check_copartitioned, ensure_topics
 from streams.metrics import Metrics
+from streams.models import ModelFollower, initial_predictor, open_registry
 from streams.settings import Settings
 
 log = logging.getLogger("mmcl.worker")
-
-
-def load_predictor(s: Settings) -> Predictor:
-    if s.model.checkpoint is None:
-        raise ConfigError("MMCL_MODEL__CHECKPOINT is not set: point it at a checkpoint directory (mmcl train --out)")
-    predictor = Predictor.from_checkpoint(s.model.checkpoint, device=s.model.device)
-    if predictor.cfg.task.kind is TaskKind.MULTITASK:
-        raise ConfigError("the worker serves sentiment models (regression or classes); this checkpoint is multitask")
-    # warm up: the first call pays for allocations and kernel choice; do not bill it to the first utterance
-    predictor.predict([{"text": np.zeros((2, predictor.input_dims[0]), np.float32)}])
-    return predictor
 
 
 def run_worker(s: Settings, create_topics: bool = False) -> int:
@@ -41,7 +26,8 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
         ensure_topics(s.kafka, s.topics)
     partitions = check_copartitioned(s)
     s = s.model_copy(update={"topics": s.topics.model_copy(update={"partitions": partitions})})
-    predictor = load_predictor(s)
+    registry = open_registry(s)
+    predictor = initial_predictor(s, registry)
     metrics = Metrics()
     app = build_app(s)
     state: dict[str, Any] = {}
@@ -49,9 +35,13 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
     pipeline = Pipeline(s, predictor, metrics, lambda: ResultWriter(async_client(s.redis), s.output, aggregate_rule(s)),
                         FaustPublisher(app), ack=lambda event: event.ack())
 
+    follower = ModelFollower(s, registry, lambda: pipeline.predictor, pipeline.swap,
+                             lambda result: metrics.model_swaps.labels(result).inc())
+
     @app.task
     async def start_pipeline() -> None:
         await pipeline.start()
+        follower.start()
         state["http"] = await start_http(metrics, lambda: status(pipeline, app), s.metrics.host, s.metrics.port)
         log.info("worker up: model %s on %s, metrics on http://%s:%d/metrics", predictor.version, predictor.device,
                  s.metrics.host, s.metrics.port)

@@ -63,16 +63,19 @@ def redis_service(state_dir: Path) -> Iterator[Service]:
     svc.stop()
 
 
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_checkpoint(path: Path, seed: int = 0, text_dim: int = DIMS["text"]) -> Path:
     """A small MMCL with random weights: the service does not care what the model learned."""
     import torch
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(input_dims=(DIMS["text"], DIMS["audio"], DIMS["visual"]), seq_len=SEQ_LEN, d_model=16,
+    torch.manual_seed(seed)
+    cfg = ModelConfig(input_dims=(text_dim, DIMS["audio"], DIMS["visual"]), seq_len=SEQ_LEN, d_model=16,
                       num_heads=2, ff_dim=32)
-    path = tmp_path_factory.mktemp("model") / "ckpt"
-    return save_checkpoint(path, build_model(cfg).eval(), cfg, FeatureProfile(cfg.input_dims), {})
+    return save_checkpoint(path, build_model(cfg).eval(), cfg, FeatureProfile(cfg.input_dims), {"seed": seed})
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("model") / "ckpt")
 
 
 @dataclass
@@ -101,7 +104,7 @@ class Stack:
             "MMCL_TOPICS__PREFIX": self.prefix, "MMCL_KAFKA__GROUP_ID": f"{self.prefix}-workers",
             "MMCL_MODEL__CHECKPOINT": str(self.checkpoint), "MMCL_STATE_DIR": str(self.state_dir),
             "MMCL_KAFKA__SESSION_TIMEOUT_S": "3", "MMCL_JOIN__TIMEOUT_S": "1.0", "MMCL_LOG_LEVEL": "info",
-            "MMCL_MODEL__DEVICE": DEVICE,
+            "MMCL_MODEL__DEVICE": DEVICE, "MMCL_REGISTRY__PATH": str(self.state_dir / f"registry-{self.prefix}"),
         })
         env.update(extra)
         return env

@@ -1,0 +1,90 @@
+"""The model registry, both backends behind one interface: publish, promote, rollback, corrupt entries."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from streams.embedded import Service
+from streams.registry import DirRegistry, RedisRegistry, Registry, RegistryError
+
+from .conftest import make_checkpoint
+
+
+@pytest.fixture(params=["dir", "redis"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path, redis_service: Service) -> Iterator[Registry]:
+    if request.param == "dir":
+        yield DirRegistry(tmp_path / "registry")
+        return
+    client = redis.Redis.from_url(redis_service.url)
+    prefix = f"test:{tmp_path.name}"
+    yield RedisRegistry(client, tmp_path / "cache", prefix)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+def corrupt(registry: Registry, version: str) -> None:
+    if isinstance(registry, DirRegistry):
+        weights = registry.root / "versions" / version / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-10] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    else:
+        assert isinstance(registry, RedisRegistry)
+        key = f"{registry.prefix}:v:{version}"
+        data = bytearray(registry.r.hget(key, "model.safetensors"))
+        data[-10] ^= 0xFF
+        registry.r.hset(key, "model.safetensors", bytes(data))
+        import shutil
+
+        shutil.rmtree(registry.cache / version, ignore_errors=True)
+
+
+def test_publish_promote_rollback(registry: Registry, tmp_path: Path) -> None:
+    a = registry.publish(make_checkpoint(tmp_path / "a", seed=0), note="first")
+    b = registry.publish(make_checkpoint(tmp_path / "b", seed=1), parent=a.version,
+                         label_window={"from": 1, "to": 2, "labels": 40})
+    assert registry.publish(tmp_path / "a").version == a.version  # the same weights again: the same version
+    assert [v.version for v in registry.versions()] == [a.version, b.version]
+    got = registry.get(b.version)
+    assert got.parent == a.version and got.label_window == {"from": 1, "to": 2, "labels": 40}
+    assert got.metrics == {"seed": 1} and len(got.checksum) == 64 and got.version == got.checksum[:12]
+    assert registry.current() is None
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry.rollback()
+    registry.promote(a.version)
+    registry.promote(b.version)
+    registry.promote(b.version)  # promoting the current one again changes nothing
+    assert registry.current() == b.version and registry.history() == [a.version, b.version]
+    assert (registry.fetch(b.version) / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert registry.rollback() == a.version
+    assert registry.current() == a.version and registry.history() == [a.version]
+    with pytest.raises(RegistryError, match="no model version"):
+        registry.promote("0123456789ab")
+
+
+def test_a_corrupt_entry_is_refused(registry: Registry, tmp_path: Path) -> None:
+    a = registry.publish(make_checkpoint(tmp_path / "a", seed=0))
+    b = registry.publish(make_checkpoint(tmp_path / "b", seed=1))
+    registry.promote(a.version)
+    corrupt(registry, b.version)
+    with pytest.raises(RegistryError, match="corrupt"):
+        registry.fetch(b.version)
+    with pytest.raises(RegistryError, match="corrupt"):
+        registry.promote(b.version)
+    assert registry.current() == a.version
+
+
+def test_concurrent_promotions_keep_a_consistent_history(registry: Registry, tmp_path: Path) -> None:
+    versions = [registry.publish(make_checkpoint(tmp_path / f"m{i}", seed=i)).version for i in range(4)]
+    threads = [threading.Thread(target=registry.promote, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    history = registry.history()
+    assert sorted(history) == sorted(versions) and registry.current() == history[-1]  # none lost, none twice
