@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     device: str | torch.device = "cpu",
+    init_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train and select on validation; the test split is evaluated once. `device="auto"` uses CUDA if present."""
     dev = resolve_device(device)
@@ -129,7 +130,10 @@ def train(
     seed_everything(tcfg.seed)
     gen = torch.Generator().manual_seed(tcfg.seed)
     data = {name: to_tensors(split, mcfg).to(dev) for name, split in ds.splits.items()}
-    model = build_model(mcfg).to(dev)
+    model = build_model(mcfg)
+    if init_state is not None:  # fine-tuning: start from these weights (same architecture)
+        model.load_state_dict(init_state, strict=True)
+    model = model.to(dev)
     task = mcfg.task
     rl: ActReward | None = None
     if isinstance(model, MMCL):

@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run the streaming worker against the configured broker and Redis")
     w.add_argument("--create-topics", action="store_true", help="create missing topics first (default: they must exist)")
 
+    sub.add_parser("trainer", help="learn from feedback labels: retrain, gate, promote (one active instance)")
     pr = sub.add_parser("produce", help="publish a dataset split as a simulated call center")
     pr.add_argument("--data", type=Path, help="dataset file (.npz, or a public .pkl); default: the demo's synthetic set")
     pr.add_argument("--split", default="test")
@@ -118,6 +119,12 @@ def sim_spec(a: argparse.Namespace, run_id: str = "") -> SimSpec:
         raise ConfigError("--missing-visual must be between 0 and 1")
     return SimSpec(calls=a.calls, rate=a.rate, jitter_ms=a.jitter_ms, missing_visual=a.missing_visual, limit=a.limit,
                    duration_s=a.duration, seed=a.seed, run_id=run_id)
+
+
+def cmd_trainer(a: argparse.Namespace) -> int:
+    from streams.trainer import run_trainer
+
+    return run_trainer(settings())
 
 
 def cmd_produce(a: argparse.Namespace) -> int:
@@ -237,8 +244,9 @@ def cmd_schemas(a: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {**model_cli.HANDLERS, "up": cmd_up, "down": cmd_down, "worker": cmd_worker, "produce": cmd_produce,
-            "demo": cmd_demo, "results": cmd_results, "model": cmd_model, "config": cmd_config, "schemas": cmd_schemas}
+HANDLERS = {**model_cli.HANDLERS, "up": cmd_up, "down": cmd_down, "worker": cmd_worker, "trainer": cmd_trainer,
+            "produce": cmd_produce, "demo": cmd_demo, "results": cmd_results, "model": cmd_model, "config": cmd_config,
+            "schemas": cmd_schemas}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

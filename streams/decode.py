@@ -28,6 +28,8 @@ class Reason(StrEnum):
     LATE = "late"
     SPEAKER_CONFLICT = "speaker_conflict"
     INFERENCE_ERROR = "inference_error"
+    INVALID_LABEL = "invalid_label"
+    UNMATCHED = "unmatched"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -109,11 +109,27 @@ class Alert(_Wire):
 
 
 class FeedbackLabel(_Wire):
+    """A label for an utterance, after the fact. A second label for the same utterance replaces the first."""
+
     utterance_id: Id
     call_id: Id | None = None
-    label: float | str | dict[str, Any] = Field(description="score, class name, or per-emotion presence")
+    label: float = Field(description="sentiment score on the model's scale (MOSI: -3..3); class models learn from "
+                                     "scores too (their classes are score bins)", allow_inf_nan=False)
     source: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     labeled_at: int = Field(ge=0)
+
+
+class JoinedFeatures(_Wire):
+    """What the worker joined for one utterance, kept on the joined topic (key: utterance id) so feedback labels
+    that arrive minutes to days later can be matched to the exact features the model saw."""
+
+    utterance_id: Id
+    call_id: Id | None
+    speaker: Speaker
+    features: dict[ModalityName, EncodedArray]
+    produced_at: int
+    model_version: str
+    score: float
 
 
 class ModelAnnouncement(_Wire):
@@ -132,4 +148,5 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "alert": Alert,
     "feedback_label": FeedbackLabel,
     "model_announcement": ModelAnnouncement,
+    "joined_features": JoinedFeatures,
 }

@@ -23,7 +23,7 @@ from streams.aggregates import AggregateRule
 from streams.decode import ModelProfile, Reason, Rejection, decode_part
 from streams.inference import BatchResult, InferenceThread
 from streams.join import Dropped, Ignored, Joined, Joiner, LiveClock
-from streams.messages import Prediction
+from streams.messages import EncodedArray, JoinedFeatures, Prediction
 from streams.metrics import Metrics
 from streams.redis_store import ResultWriter
 from streams.settings import WIRE_MODALITIES, Settings, model_modality
@@ -196,11 +196,16 @@ class Pipeline:
         replies = await self._retry("redis", lambda: writer.write(preds, t), m.redis_errors, redis_write=True)
         written_at = time.time()
         records: list[tuple[str, bytes | None, bytes, Headers]] = []
-        for p, (_new, alert) in zip(preds, replies, strict=True):
+        for item, p, (_new, alert) in zip(result.items, preds, replies, strict=True):
             key = (p.call_id or p.utterance_id).encode()
             records.append((self.s.topics.predictions, key, p.model_dump_json().encode(), []))
             if alert:
                 records.append((self.s.topics.alerts, key, alert.encode(), []))
+            if self.s.trainer.keep_joined:
+                joined = JoinedFeatures(utterance_id=p.utterance_id, call_id=p.call_id, speaker=p.speaker,
+                                        features={m: EncodedArray.from_numpy(part.array) for m, part in item.parts.items()},
+                                        produced_at=item.produced_at, model_version=p.model_version, score=p.score)
+                records.append((self.s.topics.joined, p.utterance_id.encode(), joined.model_dump_json().encode(), []))
         await self._retry("kafka", lambda: self.publisher.send_many(records), m.kafka_errors)
         for p, (new, alert) in zip(preds, replies, strict=True):
             m.e2e_latency.observe(max(0.0, written_at - p.produced_at / 1000))

@@ -89,13 +89,17 @@ class TopicSettings(BaseModel):
         return f"{self.prefix}.feedback"
 
     @property
+    def joined(self) -> str:
+        return f"{self.prefix}.joined"  # give it long retention on a real cluster: labels come days later
+
+    @property
     def model_updates(self) -> str:
         return f"{self.prefix}.model-updates"  # one partition, compacted
 
     @property
     def all(self) -> tuple[str, ...]:
         """The topics with `partitions` partitions (model_updates has one)."""
-        return (*self.features, self.predictions, self.alerts, self.dlq, self.feedback)
+        return (*self.features, self.predictions, self.alerts, self.dlq, self.feedback, self.joined)
 
 
 class JoinSettings(BaseModel):
@@ -140,6 +144,31 @@ class RegistrySettings(BaseModel):
     redis_url: str | None = None
     prefix: str = "mmcl:registry"
     poll_s: float = Field(30.0, gt=0)  # workers also re-check `current` this often, in case an announcement was missed
+
+
+class TrainerSettings(BaseModel):
+    """`mmcl trainer`: feedback labels in, retrained models out, behind a validation gate."""
+
+    keep_joined: bool = True  # workers publish joined features to the joined topic (needed to learn from labels)
+    group_id: str = "mmcl-trainer"
+    match_grace_s: float = Field(60.0, ge=0)  # a label waits this long for its features before it is `unmatched`
+    feature_retention_s: int = Field(14 * 24 * 3600, ge=60)  # joined features kept this long ...
+    max_features: int = Field(200_000, ge=100)  # ... and at most this many (oldest go first)
+    max_examples: int = Field(10_000, ge=10)  # labelled examples kept (oldest labels go first); ~150 kB each at MOSI size
+    min_examples: int = Field(50, ge=10)  # no run below this many
+    retrain_every_s: float = Field(24 * 3600.0, gt=0)  # retrain when this much time has passed (and labels are new) ...
+    retrain_after_labels: int = Field(500, ge=1)  # ... or this many new labels arrived, whichever first
+    holdout_frac: float = Field(0.2, gt=0, lt=0.9)  # the newest labels, held out for the gate
+    valid_frac: float = Field(0.15, gt=0, lt=0.9)  # of the rest (the newest of it), to pick the epoch
+    gate_metric: Literal["mae", "acc2_has0", "acc2_non0", "f1_has0", "corr"] = "mae"
+    gate_margin: float = Field(0.0, ge=0)  # the candidate must beat the current model by more than this
+    fine_tune: bool = True  # start from the current model's weights (else from scratch)
+    epochs: int = Field(10, ge=1)
+    act_reward: bool = True  # the MMCL act-reward loop (False: supervised only, about 3x faster)
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"  # training next to CPU workers should not starve them; `auto` to use a GPU
+    metrics_port: int = Field(9465, ge=0, le=65535)
 
 
 class MetricsSettings(BaseModel):
@@ -198,6 +227,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = BatchSettings()
     model: ModelSettings = ModelSettings()
     registry: RegistrySettings = RegistrySettings()
+    trainer: TrainerSettings = TrainerSettings()
     metrics: MetricsSettings = MetricsSettings()
     output: OutputSettings = OutputSettings()
     alert: AlertSettings = AlertSettings()
