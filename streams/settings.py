@@ -167,7 +167,9 @@ class TrainerSettings(BaseModel):
     act_reward: bool = True  # the MMCL act-reward loop (False: supervised only, about 3x faster)
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(64, ge=1)
-    device: str = "cpu"  # training next to CPU workers should not starve them; `auto` to use a GPU
+    device: str = "cpu"  # `auto` to train on a GPU when there is one
+    threads: int = Field(1, ge=1)  # CPU threads for training: leave the cores to the workers beside it
+    nice: int = Field(10, ge=0, le=19)  # and run below their priority
     metrics_port: int = Field(9465, ge=0, le=65535)
 
 

@@ -347,10 +347,15 @@ def run_trainer(s: Settings) -> int:
     import asyncio
     import signal
 
+    import torch
+
     from streams.kafka import ensure_topics
     from streams.models import open_registry
 
     logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # a run trains for minutes next to workers that answer in milliseconds: fewer threads, lower priority
+    torch.set_num_threads(s.trainer.threads)
+    os.nice(s.trainer.nice)
     with single_instance(s):
         ensure_topics(s.kafka, s.topics)
         trainer = Trainer(s, open_registry(s))

@@ -1,0 +1,70 @@
+"""The trainer's pure parts: the time-ordered split, rebuilding a training split, the bounded store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from streams.messages import EncodedArray, FeedbackLabel, JoinedFeatures
+from streams.trainer import split_by_time, to_split
+from streams.training_store import Example, TrainingStore
+
+
+def ex(i: int, t: int = 3) -> Example:
+    return Example(f"u{i}", float(i), labeled_at=1000 + i,
+                   arrays={"text": np.full((t, 4), i, np.float32), "audio": np.ones((2, 3), np.float32)})
+
+
+def test_split_by_time_holds_out_the_newest() -> None:
+    examples = [ex(i) for i in range(20)]
+    train, valid, hold = split_by_time(examples, holdout_frac=0.2, valid_frac=0.25)
+    assert [e.utterance_id for e in hold] == [f"u{i}" for i in range(16, 20)]
+    assert [e.utterance_id for e in valid] == [f"u{i}" for i in range(12, 16)]
+    assert len(train) == 12 and max(e.labeled_at for e in train) < min(e.labeled_at for e in valid)
+
+
+def test_to_split_fits_lengths_and_marks_missing_modalities() -> None:
+    split = to_split([ex(1, t=3), ex(2, t=9)], dims=(4, 3, 2), seq_len=6)
+    assert split.features["text"].shape == (2, 6, 4)
+    assert list(split.lengths["text"]) == [3, 6]  # 9 frames are averaged down to 6
+    assert list(split.lengths["vision"]) == [0, 0]  # no visual part: missing, not zeros that look real
+    np.testing.assert_array_equal(split.labels, [1.0, 2.0])
+    assert split.features["text"][0, 3:].sum() == 0
+
+
+def joined(u: str, produced_at: int | None = None) -> JoinedFeatures:
+    return JoinedFeatures(utterance_id=u, call_id="c", speaker="customer", model_version="v", score=0.0,
+                          features={"text": EncodedArray.from_numpy(np.ones((2, 4), np.float32))},
+                          produced_at=produced_at or time.time_ns() // 1_000_000)
+
+
+def label(u: str, value: float, at: int) -> FeedbackLabel:
+    return FeedbackLabel(utterance_id=u, label=value, source="qa", labeled_at=at)
+
+
+def test_store_matches_replaces_bounds_and_survives_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "t.sqlite"
+    store = TrainingStore(db)
+    store.add_features(joined("a"))
+    assert not store.add_label(label("a", 1.0, 10), b"raw-a", [])
+    assert store.add_label(label("a", -1.0, 11), b"raw-a2", [])  # a second label replaces the first
+    assert not store.add_label(label("ghost", 0.5, 12), b"raw-g", [("k", b"v")])
+    store.commit()
+    assert store.size() == 1 and store.matched("a") and not store.matched("ghost")
+    assert [e.label for e in store.examples()] == [-1.0]
+    assert store.take_unmatched(older_than_s=3600) == []  # still in its grace period
+    gone = store.take_unmatched(older_than_s=0)
+    assert gone == [("ghost", b"raw-g", [("k", b"v")])]
+    store.set_meta("last_run_received", 123)
+    store.commit()
+    store.close()
+    again = TrainingStore(db)
+    assert again.size() == 1 and again.get_meta("last_run_received") == 123
+    for i in range(5):
+        again.add_features(joined(f"f{i}", produced_at=10_000 + i))
+        again.add_label(label(f"f{i}", 0.0, 100 + i), b"", [])
+    again.prune(retention_s=10**9, max_features=3, max_examples=4)
+    again.commit()
+    assert again.size() <= 3 and {e.utterance_id for e in again.examples()} <= {"f2", "f3", "f4", "a"}
