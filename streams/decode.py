@@ -41,6 +41,7 @@ class Part:
     array: np.ndarray  # (T, D) float32
     produced_at: int
     start_ms: int | None
+    raw: bytes = b""  # the message as it arrived (kept by reference, for the joined-features record)
 
     @property
     def join_key(self) -> tuple[str, str]:
@@ -94,7 +95,7 @@ def decode_part(raw: bytes | None, topic_modality: str, limits: LimitSettings, p
         return Rejection(Reason.DIMS, f"{msg.modality} features have D={arr.shape[1]}, the model needs {need}")
     if not np.isfinite(arr).all():
         return Rejection(Reason.NON_FINITE, f"{msg.modality} features contain NaN or Inf")
-    return Part(msg.utterance_id, msg.call_id, msg.speaker, msg.modality, arr, msg.produced_at, msg.start_ms)
+    return Part(msg.utterance_id, msg.call_id, msg.speaker, msg.modality, arr, msg.produced_at, msg.start_ms, raw)
 
 
 def _schema_rejection(e: ValidationError) -> Rejection:

@@ -121,12 +121,13 @@ class FeedbackLabel(_Wire):
 
 class JoinedFeatures(_Wire):
     """What the worker joined for one utterance, kept on the joined topic (key: utterance id) so feedback labels
-    that arrive minutes to days later can be matched to the exact features the model saw."""
+    that arrive minutes to days later can be matched to the exact features the model saw. The parts are the
+    feature messages as they arrived (the worker splices their bytes in rather than encoding the arrays again)."""
 
     utterance_id: Id
     call_id: Id | None
     speaker: Speaker
-    features: dict[ModalityName, EncodedArray]
+    parts: dict[ModalityName, FeatureMessage]
     produced_at: int
     model_version: str
     score: float

@@ -90,6 +90,42 @@ class SingleInstance:
         self._f.close()
 
 
+class RedisLease:
+    """One active trainer across machines (registry in Redis): a key held with a TTL and renewed while alive."""
+
+    RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+    RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+    def __init__(self, client: Any, key: str, ttl_s: float = 30.0) -> None:
+        self.r, self.key, self.ttl_ms = client, key, int(ttl_s * 1000)
+        self.token = f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+    def acquire(self) -> None:
+        if not self.r.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            holder = self.r.get(self.key)
+            holder = holder.decode() if isinstance(holder, bytes) else holder
+            raise ConfigError(f"another trainer is active ({holder}); only one may run: stop it first")
+        threading.Thread(target=self._renew, name="mmcl-trainer-lease", daemon=True).start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                ok = self.r.eval(self.RENEW, 1, self.key, self.token, self.ttl_ms)
+            except Exception as e:  # Redis away: the lease may lapse; say so and let the trainer stop
+                log.error("cannot renew the trainer lease: %s", e)
+                ok = 0
+            if not ok:
+                self.lost.set()
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            self.r.eval(self.RELEASE, 1, self.key, self.token)
+
+
 def split_by_time(examples: list[Example], holdout_frac: float, valid_frac: float
                   ) -> tuple[list[Example], list[Example], list[Example]]:
     """Oldest labels train, the next ones pick the epoch, the newest are held out for the gate."""
@@ -334,12 +370,25 @@ def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
 
 
 @contextlib.contextmanager
-def single_instance(s: Settings) -> Iterator[None]:
+def single_instance(s: Settings) -> Iterator[threading.Event]:
+    """The state folder's lock, and with the registry in Redis a lease there too (trainers on other machines).
+    Yields an event set if the lease is lost: the trainer must stop then."""
     lock = SingleInstance(s.state_dir / "trainer" / "trainer.lock")
     lock.acquire()
+    lease = None
     try:
-        yield
+        if s.registry.backend == "redis":
+            import redis
+
+            from streams.redis_store import redis_kwargs
+
+            client = redis.Redis.from_url(s.registry.redis_url or s.redis.url, **redis_kwargs(s.redis))
+            lease = RedisLease(client, f"{s.registry.prefix}:trainer-lease")
+            lease.acquire()
+        yield lease.lost if lease else threading.Event()
     finally:
+        if lease is not None:
+            lease.release()
         lock.release()
 
 
@@ -356,12 +405,13 @@ def run_trainer(s: Settings) -> int:
     # a run trains for minutes next to workers that answer in milliseconds: fewer threads, lower priority
     torch.set_num_threads(s.trainer.threads)
     os.nice(s.trainer.nice)
-    with single_instance(s):
+    with single_instance(s) as lost:
         ensure_topics(s.kafka, s.topics)
         trainer = Trainer(s, open_registry(s))
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
+        threading.Thread(target=lambda: (lost.wait(), stop.set()), daemon=True).start()
         loop = asyncio.new_event_loop()
         threading.Thread(target=_serve_metrics, args=(loop, trainer, s), daemon=True).start()
         log.info("trainer up: %d labelled examples; metrics on http://%s:%d/metrics", trainer.store.size(),

@@ -83,7 +83,7 @@ class TrainingStore:
     # ingestion ---------------------------------------------------------------------------------------------
     @_locked
     def add_features(self, j: JoinedFeatures) -> None:
-        arrays = pack({m: a.to_numpy() for m, a in j.features.items()})
+        arrays = pack({m: part.array() for m, part in j.parts.items()})
         self.db.execute("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (j.utterance_id, j.call_id, j.speaker, j.produced_at, j.model_version, arrays, _now()))
 

@@ -88,3 +88,26 @@ def test_concurrent_promotions_keep_a_consistent_history(registry: Registry, tmp
         t.join()
     history = registry.history()
     assert sorted(history) == sorted(versions) and registry.current() == history[-1]  # none lost, none twice
+
+
+def test_one_trainer_lease_across_machines(redis_service: Service, tmp_path: Path) -> None:
+    from mmcl.errors import ConfigError
+    from streams.trainer import RedisLease
+
+    client = redis.Redis.from_url(redis_service.url)
+    key = f"test:{tmp_path.name}:lease"
+    first = RedisLease(client, key, ttl_s=1.0)
+    first.acquire()
+    second = RedisLease(client, key, ttl_s=1.0)
+    with pytest.raises(ConfigError, match="another trainer is active"):
+        second.acquire()
+    assert client.pttl(key) > 0
+    import time
+
+    time.sleep(1.5)  # past the TTL: the holder renews, so it is still held
+    with pytest.raises(ConfigError):
+        second.acquire()
+    first.release()
+    second.acquire()
+    second.release()
+    assert client.get(key) is None

@@ -22,6 +22,7 @@ from streams import simulate
 from streams.embedded import free_port
 from streams.kafka import ensure_topics
 from streams.messages import FeedbackLabel
+from streams.redis_store import FEED
 from streams.registry import DirRegistry
 from streams.settings import KafkaSettings, Settings
 
@@ -125,6 +126,12 @@ def test_labels_retrain_promote_and_every_worker_swaps(local: Stack, tmp_path: P
         trainer.metric("mmcl_training_evaluation", model="current", metric="mae")
     for w in workers:  # both workers heard the announcement and swapped
         wait_for(lambda w=w: w.metric("mmcl_model_info", version=b) == 1, 30, "the swap")
+    s = Settings(kafka=KafkaSettings(bootstrap_servers=local.kafka.url), topics=local.topics)
+    after = simulate.SimSpec(calls=4, rate=100, jitter_ms=20, limit=20, seed=6, run_id=f"{local.prefix}-after-")
+    stats = simulate.run(s, SPLIT, after)
+    wait_for(lambda: results_complete(local, stats), 30, "results after the swap")
+    versions = [f["model_version"] for _, f in local.redis.xrange(FEED) if f["call_id"].startswith(after.run_id)]
+    assert versions == [b] * 20  # made by the new model, each once
     wait_for(lambda: trainer.metric("mmcl_feedback_labels_total", result="unmatched") == 1, 20, "the unmatched label")
     assert trainer.metric("mmcl_feedback_labels_total", result="invalid") == 1
     assert trainer.metric("mmcl_feedback_labels_total", result="matched") == N

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.messages import EncodedArray, FeedbackLabel, JoinedFeatures
+from streams.messages import EncodedArray, FeatureMessage, FeedbackLabel, JoinedFeatures
 from streams.trainer import split_by_time, to_split
 from streams.training_store import Example, TrainingStore
 
@@ -36,7 +36,8 @@ def test_to_split_fits_lengths_and_marks_missing_modalities() -> None:
 
 def joined(u: str, produced_at: int | None = None) -> JoinedFeatures:
     return JoinedFeatures(utterance_id=u, call_id="c", speaker="customer", model_version="v", score=0.0,
-                          features={"text": EncodedArray.from_numpy(np.ones((2, 4), np.float32))},
+                          parts={"text": FeatureMessage(utterance_id=u, modality="text", produced_at=1,
+                                                        features=EncodedArray.from_numpy(np.ones((2, 4), np.float32)))},
                           produced_at=produced_at or time.time_ns() // 1_000_000)
 
 
@@ -68,3 +69,24 @@ def test_store_matches_replaces_bounds_and_survives_a_restart(tmp_path: Path) ->
     again.prune(retention_s=10**9, max_features=3, max_examples=4)
     again.commit()
     assert again.size() <= 3 and {e.utterance_id for e in again.examples()} <= {"f2", "f3", "f4", "a"}
+
+
+def test_the_workers_spliced_joined_record_is_a_valid_message() -> None:
+    from streams.decode import ModelProfile, Part, decode_part
+    from streams.join import Joined
+    from streams.messages import Prediction
+    from streams.pipeline import joined_record
+    from streams.settings import LimitSettings
+
+    raws = {m: FeatureMessage(utterance_id="u1", call_id="c1", speaker="customer", modality=m, produced_at=5,
+                              features=EncodedArray.from_numpy(np.full((3, d), 0.5, np.float32))).model_dump_json().encode()
+            for m, d in (("text", 4), ("audio", 2))}
+    profile = ModelProfile({"text": 4, "audio": 2, "visual": 2}, {})
+    parts = {m: decode_part(raw, m, LimitSettings(), profile) for m, raw in raws.items()}
+    assert all(isinstance(p, Part) for p in parts.values())
+    item = Joined("c1", "u1", "customer", parts, (), (), False, 0.1)  # type: ignore[arg-type]
+    pred = Prediction(utterance_id="u1", call_id="c1", speaker="customer", score=-1.25, label="negative",
+                      modalities=["text", "audio"], model_version="abc", latency_ms=1.0, produced_at=5, predicted_at=6)
+    j = JoinedFeatures.model_validate_json(joined_record(item, pred))
+    assert j.score == -1.25 and j.model_version == "abc" and set(j.parts) == {"text", "audio"}
+    np.testing.assert_array_equal(j.parts["audio"].array(), np.full((3, 2), 0.5, np.float32))
