@@ -9,16 +9,14 @@ Two things Faust 0.15.3 does not let us configure are set here, in one place (BR
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.kafka import ssl_context
-from streams.pipeline import Headers, Pipeline, Source
+from streams.pipeline import Pipeline, Source
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,16 +44,6 @@ class _Transport(faust_aiokafka.Transport):
 class StreamApp(faust.App):
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
-
-
-class FaustPublisher:
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-
-    async def send_many(self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]) -> None:
-        producer = self.app.producer
-        futures = [await producer.send(topic, key, value, None, None, headers) for topic, key, value, headers in records]
-        await asyncio.gather(*futures)
 
 
 def build_app(s: Settings) -> StreamApp:

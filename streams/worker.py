@@ -16,9 +16,10 @@ log = logging.getLogger("mmcl.worker")
 def run_worker(s: Settings, create_topics: bool = False) -> int:
     import faust
 
-    from streams.faust_app import FaustPublisher, attach_pipeline, build_app
+    from streams.faust_app import attach_pipeline, build_app
     from streams.http import start_http
     from streams.pipeline import Pipeline, aggregate_rule
+    from streams.publisher import KafkaPublisher
     from streams.redis_store import ResultWriter, async_client
 
     logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -33,7 +34,7 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
     state: dict[str, Any] = {}
 
     pipeline = Pipeline(s, predictor, metrics, lambda: ResultWriter(async_client(s.redis), s.output, aggregate_rule(s)),
-                        FaustPublisher(app), ack=lambda event: event.ack())
+                        KafkaPublisher(s.kafka), ack=lambda event: event.ack())
 
     follower = ModelFollower(s, registry, lambda: pipeline.predictor, pipeline.swap,
                              lambda result: metrics.model_swaps.labels(result).inc())
