@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="everything at once: up, a model, the worker, a simulated call center, live view")
     d.add_argument("--checkpoint", type=Path, help="model to serve (default: train a small one on synthetic data)")
     d.add_argument("--keep", action="store_true", help="leave the embedded broker and Redis running afterwards")
+    d.add_argument("--no-trainer", action="store_true", help="do not run the trainer (it learns from the labels)")
     _sim_options(d, duration=True)
 
     r = sub.add_parser("results", help="a call's aggregates and timeline from Redis (no CALL_ID: the latest results)")
@@ -71,6 +72,9 @@ def _sim_options(p: argparse.ArgumentParser, duration: bool = False) -> None:
     p.add_argument("--limit", type=int, help="stop after this many utterances")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-share", type=float, default=0.3 if duration else 0.0,
+                   help="share of utterances that get a feedback label later (the dataset's score), for the trainer")
+    p.add_argument("--label-delay", type=float, default=3.0, help="seconds from an utterance to its label")
 
 
 def settings() -> Settings:
@@ -115,10 +119,12 @@ def sim_spec(a: argparse.Namespace, run_id: str = "") -> SimSpec:
     for name in ("calls", "rate"):
         if getattr(a, name) <= 0:
             raise ConfigError(f"--{name} must be positive")
-    if not 0 <= a.missing_visual <= 1:
-        raise ConfigError("--missing-visual must be between 0 and 1")
+    for name in ("missing_visual", "label_share"):
+        if not 0 <= getattr(a, name) <= 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 1")
     return SimSpec(calls=a.calls, rate=a.rate, jitter_ms=a.jitter_ms, missing_visual=a.missing_visual, limit=a.limit,
-                   duration_s=a.duration, seed=a.seed, run_id=run_id)
+                   duration_s=a.duration, seed=a.seed, run_id=run_id, label_share=a.label_share,
+                   label_delay_s=a.label_delay)
 
 
 def cmd_trainer(a: argparse.Namespace) -> int:
@@ -145,7 +151,8 @@ def cmd_produce(a: argparse.Namespace) -> int:
         stop.set()
         raise
     print(f"sent {stats.utterances} utterances ({stats.messages} messages, {len(stats.calls)} calls, "
-          f"{stats.skipped_visual} without visual, {stats.errors} errors) to {s.kafka.bootstrap_servers}")
+          f"{stats.skipped_visual} without visual, {stats.labels} labels, {stats.errors} errors) to "
+          f"{s.kafka.bootstrap_servers}")
     return 1 if stats.errors else 0
 
 

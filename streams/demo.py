@@ -26,6 +26,7 @@ from streams.runtime import DEMO_MODEL, up
 from streams.settings import Settings
 
 DEMO_DATA = "demo-data.npz"
+DEMO_TRAINER = {"MMCL_TRAINER__RETRAIN_AFTER_LABELS": "300", "MMCL_TRAINER__MIN_EXAMPLES": "100"}
 # MOSI-shaped synthetic data, smaller: the model trains in well under a minute on 2 cores
 DEMO_SPEC = SynthSpec(sizes=(600, 120, 400), seed=7)
 
@@ -52,7 +53,8 @@ def demo_model(state_dir: Path, log: Any = print) -> Path:
     preset = PRESETS["quick"]
     mcfg = ModelConfig(**{**preset["model"], "input_dims": ds.dims, "seq_len": DEMO_SPEC.seq_len,
                           "decoupling": "calibrated", "task": TaskConfig()})
-    tcfg = TrainConfig(**{**preset["train"], "epochs": 4, "act_reward": False})
+    # modality dropout: agents are analysed on text alone (the default policy), so the model must cope with that
+    tcfg = TrainConfig(**{**preset["train"], "epochs": 4, "act_reward": False, "modality_dropout": 0.3})
     res = train(ds, mcfg, tcfg, state_dir / "demo-train", progress=False, log=lambda _m: None)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(res.checkpoint, target)
@@ -68,28 +70,50 @@ class Scrape:
     p95_s: float | None = None
     dead_letters: float = 0.0
     ready: bool = False
+    model_version: str = "-"
+    # from the trainer, when it runs
+    labels: float = 0.0
+    training_set: float = 0.0
+    runs: dict[str, float] | None = None
+    training: bool = False
 
 
-def scrape(port: int) -> Scrape:
+def _samples(port: int) -> list[Any]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    out = Scrape()
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
-        return out
+        return []
+    return [smp for fam in text_string_to_metric_families(text) for smp in fam.samples]
+
+
+def scrape(port: int, trainer_port: int | None = None) -> Scrape:
+    out = Scrape()
     buckets: list[tuple[float, float]] = []
-    for fam in text_string_to_metric_families(text):
-        for smp in fam.samples:
-            if smp.name == "mmcl_predictions_total":
-                out.predictions += smp.value
-            elif smp.name == "mmcl_dead_letters_total":
-                out.dead_letters += smp.value
-            elif smp.name == "mmcl_end_to_end_latency_seconds_bucket":
-                buckets.append((float(smp.labels["le"]), smp.value))
-            elif smp.name == "mmcl_ready":
-                out.ready = smp.value == 1
+    for smp in _samples(port):
+        if smp.name == "mmcl_model_info":
+            out.model_version = smp.labels.get("version", "-")
+        elif smp.name == "mmcl_predictions_total":
+            out.predictions += smp.value
+        elif smp.name == "mmcl_dead_letters_total":
+            out.dead_letters += smp.value
+        elif smp.name == "mmcl_end_to_end_latency_seconds_bucket":
+            buckets.append((float(smp.labels["le"]), smp.value))
+        elif smp.name == "mmcl_ready":
+            out.ready = smp.value == 1
     out.p95_s = histogram_quantile(0.95, buckets)
+    if trainer_port is not None:
+        out.runs = {}
+        for smp in _samples(trainer_port):
+            if smp.name == "mmcl_feedback_labels_total" and smp.labels.get("result") == "received":
+                out.labels = smp.value
+            elif smp.name == "mmcl_training_set_size":
+                out.training_set = smp.value
+            elif smp.name == "mmcl_training_runs_total":
+                out.runs[smp.labels["outcome"]] = smp.value
+            elif smp.name == "mmcl_training_in_progress":
+                out.training = smp.value == 1
     return out
 
 
@@ -108,6 +132,14 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
     return prev_le
 
 
+def trainer_line(sc: Scrape) -> str:
+    if sc.runs is None:
+        return ""
+    runs = ", ".join(f"{k} {int(v)}" for k, v in sorted(sc.runs.items())) or "none yet"
+    return (f"   trainer: {int(sc.labels)} labels, {int(sc.training_set)} in the training set, runs: {runs}"
+            + ("   (training now)" if sc.training else ""))
+
+
 def render(s: Settings, client: Any, sc: Scrape, rate: float, sent: int, elapsed: float) -> str:
     feed = client.xrevrange(FEED, count=400)
     latest: dict[str, dict[str, tuple[float, str]]] = {}
@@ -115,7 +147,7 @@ def render(s: Settings, client: Any, sc: Scrape, rate: float, sent: int, elapsed
         latest.setdefault(e["call_id"], {}).setdefault(e["speaker"], (float(e["score"]), e["label"]))
     lines = [f"mmcl demo  {elapsed:6.0f} s   sent {sent} utterances   results {int(sc.predictions)}   "
              f"{rate:5.1f} utt/s   p95 latency {'-' if sc.p95_s is None else f'{sc.p95_s * 1000:.0f} ms'}   "
-             f"dead letters {int(sc.dead_letters)}", "",
+             f"dead letters {int(sc.dead_letters)}", f"model {sc.model_version}{trainer_line(sc)}", "",
              f"{'call':<22s} {'agent':>16s} {'customer':>16s} {'customer ewma':>14s} {'shift':>7s}  alert"]
     for call_id in list(latest)[:10]:
         agg = client.hgetall(call_key(call_id))
@@ -146,6 +178,8 @@ def run_demo(s: Settings, a: argparse.Namespace) -> int:
     s = res.settings
     started = dict(res.started)
     worker: subprocess.Popen[bytes] | None = None
+    trainer: subprocess.Popen[bytes] | None = None
+    trainer_port: int | None = None
     stop = threading.Event()
     producer: threading.Thread | None = None
     try:
@@ -162,6 +196,18 @@ def run_demo(s: Settings, a: argparse.Namespace) -> int:
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         print(f"worker starting (log {log_path}) ...")
         wait_ready(port, worker, 90)
+        if not a.no_trainer:
+            trainer_port = free_port()
+            tenv = {**env, "MMCL_TRAINER__METRICS_PORT": str(trainer_port), "MMCL_TRAINER__EPOCHS": "4",
+                    "MMCL_TRAINER__ACT_REWARD": "false", "MMCL_TRAINER__MATCH_GRACE_S": "30",
+                    **{k: v for k, v in DEMO_TRAINER.items() if k not in os.environ}}
+            tlog = s.state_dir / "logs" / "trainer.log"
+            with tlog.open("ab") as logf:
+                trainer = subprocess.Popen([sys.executable, "-m", "streams.cli", "trainer"], env=tenv, stdout=logf,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            print(f"trainer starting (log {tlog}): retrains after {tenv['MMCL_TRAINER__RETRAIN_AFTER_LABELS']} labels")
+        if a.limit is None:
+            a.limit = 10**9  # the split's utterances over and over (new ids each time) until Ctrl-C / --duration
         spec = sim_spec(a, run_id=f"d{int(time.time()) % 100000}-")
         stats_box: dict[str, Any] = {}
         sim_stats = simulate.SimStats()
@@ -173,11 +219,11 @@ def run_demo(s: Settings, a: argparse.Namespace) -> int:
         producer.start()
         client = sync_client(s.redis)
         tty = sys.stdout.isatty()
-        t0, last_pred, last_t, last_print = time.monotonic(), 0.0, time.monotonic(), 0.0
+        t0, last_pred, last_t, last_print, rate = time.monotonic(), 0.0, time.monotonic(), 0.0, 0.0
         end = t0 + a.duration if a.duration else None
         while (end is None or time.monotonic() < end) and worker.poll() is None:
             time.sleep(1.0)
-            sc, now = scrape(port), time.monotonic()
+            sc, now = scrape(port, trainer_port), time.monotonic()
             rate = (sc.predictions - last_pred) / max(now - last_t, 1e-6)
             last_pred, last_t = sc.predictions, now
             sent = stats_box.get("live", sim_stats).utterances
@@ -190,9 +236,9 @@ def run_demo(s: Settings, a: argparse.Namespace) -> int:
                       f"{'-' if sc.p95_s is None else f'{sc.p95_s * 1000:.0f} ms'}", flush=True)
         if worker.poll() is not None:
             raise ConfigError(f"the worker exited with code {worker.returncode}; see {log_path}")
-        sc = scrape(port)
+        sc = scrape(port, trainer_port)
         if not tty:  # a log has no live view: leave one snapshot of it
-            print("\n" + render(s, client, sc, 0.0, stats_box.get("live", sim_stats).utterances, time.monotonic() - t0))
+            print("\n" + render(s, client, sc, rate, stats_box.get("live", sim_stats).utterances, time.monotonic() - t0))
         print(f"\nresults: {int(sc.predictions)} predictions, p95 latency "
               f"{'-' if sc.p95_s is None else f'{sc.p95_s * 1000:.0f} ms'}; metrics were on http://127.0.0.1:{port}/metrics")
         return 0
@@ -203,12 +249,13 @@ def run_demo(s: Settings, a: argparse.Namespace) -> int:
         stop.set()
         if producer is not None:
             producer.join(30)
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        for proc in (trainer, worker):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         if not a.keep:
             for svc in started.values():
                 stop_pid(svc.pid)

@@ -155,7 +155,7 @@ class TrainerSettings(BaseModel):
     feature_retention_s: int = Field(14 * 24 * 3600, ge=60)  # joined features kept this long ...
     max_features: int = Field(200_000, ge=100)  # ... and at most this many (oldest go first)
     max_examples: int = Field(10_000, ge=10)  # labelled examples kept (oldest labels go first); ~150 kB each at MOSI size
-    min_examples: int = Field(50, ge=10)  # no run below this many
+    min_examples: int = Field(200, ge=10)  # no run below this many (a small holdout makes a noisy gate)
     retrain_every_s: float = Field(24 * 3600.0, gt=0)  # retrain when this much time has passed (and labels are new) ...
     retrain_after_labels: int = Field(500, ge=1)  # ... or this many new labels arrived, whichever first
     holdout_frac: float = Field(0.2, gt=0, lt=0.9)  # the newest labels, held out for the gate

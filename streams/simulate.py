@@ -18,7 +18,7 @@ import numpy as np
 
 from mmcl.data.dataset import Split
 from streams.kafka import producer_config
-from streams.messages import EncodedArray, FeatureMessage
+from streams.messages import EncodedArray, FeatureMessage, FeedbackLabel
 from streams.settings import WIRE_MODALITIES, Settings, model_modality
 
 
@@ -33,6 +33,8 @@ class SimSpec:
     duration_s: float | None = None
     seed: int = 0
     run_id: str = ""  # prefix of call ids, so runs do not collide in Redis
+    label_share: float = 0.0  # share of utterances that later get a feedback label (the dataset's own score) ...
+    label_delay_s: float = 5.0  # ... this long after their last part
 
 
 @dataclass
@@ -40,6 +42,7 @@ class SimStats:
     utterances: int = 0
     messages: int = 0
     skipped_visual: int = 0
+    labels: int = 0
     errors: int = 0
     last_sent: dict[str, int] = field(default_factory=dict)  # utterance id -> produced_at of its last part
     calls: set[str] = field(default_factory=set)
@@ -51,8 +54,9 @@ class Planned:
     utterance_id: str
     call_id: str
     speaker: str
-    modality: str
+    modality: str  # text | audio | visual, or "label" for a feedback label
     features: np.ndarray
+    label: float = 0.0  # the dataset's score for this utterance
 
 
 @dataclass
@@ -92,7 +96,8 @@ def plan(split: Split, spec: SimSpec) -> Iterator[list[Planned]]:
             arr = arr[-length:] if split.pad_side.get(mm) == "left" else arr[:length]
             if length == 0:
                 arr = split.features[mm][j][:1] * 0
-            parts.append(Planned(start + rng.uniform(0, spec.jitter_ms / 1000), utt, call.id, speaker, m, arr))
+            parts.append(Planned(start + rng.uniform(0, spec.jitter_ms / 1000), utt, call.id, speaker, m, arr,
+                                 float(split.labels[j]) if split.labels.ndim == 1 else 0.0))
         yield sorted(parts, key=lambda p: p.at)
         call.left -= 1
         if call.left <= 0:
@@ -100,6 +105,10 @@ def plan(split: Split, spec: SimSpec) -> Iterator[list[Planned]]:
 
 
 def encode(p: Planned, produced_at: int) -> bytes:
+    if p.modality == "label":
+        lab = FeedbackLabel(utterance_id=p.utterance_id, call_id=p.call_id, label=p.label, source="simulated-qa",
+                            labeled_at=produced_at)
+        return lab.model_dump_json().encode()
     msg = FeatureMessage(utterance_id=p.utterance_id, call_id=p.call_id, speaker=p.speaker, modality=p.modality,
                          features=EncodedArray.from_numpy(p.features), produced_at=produced_at)
     return msg.model_dump_json(exclude_none=True).encode()
@@ -115,6 +124,7 @@ def run(s: Settings, split: Split, spec: SimSpec, stop: threading.Event | None =
     heap: list[tuple[float, int, Planned]] = []
     seq = 0
     utterances = plan(split, spec)
+    label_rng = random.Random(spec.seed + 1)
     exhausted = False
     planned_until = -1.0  # start time of the last utterance taken from the plan
     t0 = time.monotonic()
@@ -141,6 +151,12 @@ def run(s: Settings, split: Split, spec: SimSpec, stop: threading.Event | None =
             for p in parts:
                 heapq.heappush(heap, (p.at, seq, p))
                 seq += 1
+            if spec.label_share and label_rng.random() < spec.label_share:
+                last = parts[-1]
+                heapq.heappush(heap, (last.at + spec.label_delay_s, seq, Planned(
+                    last.at + spec.label_delay_s, last.utterance_id, last.call_id, last.speaker, "label",
+                    np.empty(0, np.float32), last.label)))
+                seq += 1
         if not heap:
             break
         at, _, p = heap[0]
@@ -151,17 +167,22 @@ def run(s: Settings, split: Split, spec: SimSpec, stop: threading.Event | None =
         heapq.heappop(heap)
         produced_at = time.time_ns() // 1_000_000
         value = encode(p, produced_at)
+        is_label = p.modality == "label"
+        topic = s.topics.feedback if is_label else s.topics.feature(p.modality)
         while True:
             try:
-                producer.produce(s.topics.feature(p.modality), value, key=p.call_id.encode(), on_delivery=failed)
+                producer.produce(topic, value, key=p.call_id.encode(), on_delivery=failed)
                 break
             except BufferError:
                 producer.poll(0.05)  # local queue full: wait for deliveries
             except KafkaException:
                 stats.errors += 1
                 break
-        stats.messages += 1
-        stats.last_sent[p.utterance_id] = produced_at
+        if is_label:
+            stats.labels += 1
+        else:
+            stats.messages += 1
+            stats.last_sent[p.utterance_id] = produced_at
         producer.poll(0)
         if on_progress is not None and stats.messages % 50 == 0:
             on_progress(stats)

@@ -167,6 +167,9 @@ class Trainer:
         self.metrics = metrics or TrainerMetrics()
         self._thread: threading.Thread | None = None
         self.metrics.training_set.set(self.store.size())
+        if self.store.get_meta("last_run_at") is None:  # the schedule counts from the trainer's first start
+            self.store.set_meta("last_run_at", time.time_ns() // 1_000_000)
+            self.store.commit()
 
     # ingestion ---------------------------------------------------------------------------------------------
     def on_joined(self, raw: bytes) -> None:
