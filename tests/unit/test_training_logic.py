@@ -90,3 +90,29 @@ def test_the_workers_spliced_joined_record_is_a_valid_message() -> None:
     j = JoinedFeatures.model_validate_json(joined_record(item, pred))
     assert j.score == -1.25 and j.model_version == "abc" and set(j.parts) == {"text", "audio"}
     np.testing.assert_array_equal(j.parts["audio"].array(), np.full((3, 2), 0.5, np.float32))
+
+
+def test_retraining_is_due_after_n_new_labels_or_on_schedule_from_the_first_start(tmp_path: Path) -> None:
+    from streams.registry import DirRegistry
+    from streams.settings import Settings, TrainerSettings
+    from streams.trainer import Trainer
+
+    s = Settings(state_dir=tmp_path, trainer=TrainerSettings(min_examples=10, retrain_after_labels=30,
+                                                           retrain_every_s=3600))
+    trainer = Trainer(s, DirRegistry(tmp_path / "registry"))
+    started = trainer.store.get_meta("last_run_at")
+    assert trainer.due() is None  # nothing to learn from
+    for i in range(20):
+        trainer.store.add_features(joined(f"u{i}"))
+        trainer.store.add_label(label(f"u{i}", 0.5, i), b"", [])
+    trainer.store.commit()
+    assert trainer.due() is None  # 20 new labels < 30, and the schedule started with the trainer
+    assert trainer.due(now_ms=started + 3600 * 1000 + 1) == "schedule (20 new labels)"
+    for i in range(20, 30):
+        trainer.store.add_features(joined(f"u{i}"))
+        trainer.store.add_label(label(f"u{i}", 0.5, i), b"", [])
+    trainer.store.commit()
+    assert trainer.due() == "30 new labels"
+    trainer.store.set_meta("last_run_received", trainer.store.last_received())  # what a run records
+    assert trainer.due(now_ms=started + 10 * 3600 * 1000) is None  # no label is new: no run, however long it has been
+    trainer.store.close()
