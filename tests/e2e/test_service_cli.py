@@ -33,8 +33,8 @@ def test_up_config_produce_down(tmp_path: Path) -> None:
         shown = json.loads(run(env, "config", "show").stdout)
         assert shown["kafka"]["bootstrap_servers"] == runtime["kafka"]["url"]  # the configured one does not answer
         assert "s3cret" not in json.dumps(shown)
-        sent = run(env, "produce", "--limit", "6", "--rate", "100", "--calls", "2", "--label-share", "1",
-                   "--label-delay", "0.1")
+        sent = run(env, "produce", "--limit", "6", "--rate", "100", "--calls", "2", "--missing-visual", "0",
+                   "--label-share", "1", "--label-delay", "0.1")
         assert sent.returncode == 0, sent.stderr
         assert "sent 6 utterances (18 messages, 2 calls" in sent.stdout and "6 labels" in sent.stdout
     finally:
