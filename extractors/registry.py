@@ -1,0 +1,28 @@
+"""The extractors, by name: an explicit table, imported only when asked for (their packages are an extra)."""
+
+from __future__ import annotations
+
+import importlib
+
+from extractors.base import Extractor, missing_extra
+from mmcl.errors import ConfigError
+
+# name -> "module:Class". The name is the feature profile id stamped on every message it makes.
+EXTRACTORS: dict[str, str] = {
+    "librosa-42": "extractors.audio:LibrosaAudio",
+}
+
+
+def names() -> list[str]:
+    return sorted(EXTRACTORS)
+
+
+def create(name: str) -> Extractor:
+    if name not in EXTRACTORS:
+        raise ConfigError(f"unknown extractor {name!r}; valid: {', '.join(names())}")
+    module, _, cls = EXTRACTORS[name].partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise missing_extra(f"extractor {name!r}", e.name or str(e)) from None
+    return getattr(mod, cls)()
