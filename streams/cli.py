@@ -9,11 +9,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmcl import cli as model_cli
 from mmcl.errors import ConfigError
 from streams.settings import Settings, load_settings, masked
-from streams.simulate import SimSpec
+
+if TYPE_CHECKING:  # the simulator pulls in numpy and the dataset code: only the commands that use it import it
+    from streams.simulate import SimSpec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +119,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 
 def sim_spec(a: argparse.Namespace, run_id: str = "") -> SimSpec:
+    from streams.simulate import SimSpec
+
     for name in ("calls", "rate"):
         if getattr(a, name) <= 0:
             raise ConfigError(f"--{name} must be positive")

@@ -4,6 +4,7 @@ the worker, a simulated call center, and a live terminal view until Ctrl-C (or -
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -69,7 +70,6 @@ class Scrape:
     predictions: float = 0.0
     p95_s: float | None = None
     dead_letters: float = 0.0
-    ready: bool = False
     model_version: str = "-"
     # from the trainer, when it runs
     labels: float = 0.0
@@ -100,8 +100,6 @@ def scrape(port: int, trainer_port: int | None = None) -> Scrape:
             out.dead_letters += smp.value
         elif smp.name == "mmcl_end_to_end_latency_seconds_bucket":
             buckets.append((float(smp.labels["le"]), smp.value))
-        elif smp.name == "mmcl_ready":
-            out.ready = smp.value == 1
     out.p95_s = histogram_quantile(0.95, buckets)
     if trainer_port is not None:
         out.runs = {}
@@ -208,7 +206,7 @@ def run_demo(s: Settings, a: argparse.Namespace) -> int:
             print(f"trainer starting (log {tlog}): retrains after {tenv['MMCL_TRAINER__RETRAIN_AFTER_LABELS']} labels")
         if a.limit is None:
             a.limit = 10**9  # the split's utterances over and over (new ids each time) until Ctrl-C / --duration
-        spec = sim_spec(a, run_id=f"d{int(time.time()) % 100000}-")
+        spec = dataclasses.replace(sim_spec(a, run_id=f"d{int(time.time()) % 100000}-"), record_sent=False)
         stats_box: dict[str, Any] = {}
         sim_stats = simulate.SimStats()
 

@@ -75,17 +75,24 @@ Outcome = Joined | Dropped | Ignored
 
 
 class LiveClock:
-    """Monotonic time that stands still while paused."""
+    """Monotonic time that stands still while anyone holds it paused (pauses nest: each resume ends one)."""
 
     def __init__(self, base: Callable[[], float] = time.monotonic) -> None:
-        self._base, self._paused_at, self._paused_total = base, None, 0.0  # type: ignore[var-annotated]
+        self._base = base
+        self._paused_at: float | None = None
+        self._paused_total = 0.0
+        self._holds = 0
 
     def pause(self) -> None:
-        if self._paused_at is None:
+        self._holds += 1
+        if self._holds == 1:
             self._paused_at = self._base()
 
     def resume(self) -> None:
-        if self._paused_at is not None:
+        if self._holds == 0:
+            raise RuntimeError("resume without a pause")
+        self._holds -= 1
+        if self._holds == 0 and self._paused_at is not None:
             self._paused_total += self._base() - self._paused_at
             self._paused_at = None
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 SCHEMA_VERSION = 1
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch: the time unit of every *_at field on the wire."""
+    return time.time_ns() // 1_000_000
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 Speaker = Literal["agent", "customer", "unknown"]
 ModalityName = Literal["text", "audio", "visual"]

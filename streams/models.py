@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 from mmcl.config import TaskKind
 from mmcl.errors import ConfigError, MMCLError
 from mmcl.predictor import Predictor
-from streams.messages import ModelAnnouncement
+from streams.messages import ModelAnnouncement, now_ms
 from streams.registry import DirRegistry, RedisRegistry, Registry, RegistryError
 from streams.settings import Settings
 
@@ -160,7 +159,7 @@ def announce(s: Settings, version: str, checksum: str, action: str) -> None:
     from streams.kafka import producer_config
 
     msg = ModelAnnouncement(version=version, checksum=checksum, action=action,  # type: ignore[arg-type]
-                            announced_at=time.time_ns() // 1_000_000)
+                            announced_at=now_ms())
     p = Producer(producer_config(s.kafka))
     p.produce(s.topics.model_updates, msg.model_dump_json().encode(), key=b"mmcl")
     if p.flush(15) != 0:

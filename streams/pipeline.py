@@ -24,7 +24,7 @@ from streams.aggregates import AggregateRule
 from streams.decode import ModelProfile, Reason, Rejection, decode_part
 from streams.inference import BatchResult, InferenceThread
 from streams.join import Dropped, Ignored, Joined, Joiner, LiveClock
-from streams.messages import SCHEMA_VERSION, Prediction
+from streams.messages import SCHEMA_VERSION, Prediction, now_ms
 from streams.metrics import Metrics
 from streams.redis_store import ResultWriter
 from streams.settings import WIRE_MODALITIES, Settings, model_modality
@@ -53,10 +53,6 @@ class Source:
     @property
     def tp(self) -> tuple[str, int]:
         return (self.topic, self.partition)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def profile_of(predictor: Predictor) -> ModelProfile:
@@ -88,6 +84,7 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self.assigned = False
         self.redis_ok = True
+        self._failing = 0  # writes being retried right now (sink and agent may both be)
         self.written = 0  # utterances written (new or re-delivered), for tests and the demo
         self._describe_model(predictor)
 
@@ -123,6 +120,7 @@ class Pipeline:
 
     def on_assigned(self) -> None:
         self.assigned = True
+        self._publish_state()
 
     def on_revoked(self, tps: set[Hashable]) -> None:
         # Their unfinished messages are not acked: the next owner re-reads them from the last commit.
@@ -154,8 +152,12 @@ class Pipeline:
             self.metrics.join_wait.observe(out.wait_s)
             if self._slots.locked():  # back-pressure: wait while the model or the sinks are behind
                 self.live.pause()
-            await self._slots.acquire()
-            self.live.resume()
+                try:
+                    await self._slots.acquire()
+                finally:
+                    self.live.resume()
+            else:
+                await self._slots.acquire()
             self.metrics.inflight.inc()
             self._inference.submit(out)
         self.metrics.pending_joins.set(len(self.joiner))
@@ -236,29 +238,38 @@ class Pipeline:
 
     async def _retry(self, what: str, op: Callable[[], Awaitable[Any]], errors: Any, redis_write: bool = False) -> Any:
         """Until it works: back-off doubling up to a cap. Meanwhile no slot frees, so consumption pauses."""
-        delay, r = self.s.redis.retry_initial_s, self.s.redis
-        while True:
-            t0 = time.perf_counter()
-            try:
-                out = await op()
-            except (TimeoutError, redis.RedisError, OSError, RuntimeError, ConnectionError) as e:
-                errors.inc()
-                self.live.pause()  # the agent is about to stall on this: parts not arriving is not news
+        delay, failing = self.s.redis.retry_initial_s, False
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    out = await op()
+                except (TimeoutError, redis.RedisError, OSError, RuntimeError, ConnectionError) as e:
+                    errors.inc()
+                    if not failing:  # the agent is about to stall on this: parts not arriving is not news
+                        failing = True
+                        self._failing += 1
+                        self.live.pause()
+                    if redis_write:
+                        self.redis_ok = False
+                    self._publish_state()
+                    log.warning("%s write failed (%s: %s); retrying in %.2f s", what, type(e).__name__, e, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.s.redis.retry_max_s)
+                    continue
                 if redis_write:
-                    self.redis_ok = False
-                self.metrics.paused.set(1)
-                self.metrics.ready.set(0)
-                log.warning("%s write failed (%s: %s); retrying in %.2f s", what, type(e).__name__, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, r.retry_max_s)
-                continue
-            self.live.resume()
-            if redis_write:
-                self.metrics.redis_write_seconds.observe(time.perf_counter() - t0)
-                self.redis_ok = True
-            self.metrics.paused.set(0)
-            self.metrics.ready.set(1 if self.ready else 0)
-            return out
+                    self.metrics.redis_write_seconds.observe(time.perf_counter() - t0)
+                    self.redis_ok = True
+                return out
+        finally:
+            if failing:
+                self._failing -= 1
+                self.live.resume()
+                self._publish_state()
+
+    def _publish_state(self) -> None:
+        self.metrics.paused.set(1 if self._failing else 0)
+        self.metrics.ready.set(1 if self.ready else 0)
 
     # dead letters and acks -----------------------------------------------------------------------------------
     async def _dead_letter(self, sources: list[Source], reason: Reason, stage: str, error: str) -> None:

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 
 from mmcl.checkpoint import CHECKSUMS, CONFIG, METRICS, WEIGHTS, verify_checksums
 from mmcl.errors import CheckpointError, MMCLError
+from streams.messages import now_ms
 
 FILES = (WEIGHTS, CONFIG, METRICS, CHECKSUMS)
 META = "version.json"
@@ -67,7 +67,7 @@ def _describe(checkpoint: Path, parent: str | None, label_window: dict[str, Any]
     except CheckpointError as e:
         raise RegistryError(f"not publishing {checkpoint}: {e}") from None
     metrics = json.loads((checkpoint / METRICS).read_text())
-    return ModelVersion(digest[:12], digest, time.time_ns() // 1_000_000, parent, label_window, metrics, note)
+    return ModelVersion(digest[:12], digest, now_ms(), parent, label_window, metrics, note)
 
 
 def _verify(path: Path, meta: ModelVersion) -> Path:

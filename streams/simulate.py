@@ -18,7 +18,7 @@ import numpy as np
 
 from mmcl.data.dataset import Split
 from streams.kafka import producer_config
-from streams.messages import EncodedArray, FeatureMessage, FeedbackLabel
+from streams.messages import EncodedArray, FeatureMessage, FeedbackLabel, now_ms
 from streams.settings import WIRE_MODALITIES, Settings, model_modality
 
 
@@ -33,6 +33,7 @@ class SimSpec:
     duration_s: float | None = None
     seed: int = 0
     run_id: str = ""  # prefix of call ids, so runs do not collide in Redis
+    record_sent: bool = True  # keep each utterance's send time in SimStats.last_sent (latency checks; not endless runs)
     label_share: float = 0.0  # share of utterances that later get a feedback label (the dataset's own score) ...
     label_delay_s: float = 5.0  # ... this long after their last part
 
@@ -165,7 +166,7 @@ def run(s: Settings, split: Split, spec: SimSpec, stop: threading.Event | None =
             producer.poll(0)
             continue
         heapq.heappop(heap)
-        produced_at = time.time_ns() // 1_000_000
+        produced_at = now_ms()
         value = encode(p, produced_at)
         is_label = p.modality == "label"
         topic = s.topics.feedback if is_label else s.topics.feature(p.modality)
@@ -182,7 +183,8 @@ def run(s: Settings, split: Split, spec: SimSpec, stop: threading.Event | None =
             stats.labels += 1
         else:
             stats.messages += 1
-            stats.last_sent[p.utterance_id] = produced_at
+            if spec.record_sent:
+                stats.last_sent[p.utterance_id] = produced_at
         producer.poll(0)
         if on_progress is not None and stats.messages % 50 == 0:
             on_progress(stats)

@@ -36,7 +36,7 @@ from mmcl.evaluate import evaluate
 from mmcl.sequence import resample_mean
 from mmcl.train import train
 from streams.decode import Reason
-from streams.messages import FeedbackLabel, JoinedFeatures
+from streams.messages import FeedbackLabel, JoinedFeatures, now_ms
 from streams.models import announce
 from streams.registry import Registry, RegistryError
 from streams.settings import WIRE_MODALITIES, Settings, model_modality
@@ -61,6 +61,8 @@ class TrainerMetrics:
                                 ["model", "metric"], registry=r)
         self.current = Info("mmcl_trainer_model", "The current model version", registry=r)
         self.training = Gauge("mmcl_training_in_progress", "1 while a run trains", registry=r)
+        self.last_check = Gauge("mmcl_trainer_last_check_timestamp_seconds",
+                                "When the trainer last committed its store and checked whether a run is due", registry=r)
 
 
 class SingleInstance:
@@ -168,7 +170,7 @@ class Trainer:
         self._thread: threading.Thread | None = None
         self.metrics.training_set.set(self.store.size())
         if self.store.get_meta("last_run_at") is None:  # the schedule counts from the trainer's first start
-            self.store.set_meta("last_run_at", time.time_ns() // 1_000_000)
+            self.store.set_meta("last_run_at", now_ms())
             self.store.commit()
 
     # ingestion ---------------------------------------------------------------------------------------------
@@ -207,11 +209,15 @@ class Trainer:
         self.metrics.training_set.set(self.store.size())
         return unmatched
 
+    @property
+    def training(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     # retraining --------------------------------------------------------------------------------------------
-    def due(self, now_ms: int | None = None) -> str | None:
-        if self._thread is not None and self._thread.is_alive():
+    def due(self, now: int | None = None) -> str | None:
+        if self.training:
             return None
-        now_ms = now_ms or time.time_ns() // 1_000_000
+        now = now or now_ms()
         if self.store.size() < self.t.min_examples:
             return None
         last_seen = int(self.store.get_meta("last_run_received", 0))
@@ -219,7 +225,7 @@ class Trainer:
         if new >= self.t.retrain_after_labels:
             return f"{new} new labels"
         last_run = int(self.store.get_meta("last_run_at", 0))
-        if new and now_ms - last_run >= self.t.retrain_every_s * 1000:
+        if new and now - last_run >= self.t.retrain_every_s * 1000:
             return f"schedule ({new} new labels)"
         return None
 
@@ -229,7 +235,7 @@ class Trainer:
         return self._thread
 
     def run_once(self, why: str) -> dict[str, Any]:
-        started = time.time_ns() // 1_000_000
+        started = now_ms()
         t0 = time.monotonic()
         self.metrics.training.set(1)
         # the labels this run sees: a restart or a failure does not make it see them as new again
@@ -242,7 +248,7 @@ class Trainer:
             run.update(outcome="failed", error=f"{type(e).__name__}: {e}"[:500])
         finally:
             self.metrics.training.set(0)
-        run["finished_at"] = time.time_ns() // 1_000_000
+        run["finished_at"] = now_ms()
         if "error" in run:
             run.setdefault("metrics", {})["error"] = run["error"]
         self.store.set_meta("last_run_received", seen)
@@ -368,6 +374,7 @@ def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
                 if why:
                     log.info("retraining: %s", why)
                     trainer.start_run(why)
+                trainer.metrics.last_check.set(time.time())
     finally:
         c.close()
 
@@ -435,8 +442,7 @@ def _serve_metrics(loop: Any, trainer: Trainer, s: Settings) -> None:
     asyncio.set_event_loop(loop)
 
     def status() -> dict[str, Any]:
-        return {"ready": True, "training_set": trainer.store.size(), "training": bool(trainer._thread and
-                                                                                      trainer._thread.is_alive())}
+        return {"ready": True, "training_set": trainer.store.size(), "training": trainer.training}
 
     loop.run_until_complete(start_http(trainer.metrics, status, s.metrics.host, s.trainer.metrics_port))  # type: ignore[arg-type]
     loop.run_forever()

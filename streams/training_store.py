@@ -13,7 +13,6 @@ import io
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from streams.messages import FeedbackLabel, JoinedFeatures
+from streams.messages import now_ms as _now
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS features (
@@ -179,7 +179,3 @@ class TrainingStore:
             d["metrics"] = json.loads(d["metrics"] or "{}")
             out.append(d)
         return out
-
-
-def _now() -> int:
-    return time.time_ns() // 1_000_000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 
@@ -12,14 +13,18 @@ from streams.aggregates import AggregateRule, fold
 from streams.redis_store import call_key, timeline_key, utt_key
 from streams.settings import AlertSettings, OutputSettings
 
-from .conftest import DEVICE, Stack, features, part, wait_for
+from .conftest import DEVICE, Stack, features, make_checkpoint, part, wait_for
 
-RULE = AggregateRule(OutputSettings().ewma_alpha, OutputSettings().shift_window, AlertSettings().roles,
-                     AlertSettings().negative_below, AlertSettings().n, AlertSettings().m)
+# A random model scores nearly the same everywhere; seed 2's scores are all slightly negative. With this rule every
+# call's customer turns negative, and each call must raise its alert exactly once (debounced): a test of alerts
+# has to see alerts.
+ALERT_ENV = {"MMCL_ALERT__NEGATIVE_BELOW": "0", "MMCL_ALERT__N": "2", "MMCL_ALERT__M": "3"}
+RULE = AggregateRule(OutputSettings().ewma_alpha, OutputSettings().shift_window, AlertSettings().roles, 0.0, 2, 3)
 
 
-def test_round_trip_results_aggregates_and_alerts(stack: Stack) -> None:
-    worker = stack.start_worker()
+def test_round_trip_results_aggregates_and_alerts(stack: Stack, tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "negative", seed=2)
+    worker = stack.start_worker(MMCL_MODEL__CHECKPOINT=str(checkpoint), **ALERT_ENV)
     calls = [f"{stack.prefix}-call{i}" for i in range(4)]
     rng = random.Random(1)
     sent: dict[tuple[str, str], tuple[str, int]] = {}
@@ -51,7 +56,7 @@ def test_round_trip_results_aggregates_and_alerts(stack: Stack) -> None:
     assert set(by_id) == set(sent)
 
     # the worker's scores are the model's own on the same features
-    predictor = Predictor.from_checkpoint(stack.checkpoint, device="cpu")
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     for (call, utt), (speaker, seed) in list(sent.items())[:8]:
         p = by_id[(call, utt)]
         assert p["model_version"] == predictor.version
@@ -86,8 +91,10 @@ def test_round_trip_results_aggregates_and_alerts(stack: Stack) -> None:
                 assert abs(float(got[key]) - float(value)) < 1e-9, key
         assert int(got["all:count"]) == 10
         alerts_seen += len(raised)
-    kafka_alerts = stack.consume_all(stack.topics.alerts, alerts_seen, timeout=5 if alerts_seen == 0 else 30)
+    assert alerts_seen == len(calls)
+    kafka_alerts = stack.consume_all(stack.topics.alerts, alerts_seen, timeout=30)
     assert len(kafka_alerts) == alerts_seen
+    assert stack.redis.xlen("mmcl:alerts") >= alerts_seen
     assert worker.metric("mmcl_predictions_total") == len(sent)
     assert worker.metric("mmcl_model_info", version=predictor.version, device=DEVICE) == 1
     assert worker.metric("mmcl_alerts_total") == alerts_seen

@@ -147,8 +147,10 @@ def test_labels_retrain_promote_and_every_worker_swaps(local: Stack, tmp_path: P
     assert trainer.proc.returncode == 0
     again = start_trainer(local)
     assert again.metric("mmcl_training_set_size") == N
-    time.sleep(3)  # several housekeeping rounds: nothing new, so no run
-    assert sum(runs(again, o) for o in ("promoted", "rejected", "failed")) == 0
+    up = time.time()
+    wait_for(lambda: again.metric("mmcl_trainer_last_check_timestamp_seconds") > up + 1, 20,
+             "two checks for a due run after the restart")
+    assert sum(runs(again, o) for o in ("promoted", "rejected", "failed")) == 0  # nothing new: no run
     # and a replaced label is counted, not added
     first = f"{local.prefix}-call-00001-u001"
     producer.produce(local.topics.feedback, FeedbackLabel(utterance_id=first, label=-2.0, source="qa",

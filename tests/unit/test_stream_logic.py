@@ -294,3 +294,20 @@ def test_alert_is_debounced_and_rearms() -> None:
     scores = [-1, -1, -1, -1, 1, 1, 1, -1, -1]
     _, alerts = fold([("customer", float(s)) for s in scores], RULE)
     assert alerts == [1, 8]  # raised once while it stays negative; again after it cleared
+
+
+def test_live_clock_pauses_nest() -> None:
+    """Two holders (the agent waiting for a slot, the sink retrying Redis): time moves when both let go."""
+    t = [0.0]
+    live = LiveClock(lambda: t[0])
+    live.pause()
+    live.pause()
+    t[0] = 5.0
+    live.resume()
+    t[0] = 7.0
+    assert live() == 0.0  # still held by the other
+    live.resume()
+    t[0] = 8.0
+    assert live() == 1.0
+    with pytest.raises(RuntimeError, match="resume without a pause"):
+        live.resume()

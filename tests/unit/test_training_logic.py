@@ -107,12 +107,12 @@ def test_retraining_is_due_after_n_new_labels_or_on_schedule_from_the_first_star
         trainer.store.add_label(label(f"u{i}", 0.5, i), b"", [])
     trainer.store.commit()
     assert trainer.due() is None  # 20 new labels < 30, and the schedule started with the trainer
-    assert trainer.due(now_ms=started + 3600 * 1000 + 1) == "schedule (20 new labels)"
+    assert trainer.due(now=started + 3600 * 1000 + 1) == "schedule (20 new labels)"
     for i in range(20, 30):
         trainer.store.add_features(joined(f"u{i}"))
         trainer.store.add_label(label(f"u{i}", 0.5, i), b"", [])
     trainer.store.commit()
     assert trainer.due() == "30 new labels"
     trainer.store.set_meta("last_run_received", trainer.store.last_received())  # what a run records
-    assert trainer.due(now_ms=started + 10 * 3600 * 1000) is None  # no label is new: no run, however long it has been
+    assert trainer.due(now=started + 10 * 3600 * 1000) is None  # no label is new: no run, however long it has been
     trainer.store.close()
