@@ -116,7 +116,7 @@ class Pipeline:
 
     @property
     def ready(self) -> bool:
-        return self.assigned and self.redis_ok and self._loop is not None
+        return self.assigned and self.redis_ok and not self._failing and self._loop is not None
 
     def on_assigned(self) -> None:
         self.assigned = True
