@@ -19,6 +19,10 @@ class LibrosaAudio:
     name = "librosa-42"
     modality = "audio"
     dim = 42
+    frame_s = HOP / SR
+
+    def __init__(self) -> None:
+        self._warm = False
 
     def setup(self, device: str = "cpu") -> None:
         try:
@@ -26,6 +30,12 @@ class LibrosaAudio:
             import soundfile  # noqa: F401
         except ModuleNotFoundError as e:
             raise missing_extra("the audio extractor", e.name or "librosa") from None
+        if not self._warm:
+            # librosa's numba kernels compile on first use (~15 s in a fresh environment): pay that here, not on
+            # the first utterance of a live call
+            noise = np.random.default_rng(0).normal(0, 0.1, SR // 2).astype(np.float32)
+            self.extract((noise, SR))
+            self._warm = True
 
     def load(self, raw: Any) -> np.ndarray:
         """A WAV/FLAC/OGG path, or (samples, sample_rate) -> mono float32 at 16 kHz."""
@@ -52,14 +62,19 @@ class LibrosaAudio:
             samples = librosa.resample(samples, orig_sr=sr, target_sr=SR)
         return samples.astype(np.float32)
 
-    def extract(self, raw: Any) -> np.ndarray:
-        import librosa
-
+    def checked(self, raw: Any) -> np.ndarray:
+        """load(), then refuse clips too short or too quiet to carry speech."""
         y = self.load(raw)
         if y.size < MIN_SECONDS * SR:
             raise ExtractionError(f"audio too short: {y.size / SR:.3f} s (at least {MIN_SECONDS} s)")
         if float(np.max(np.abs(y))) < SILENCE:
             raise ExtractionError("silent audio: no signal above -80 dBFS")
+        return y
+
+    def extract(self, raw: Any) -> np.ndarray:
+        import librosa
+
+        y = self.checked(raw)
         mfcc = librosa.feature.mfcc(y=y, sr=SR, n_mfcc=13, n_fft=WIN, hop_length=HOP)
         width = min(9, mfcc.shape[1] - (1 - mfcc.shape[1] % 2))  # an odd width the clip is long enough for
         d1 = librosa.feature.delta(mfcc, width=width)

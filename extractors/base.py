@@ -15,8 +15,18 @@ class ExtractionError(MMCLError):
     """The input cannot be turned into features: empty, silent, corrupt, the wrong format. One line, no traceback."""
 
 
-def missing_extra(what: str, module: str) -> ConfigError:
-    return ConfigError(f"{what} needs the {module!r} package: pip install 'mmcl-stream[{EXTRA}]'")
+def missing_extra(what: str, module: str, extra: str = EXTRA) -> ConfigError:
+    return ConfigError(f"{what} needs the {module!r} package: {install_hint(extra)}")
+
+
+def install_hint(extra: str = EXTRA) -> str:
+    """mediapipe (numpy<2 pin) and fer (tensorflow, an old torch) declare requirements we must not take, so they go
+    in without their dependencies; the extra brings what they really need."""
+    hint = f"pip install 'mmcl-stream[{extra}]'"
+    return hint + f" && pip install --no-deps {' '.join(NO_DEPS)}" if extra == EXTRA else hint
+
+
+NO_DEPS = ("mediapipe==0.10.21", "fer==25.10.3")
 
 
 @runtime_checkable

@@ -9,7 +9,11 @@ from mmcl.errors import ConfigError
 
 # name -> "module:Class". The name is the feature profile id stamped on every message it makes.
 EXTRACTORS: dict[str, str] = {
+    "minilm-384": "extractors.text:MiniLMText",
     "librosa-42": "extractors.audio:LibrosaAudio",
+    "mediapipe-fer-19": "extractors.visual:MediaPipeFace",
+    "glove-50": "extractors.glove:GloveText",  # extra: glove
+    "egemaps-25": "extractors.smile:EGeMAPSAudio",  # extra: opensmile (non-commercial licence)
 }
 
 

@@ -128,3 +128,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     model.to(device).eval()
     return Checkpoint(model, cfg, profile, metrics, path, digest)
+
+
+def read_profile(path: str | Path) -> tuple[FeatureProfile, ModelConfig]:
+    """The features a checkpoint eats and its model config, without loading the weights (for producers)."""
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise CheckpointError(f"no checkpoint at {path} (no {CONFIG})")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+        prof = config["feature_profile"]
+        return (FeatureProfile(tuple(prof["dims"]), dict(prof.get("extractor_ids", {}))),  # type: ignore[arg-type]
+                ModelConfig.model_validate(config["model"]))
+    except (ValidationError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e

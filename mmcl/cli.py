@@ -88,6 +88,16 @@ def add_model_commands(sub: Any) -> None:
     c.add_argument("--score-range", type=float, default=None, help="label range (3 MOSI/MOSEI, 1 SIMS); default: detect")
     i = d.add_parser("inspect", help="splits, shapes, dims and label statistics of a dataset file")
     i.add_argument("path", type=Path)
+    b = d.add_parser("build", help="labelled manifest of raw utterances (text/audio/video) -> dataset .npz for `train`")
+    b.add_argument("manifest", type=Path, help="manifest .jsonl/.csv (a `label` per row), or a folder holding one")
+    b.add_argument("--out", type=Path, required=True, help="dataset file to write (.npz)")
+    b.add_argument("--valid", type=float, default=0.1, help="share of calls held out for validation")
+    b.add_argument("--test", type=float, default=0.1, help="share of calls held out for testing")
+    b.add_argument("--seed", type=int, default=0, help="seed of the split by call")
+    b.add_argument("--score-range", type=float, default=3.0, help="labels lie in [-R, R] (3: MOSI scale)")
+    from extractors.options import add_extraction_options
+
+    add_extraction_options(b, for_model=False)
 
 
 def load_any(path: Path) -> Dataset:
@@ -203,7 +213,35 @@ def cmd_data(a: argparse.Namespace) -> int:
         out = save_dataset(ds, a.dest)
         print(f"wrote {out} ({ds.meta['layout']} layout; " + ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items()) + ")")
         return 0
+    if a.data_command == "build":
+        return _data_build(a)
     print(json.dumps(describe(load_any(a.path)), indent=2))
+    return 0
+
+
+def _data_build(a: argparse.Namespace) -> int:
+    from extractors.build import build, print_progress
+    from extractors.options import maker_from_args
+    from extractors.utterance import read_manifest
+    from mmcl.data import save_dataset
+
+    if a.out.suffix != ".npz":
+        raise ConfigError(f"{a.out}: the dataset file must end in .npz")
+    if not (0 <= a.valid < 1 and 0 <= a.test < 1 and a.valid + a.test < 1):
+        raise ConfigError("--valid and --test are shares of the calls: each in [0, 1), together below 1")
+    maker = maker_from_args(a)
+    try:
+        ds, report = build(read_manifest(a.manifest), maker, (a.valid, a.test), a.seed, a.score_range, print_progress)
+    finally:
+        maker.close()
+    out = save_dataset(ds, a.out)
+    print(f"wrote {out}: " + ", ".join(f"{k} {n}" for k, n in report.per_split.items()) + f" utterances; dims "
+          f"{list(ds.dims)}; extractors " + ", ".join(f"{m}={n}" for m, n in maker.chosen.items()))
+    for m, n in report.missing.items():
+        if n:
+            print(f"  {n} utterances without {m} (masked in training)")
+    for utt, why in report.failed:
+        print(f"  skipped {utt}: {why}", file=sys.stderr)
     return 0
 
 

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmcl import cli as model_cli
-from mmcl.errors import ConfigError
+from mmcl.errors import ConfigError, MMCLError
 from streams.settings import Settings, load_settings, masked
 
 if TYPE_CHECKING:  # the simulator pulls in numpy and the dataset code: only the commands that use it import it
+    from extractors.utterance import FeatureMaker
+    from streams.media import CallReport, Sink
     from streams.simulate import SimSpec
 
 
@@ -58,6 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
     pm = m.add_parser("promote", help="make a version current (atomic) and tell the workers")
     pm.add_argument("version")
     m.add_parser("rollback", help="back to the version promoted before the current one, and tell the workers")
+
+    from extractors.options import add_extraction_options
+
+    x = sub.add_parser("extract", help="one utterance's transcript / audio / video -> feature messages (Kafka or JSONL)")
+    x.add_argument("--id", required=True, dest="utterance_id", help="utterance id")
+    x.add_argument("--call-id")
+    x.add_argument("--speaker", choices=("agent", "customer", "unknown"), default="unknown")
+    x.add_argument("--start", type=float, help="seconds from the call's start")
+    x.add_argument("--end", type=float)
+    x.add_argument("--text", help="the transcript")
+    x.add_argument("--text-file", type=Path, help="a UTF-8 file holding the transcript")
+    x.add_argument("--audio", type=Path, help="a WAV/FLAC/OGG clip of the utterance")
+    x.add_argument("--video", type=Path, help="a video file, a folder of frames, or one image")
+    x.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 30)")
+    x.add_argument("--out", type=Path, help="append the messages to this JSONL file instead of sending them to Kafka")
+    add_extraction_options(x)
+
+    sc_ = sub.add_parser("stream-call", help="a call's utterances (manifest or folder) -> Kafka in real-time order")
+    sc_.add_argument("source", type=Path, help="manifest .jsonl/.csv, or a folder (with a manifest, or media by name)")
+    sc_.add_argument("--speed", type=float, default=1.0, help="play the call this many times faster than real time")
+    sc_.add_argument("--no-wait", action="store_true", help="do not wait for utterance end times: send at once")
+    sc_.add_argument("--call-id", help="override the manifest's call id")
+    sc_.add_argument("--out", type=Path, help="append the messages to this JSONL file instead of sending them to Kafka")
+    sc_.add_argument("--quiet", action="store_true", help="no line per message")
+    add_extraction_options(sc_)
+    sub.add_parser("extractors", help="the feature extractors and profiles, and whether each one is installed")
 
     c = sub.add_parser("config", help="settings").add_subparsers(dest="config_command", required=True)
     c.add_parser("show", help="print the effective settings (secrets masked)")
@@ -256,7 +284,85 @@ def cmd_schemas(a: argparse.Namespace) -> int:
     return 0
 
 
+def _maker_and_sink(a: argparse.Namespace, modalities: Sequence[str]) -> tuple[FeatureMaker, Sink]:
+    from extractors.options import maker_from_args
+    from streams.media import JsonlSink, KafkaSink, check_dims, model_plan
+
+    ids, seq_len, dims = model_plan(a.checkpoint)
+    maker = maker_from_args(a, ids, seq_len)
+    check_dims(maker, modalities, dims)
+    maker.setup(modalities)  # models load before anything is sent (and a missing extra fails here, in one line)
+    return maker, (JsonlSink(a.out) if a.out else KafkaSink(settings()))
+
+
+def cmd_extract(a: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from extractors.utterance import Utterance
+    from streams.media import stream_call
+
+    try:
+        utt = Utterance(utterance_id=a.utterance_id, call_id=a.call_id, speaker=a.speaker, start=a.start, end=a.end,
+                        text=a.text, text_file=a.text_file, audio=a.audio, video=a.video, fps=a.fps)
+    except ValidationError as e:
+        err = e.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{'--' + where.replace('_', '-') + ': ' if where else ''}{err['msg']}") from None
+    maker, sink = _maker_and_sink(a, utt.available(a.asr))
+    report = stream_call([utt], maker, sink, realtime=False)
+    maker.close()
+    return _report(report, a.out)
+
+
+def cmd_stream_call(a: argparse.Namespace) -> int:
+    from extractors.utterance import read_manifest
+    from streams.media import stream_call
+
+    if a.speed <= 0:
+        raise ConfigError("--speed must be positive")
+    utts = read_manifest(a.source)
+    maker, sink = _maker_and_sink(a, sorted({m for u in utts for m in u.available(a.asr)}))
+    stop = threading.Event()
+    try:
+        report = stream_call(utts, maker, sink, speed=a.speed, realtime=not a.no_wait, call_id=a.call_id, stop=stop,
+                             log=None if a.quiet else print)
+    except KeyboardInterrupt:
+        stop.set()
+        raise
+    finally:
+        maker.close()
+    return _report(report, a.out)
+
+
+def _report(report: CallReport, out: Path | None) -> int:
+    sent = ", ".join(f"{n} {m}" for m, n in report.sent.items() if n)
+    where = str(out) if out else settings().kafka.bootstrap_servers
+    print(f"sent {sent or 'nothing'} to {where}; {len(report.failed)} skipped, {report.undelivered} undelivered")
+    for utt, m, why in report.failed:
+        print(f"  {utt} {m}: {why}", file=sys.stderr)
+    return 1 if report.failed or report.undelivered else 0
+
+
+def cmd_extractors(a: argparse.Namespace) -> int:
+    from extractors.profile import PROFILES
+    from extractors.registry import EXTRACTORS, create
+
+    print(f"{'extractor':<18} {'modality':<8} {'dim':>4}  status")
+    for name in sorted(EXTRACTORS):
+        ext = create(name)
+        try:
+            ext.setup("cpu")
+            status = "ready"
+        except MMCLError as e:
+            status = str(e)
+        print(f"{name:<18} {ext.modality:<8} {ext.dim:>4}  {status}")
+    for prof, chosen in sorted(PROFILES.items()):
+        print(f"profile {prof}: " + ", ".join(f"{m}={n}" for m, n in chosen.items()))
+    return 0
+
+
 HANDLERS = {**model_cli.HANDLERS, "up": cmd_up, "down": cmd_down, "worker": cmd_worker, "trainer": cmd_trainer,
+            "extract": cmd_extract, "stream-call": cmd_stream_call, "extractors": cmd_extractors,
             "produce": cmd_produce, "demo": cmd_demo, "results": cmd_results, "model": cmd_model, "config": cmd_config,
             "schemas": cmd_schemas}
 
