@@ -47,7 +47,8 @@ def build(utts: Sequence[Utterance], maker: FeatureMaker, fractions: tuple[float
           progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, BuildReport]:
     unlabeled = [u.utterance_id for u in utts if u.label is None]
     if unlabeled:
-        raise ConfigError(f"{len(unlabeled)} utterances have no label (first: {unlabeled[0]}); data build needs labels")
+        raise ConfigError(f"{len(unlabeled)} of {len(utts)} utterances have no label (first: {unlabeled[0]}); "
+                          "data build needs labels")
     out_of_range = [u.utterance_id for u in utts if abs(float(u.label or 0.0)) > score_range]
     if out_of_range:
         raise ConfigError(f"label of {out_of_range[0]} is outside [-{score_range}, {score_range}] (--score-range)")

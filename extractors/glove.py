@@ -14,7 +14,7 @@ from extractors.base import ExtractionError, missing_extra
 from extractors.text import transcript
 
 # GloVe 6B was built from lower-cased, tokenized Wikipedia + Gigaword: words, numbers, and punctuation apart
-TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|n't|'[a-z]+|[^\sa-z0-9]")
+TOKEN = re.compile(r"[a-z0-9]+(?=n't)|n't|'[a-z]+|[a-z0-9]+|[^\sa-z0-9]")
 
 
 class GloveText:

@@ -102,7 +102,8 @@ def read_manifest(path: Path) -> list[Utterance]:
         except ValidationError as e:
             err = e.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(f"{path.name} line {line}: {where + ': ' if where else ''}{err['msg']}") from None
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"{path.name} line {line}: {where + ': ' if where else ''}{msg}") from None
         if utt.utterance_id in seen:
             raise ConfigError(f"{path.name} line {line}: utterance_id {utt.utterance_id!r} appears twice")
         seen.add(utt.utterance_id)
@@ -144,7 +145,7 @@ def _from_folder(folder: Path) -> list[Utterance]:
     try:
         return [Utterance(utterance_id=stem, call_id=folder.name, **media) for stem, media in by_stem.items()]
     except ValidationError as e:
-        raise ConfigError(f"{folder}: {e.errors(include_url=False)[0]['msg']}") from None
+        raise ConfigError(f"{folder}: {e.errors(include_url=False)[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 @dataclass

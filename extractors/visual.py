@@ -164,8 +164,8 @@ class MediaPipeFace:
 def frames(raw: Any, fps: float | None, max_fps: float) -> Iterator[tuple[float, np.ndarray]]:
     """(time s, RGB uint8 frame) from: a video file, a folder of images, one image, an (H, W, 3) array or a
     sequence of them. Video is thinned to at most max_fps."""
-    if isinstance(raw, np.ndarray) and raw.ndim == 3:
-        raw = [raw]
+    if isinstance(raw, np.ndarray):
+        raw = [raw] if raw.ndim != 4 else list(raw)  # one frame, or (N, H, W, 3)
     if isinstance(raw, (list, tuple)):
         yield from _arrays(raw, fps or DEFAULT_FPS)
         return

@@ -307,7 +307,8 @@ def cmd_extract(a: argparse.Namespace) -> int:
     except ValidationError as e:
         err = e.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{'--' + where.replace('_', '-') + ': ' if where else ''}{err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{'--' + where.replace('_', '-') + ': ' if where else ''}{msg}") from None
     maker, sink = _maker_and_sink(a, utt.available(a.asr))
     report = stream_call([utt], maker, sink, realtime=False)
     maker.close()

@@ -95,6 +95,8 @@ def load_dataset(path: str | Path) -> Dataset:
 def describe(ds: Dataset) -> dict[str, Any]:
     """Splits, shapes, dims and label statistics, for `mmcl data inspect`."""
     out: dict[str, Any] = {"label_kind": ds.meta.get("label_kind"), "source": ds.meta.get("source"), "splits": {}}
+    if ds.meta.get("extractor_ids"):
+        out["extractor_ids"] = ds.meta["extractor_ids"]
     for name, split in ds.splits.items():
         info: dict[str, Any] = {"n": len(split)}
         for m in MODALITIES:

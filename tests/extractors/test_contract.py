@@ -3,8 +3,6 @@ alignment and the registry's errors."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,31 +14,50 @@ from extractors import registry
 from extractors.align import to_length, word_align
 from extractors.base import ExtractionError, Extractor
 from mmcl.errors import ConfigError
+from tests.media import face_video, speech, wav
 
 
-def speech(path: Path, text: str = "I am really happy with the service today") -> Path:
-    espeak = shutil.which("espeak-ng")
-    assert espeak, "espeak-ng is not installed (scripts/test.sh installs it: apt-get install espeak-ng)"
-    subprocess.run([espeak, "-w", str(path), text], check=True, capture_output=True)
+def _file(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
     return path
 
 
-def wav(path: Path, samples: np.ndarray, sr: int = 16_000) -> Path:
-    import soundfile
+def _blank_png(path: Path) -> Path:
+    import cv2
 
-    soundfile.write(str(path), samples, sr)
+    cv2.imwrite(str(path), np.full((240, 320, 3), 127, np.uint8))
     return path
 
 
 # per modality: a valid input, and invalid ones with the words their error must contain
-VALID: dict[str, Callable[[Path], Any]] = {"audio": lambda d: speech(d / "speech.wav")}
+VALID: dict[str, Callable[[Path], Any]] = {
+    "text": lambda d: "I am really happy with the service today",
+    "audio": lambda d: speech(d / "speech.wav"),
+    "visual": lambda d: face_video(d / "face.mp4", n=8, fps=8.0),
+}
 INVALID: dict[str, list[tuple[str, Callable[[Path], Any], str]]] = {
+    "text": [
+        ("an empty transcript", lambda d: "", "empty transcript"),
+        ("a blank transcript", lambda d: " \n\t ", "empty transcript"),
+        ("a binary file", lambda d: _file(d / "t.txt", bytes(range(256))), "not UTF-8 text"),
+        ("a missing file", lambda d: d / "nowhere.txt", "no transcript file"),
+        ("not text at all", lambda d: 42, "must be text"),
+    ],
     "audio": [
         ("zero-length audio", lambda d: wav(d / "empty.wav", np.zeros(0, np.float32)), "empty audio"),
         ("silent audio", lambda d: wav(d / "silent.wav", np.zeros(16_000, np.float32)), "silent audio"),
-        ("a text file", lambda d: (d / "notes.wav").write_text("not audio") and d / "notes.wav", "not readable audio"),
+        ("a text file", lambda d: _file(d / "notes.wav", b"not audio"), "not readable audio"),
         ("a missing file", lambda d: d / "nowhere.wav", "no audio file"),
         ("a click", lambda d: wav(d / "click.wav", np.ones(200, np.float32) * 0.5), "too short"),
+    ],
+    "visual": [
+        ("a frame with no face", lambda d: _blank_png(d / "wall.png"), "no face found in 1 frame"),
+        ("a non-image file", lambda d: _file(d / "face.png", b"not an image"), "not a readable image"),
+        ("a non-video file", lambda d: _file(d / "clip.mp4", b"not a video"), "not a readable video"),
+        ("an empty folder", lambda d: (d / "frames").mkdir() or d / "frames", "no frames"),
+        ("a missing path", lambda d: d / "nowhere.mp4", "no image or video"),
+        ("a grey array", lambda d: np.zeros((10, 10), np.uint8), "expected an (H, W, 3) uint8"),
     ],
 }
 
@@ -88,7 +105,7 @@ def test_audio_frames_are_10_ms(extractors: dict[str, Extractor], tmp_path: Path
 
 
 def test_registry_errors_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match="unknown extractor 'nope'; valid: librosa-42"):
+    with pytest.raises(ConfigError, match="unknown extractor 'nope'; valid: egemaps-25, glove-50, librosa-42, "):
         registry.create("nope")
 
     def no_librosa(name: str) -> Any:
