@@ -90,7 +90,9 @@ class MediaPipeFace:
         if spec is None or not spec.submodule_search_locations:
             raise missing_extra("the visual extractor", "fer")
         model = Path(next(iter(spec.submodule_search_locations))) / "data" / "emotion_model_quantized.tflite"
-        # tracking mode: landmarks follow the face between frames instead of re-detecting it in each one
+        # tracking mode: landmarks follow the face between frames instead of re-detecting it in each one; the
+        # tracker re-detects whenever its confidence drops, so a new clip needs no reset (a reset restarts the graph,
+        # which costs time and logs two warnings per clip)
         self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
                                                      min_detection_confidence=0.5)
         self._emotion = Interpreter(model_path=str(model), num_threads=1)
@@ -142,7 +144,6 @@ class MediaPipeFace:
             if feats is not None:
                 rows.append(feats)
                 times.append(t)
-        self._reset_tracking()
         if not seen:
             raise ExtractionError("no frames: the video or folder is empty")
         if not rows:
@@ -154,11 +155,6 @@ class MediaPipeFace:
 
     def extract(self, raw: Any) -> np.ndarray:
         return self.extract_timed(raw)[0]
-
-    def _reset_tracking(self) -> None:
-        # the mesh tracks a face across calls; the next clip must not start from this one's last position
-        if self._mesh is not None:
-            self._mesh.reset()
 
 
 def frames(raw: Any, fps: float | None, max_fps: float) -> Iterator[tuple[float, np.ndarray]]:

@@ -47,13 +47,18 @@ class KafkaSink:
             print(f"delivery failed: {err}", file=sys.stderr)
 
     def send(self, msg: FeatureMessage) -> None:
+        from confluent_kafka import KafkaException
+
         value = msg.model_dump_json(exclude_none=True).encode()
+        topic = self._topics.feature(msg.modality)
         while True:
             try:
-                self._p.produce(self._topics.feature(msg.modality), value, key=msg.key.encode(), on_delivery=self._report)
+                self._p.produce(topic, value, key=msg.key.encode(), on_delivery=self._report)
                 break
             except BufferError:
                 self._p.poll(0.05)  # local queue full: let deliveries drain
+            except KafkaException as e:
+                raise MMCLError(f"Kafka refused the message for {topic}: {e.args[0].str()}") from None
         self._p.poll(0)
 
     def close(self, timeout: float = 30.0) -> int:
