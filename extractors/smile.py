@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.audio import SR, LibrosaAudio
+from extractors.audio import SR, require_audio_packages, speech_samples
 from extractors.base import ExtractionError, missing_extra
 
 
@@ -21,12 +21,11 @@ class EGeMAPSAudio:
 
     def __init__(self) -> None:
         self._smile: Any = None
-        self._loader = LibrosaAudio()  # the same reading, resampling and empty/silent checks as the default
 
     def setup(self, device: str = "cpu") -> None:
         if self._smile is not None:
             return
-        self._loader.setup(device)
+        require_audio_packages("the eGeMAPS audio extractor")  # the default's reading, resampling and checks
         try:
             import opensmile
         except ModuleNotFoundError as e:
@@ -37,7 +36,7 @@ class EGeMAPSAudio:
     def extract(self, raw: Any) -> np.ndarray:
         if self._smile is None:
             self.setup()
-        y = self._loader.checked(raw)
+        y = speech_samples(raw)
         out = self._smile.process_signal(y, SR).to_numpy(dtype=np.float32)
         if out.ndim != 2 or out.shape[0] == 0:
             raise ExtractionError("audio too short for eGeMAPS frames")

@@ -77,6 +77,12 @@ class Utterance(BaseModel):
         return None if self.end is None else round(self.end * 1000)
 
 
+def first_error(e: ValidationError) -> tuple[str, str]:
+    """(dotted field, message) of a validation error's first problem, for one-line errors."""
+    err = e.errors(include_url=False, include_input=False)[0]
+    return ".".join(str(p) for p in err["loc"]), err["msg"].removeprefix("Value error, ")
+
+
 def read_manifest(path: Path) -> list[Utterance]:
     """A .jsonl or .csv manifest, or a folder holding manifest.jsonl / manifest.csv, or a folder of media named by
     utterance (`u1.txt`, `u1.wav`, `u1.mp4` or a frames folder `u1/`), taken in name order. Errors name the row."""
@@ -100,9 +106,7 @@ def read_manifest(path: Path) -> list[Utterance]:
         try:
             utt = Utterance.model_validate(dict(row)).rooted(path.parent)
         except ValidationError as e:
-            err = e.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
+            where, msg = first_error(e)
             raise ConfigError(f"{path.name} line {line}: {where + ': ' if where else ''}{msg}") from None
         if utt.utterance_id in seen:
             raise ConfigError(f"{path.name} line {line}: utterance_id {utt.utterance_id!r} appears twice")
@@ -145,7 +149,7 @@ def _from_folder(folder: Path) -> list[Utterance]:
     try:
         return [Utterance(utterance_id=stem, call_id=folder.name, **media) for stem, media in by_stem.items()]
     except ValidationError as e:
-        raise ConfigError(f"{folder}: {e.errors(include_url=False)[0]['msg'].removeprefix('Value error, ')}") from None
+        raise ConfigError(f"{folder}: {first_error(e)[1]}") from None
 
 
 @dataclass

@@ -7,7 +7,6 @@ with --no-deps (see README). Frames without a face are skipped; a clip with no f
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,9 +76,6 @@ class MediaPipeFace:
     def setup(self, device: str = "cpu") -> None:
         if self._mesh is not None:
             return
-        # MediaPipe and LiteRT log to stderr from C++ at import; keep a CLI's output to what it says itself
-        os.environ.setdefault("GLOG_minloglevel", "2")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         try:
             import cv2  # noqa: F401
             import mediapipe as mp

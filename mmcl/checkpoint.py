@@ -111,19 +111,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint directory at {path}")
     digest = verify_checksums(path)
+    profile, cfg = read_profile(path)
     try:
-        config = json.loads((path / CONFIG).read_text())
-        if config.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: unsupported checkpoint format {config.get('format_version')}")
-        cfg = ModelConfig.model_validate(config["model"])
-        prof = config["feature_profile"]
-        profile = FeatureProfile(tuple(prof["dims"]), dict(prof.get("extractor_ids", {})))  # type: ignore[arg-type]
         metrics = json.loads((path / METRICS).read_text())
         model = build_model(cfg)
         state = load_file(str(path / WEIGHTS), device=str(device))
         model.load_state_dict(state, strict=True)
-    except CheckpointError:
-        raise
     except (ValidationError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     model.to(device).eval()
@@ -131,12 +124,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
 
 def read_profile(path: str | Path) -> tuple[FeatureProfile, ModelConfig]:
-    """The features a checkpoint eats and its model config, without loading the weights (for producers)."""
+    """The features a checkpoint eats and its model config, without loading the weights (producers use this too)."""
     path = Path(path)
     if not (path / CONFIG).is_file():
         raise CheckpointError(f"no checkpoint at {path} (no {CONFIG})")
     try:
         config = json.loads((path / CONFIG).read_text())
+        if config.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: unsupported checkpoint format {config.get('format_version')}")
         prof = config["feature_profile"]
         return (FeatureProfile(tuple(prof["dims"]), dict(prof.get("extractor_ids", {}))),  # type: ignore[arg-type]
                 ModelConfig.model_validate(config["model"]))

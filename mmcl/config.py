@@ -8,6 +8,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MODALITIES: tuple[str, str, str] = ("text", "audio", "vision")
+WIRE_MODALITIES: tuple[str, ...] = ("text", "audio", "visual")  # in messages and producers; the model says "vision"
+
+
+def model_modality(wire: str) -> str:
+    """Wire name -> MODALITIES name."""
+    return MODALITIES[WIRE_MODALITIES.index(wire)]
 IEMOCAP_EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "angry")
 
 

@@ -291,28 +291,27 @@ def _maker_and_sink(a: argparse.Namespace, modalities: Sequence[str]) -> tuple[F
     ids, seq_len, dims = model_plan(a.checkpoint)
     maker = maker_from_args(a, ids, seq_len)
     check_dims(maker, modalities, dims)
-    maker.setup(modalities)  # models load before anything is sent (and a missing extra fails here, in one line)
     return maker, (JsonlSink(a.out) if a.out else KafkaSink(settings()))
 
 
 def cmd_extract(a: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from extractors.utterance import Utterance
+    from extractors.utterance import Utterance, first_error
     from streams.media import stream_call
 
     try:
         utt = Utterance(utterance_id=a.utterance_id, call_id=a.call_id, speaker=a.speaker, start=a.start, end=a.end,
                         text=a.text, text_file=a.text_file, audio=a.audio, video=a.video, fps=a.fps)
     except ValidationError as e:
-        err = e.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
+        where, msg = first_error(e)
         raise ConfigError(f"{'--' + where.replace('_', '-') + ': ' if where else ''}{msg}") from None
     maker, sink = _maker_and_sink(a, utt.available(a.asr))
-    report = stream_call([utt], maker, sink, realtime=False)
-    maker.close()
-    return _report(report, a.out)
+    try:
+        report = stream_call([utt], maker, sink, realtime=False)
+    finally:
+        maker.close()
+    return _report(report, sink.destination)
 
 
 def cmd_stream_call(a: argparse.Namespace) -> int:
@@ -332,12 +331,11 @@ def cmd_stream_call(a: argparse.Namespace) -> int:
         raise
     finally:
         maker.close()
-    return _report(report, a.out)
+    return _report(report, sink.destination)
 
 
-def _report(report: CallReport, out: Path | None) -> int:
+def _report(report: CallReport, where: str) -> int:
     sent = ", ".join(f"{n} {m}" for m, n in report.sent.items() if n)
-    where = str(out) if out else settings().kafka.bootstrap_servers
     print(f"sent {sent or 'nothing'} to {where}; {len(report.failed)} skipped, {report.undelivered} undelivered")
     for utt, m, why in report.failed:
         print(f"  {utt} {m}: {why}", file=sys.stderr)

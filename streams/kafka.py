@@ -28,6 +28,17 @@ def producer_config(k: KafkaSettings, linger_ms: int = 2) -> dict[str, Any]:
     return {**librdkafka_config(k), "partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": linger_ms}
 
 
+def produce(producer: Any, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+    """producer.produce, waiting while librdkafka's local queue is full (BufferError) instead of failing; other
+    errors (KafkaException) are the caller's."""
+    while True:
+        try:
+            producer.produce(topic, value, key=key, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)  # let deliveries drain
+
+
 def consumer_config(k: KafkaSettings, group_id: str) -> dict[str, Any]:
     return {**librdkafka_config(k), "group.id": group_id, "auto.offset.reset": "earliest",
             "session.timeout.ms": int(k.session_timeout_s * 1000), "heartbeat.interval.ms": int(k.heartbeat_interval_s * 1000),

@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from extractors.base import ExtractionError
 from extractors.utterance import Extracted, FeatureMaker, Utterance
 from mmcl.errors import ConfigError, MMCLError
+from streams.kafka import produce, producer_config
 from streams.messages import EncodedArray, FeatureMessage, now_ms
-from streams.settings import Settings
+from streams.settings import WIRE_MODALITIES, Settings
 
 
 class Sink(Protocol):
+    destination: str  # where the messages go, for the user
+
     def send(self, msg: FeatureMessage) -> None: ...
     def close(self) -> int:
         """Flush; -> how many messages were not delivered."""
@@ -33,8 +35,7 @@ class KafkaSink:
     def __init__(self, s: Settings) -> None:
         from confluent_kafka import Producer
 
-        from streams.kafka import producer_config
-
+        self.destination = s.kafka.bootstrap_servers
         self._topics = s.topics
         self._p = Producer(producer_config(s.kafka))
         self.failed = 0
@@ -49,16 +50,11 @@ class KafkaSink:
     def send(self, msg: FeatureMessage) -> None:
         from confluent_kafka import KafkaException
 
-        value = msg.model_dump_json(exclude_none=True).encode()
         topic = self._topics.feature(msg.modality)
-        while True:
-            try:
-                self._p.produce(topic, value, key=msg.key.encode(), on_delivery=self._report)
-                break
-            except BufferError:
-                self._p.poll(0.05)  # local queue full: let deliveries drain
-            except KafkaException as e:
-                raise MMCLError(f"Kafka refused the message for {topic}: {e.args[0].str()}") from None
+        try:
+            produce(self._p, topic, msg.model_dump_json(exclude_none=True).encode(), msg.key.encode(), self._report)
+        except KafkaException as e:
+            raise MMCLError(f"Kafka refused the message for {topic}: {e.args[0].str()}") from None
         self._p.poll(0)
 
     def close(self, timeout: float = 30.0) -> int:
@@ -68,6 +64,7 @@ class KafkaSink:
 
 class JsonlSink:
     def __init__(self, path: Path) -> None:
+        self.destination = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._f: IO[str] = path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
@@ -97,7 +94,7 @@ def model_plan(checkpoint: Path | None) -> tuple[dict[str, str], int | None, dic
     from mmcl.checkpoint import read_profile
 
     prof, cfg = read_profile(checkpoint)
-    dims = dict(zip(("text", "audio", "visual"), prof.dims, strict=True))
+    dims = dict(zip(WIRE_MODALITIES, prof.dims, strict=True))
     return dict(prof.extractor_ids), cfg.seq_len, dims
 
 
@@ -115,9 +112,9 @@ def check_dims(maker: FeatureMaker, modalities: Sequence[str], dims: Mapping[str
 
 @dataclass
 class CallReport:
-    sent: dict[str, int] = field(default_factory=lambda: {"text": 0, "audio": 0, "visual": 0})
+    sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WIRE_MODALITIES, 0))
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # utterance, modality, reason
-    extract_ms: dict[str, list[float]] = field(default_factory=lambda: {"text": [], "audio": [], "visual": []})
+    extract_ms: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in WIRE_MODALITIES})
     undelivered: int = 0
 
 
@@ -133,15 +130,14 @@ def stream_call(utts: Sequence[Utterance], maker: FeatureMaker, sink: Sink, spee
     timed = all(u.end is not None for u in utts)
     order = sorted(utts, key=lambda u: u.end or 0.0) if timed else list(utts)
     modalities = sorted({m for u in order for m in u.available(maker.use_asr)})
-    maker.setup(modalities)
-    pools = {m: ThreadPoolExecutor(1, thread_name_prefix=f"extract-{m}") for m in modalities}
+    pools: dict[str, ThreadPoolExecutor] = {}
 
     def work(utt: Utterance, m: str) -> None:
         t = time.perf_counter()
         try:
             got = maker.extract(utt, m)
             sink.send(to_message(utt, got, call_id))
-        except (ExtractionError, MMCLError) as e:
+        except MMCLError as e:  # ExtractionError, a missing extra, a Kafka refusal: this part only
             with lock:
                 report.failed.append((utt.utterance_id, m, str(e)))
             if log:
@@ -156,8 +152,11 @@ def stream_call(utts: Sequence[Utterance], maker: FeatureMaker, sink: Sink, spee
                 f"in {ms:.0f} ms")
 
     futures: list[Future[None]] = []
-    t0 = time.monotonic()
     try:
+        # models load (and a missing extra fails, in one line) before the call's clock starts and anything is sent
+        maker.setup(modalities)
+        pools.update({m: ThreadPoolExecutor(1, thread_name_prefix=f"extract-{m}") for m in modalities})
+        t0 = time.monotonic()
         for utt in order:
             if realtime and timed:
                 due = t0 + (utt.end or 0.0) / speed

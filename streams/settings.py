@@ -9,12 +9,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mmcl.config import MODALITIES
+from mmcl.config import WIRE_MODALITIES as WIRE_MODALITIES  # re-exported: the service's code imports them from here
+from mmcl.config import model_modality as model_modality
 from mmcl.errors import ConfigError
 
 Modality = Literal["text", "audio", "visual"]
 Role = Literal["agent", "customer", "unknown"]
-WIRE_MODALITIES: tuple[str, ...] = ("text", "audio", "visual")  # on the wire; the model calls the last one "vision"
 ENV_PREFIX, ENV_DELIM = "MMCL_", "__"
 
 
@@ -285,8 +285,3 @@ def _mask_url(url: str) -> str:
     cred, _, host = rest.rpartition("@")
     user = cred.split(":", 1)[0]
     return f"{head}{sep}{user}:***@{host}" if ":" in cred else url
-
-
-def model_modality(wire: str) -> str:
-    """Wire name -> mmcl.config.MODALITIES name."""
-    return MODALITIES[WIRE_MODALITIES.index(wire)]

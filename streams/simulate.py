@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmcl.data.dataset import Split
-from streams.kafka import producer_config
+from streams.kafka import produce, producer_config
 from streams.messages import EncodedArray, FeatureMessage, FeedbackLabel, now_ms
 from streams.settings import WIRE_MODALITIES, Settings, model_modality
 
@@ -170,15 +170,10 @@ def run(s: Settings, split: Split, spec: SimSpec, stop: threading.Event | None =
         value = encode(p, produced_at)
         is_label = p.modality == "label"
         topic = s.topics.feedback if is_label else s.topics.feature(p.modality)
-        while True:
-            try:
-                producer.produce(topic, value, key=p.call_id.encode(), on_delivery=failed)
-                break
-            except BufferError:
-                producer.poll(0.05)  # local queue full: wait for deliveries
-            except KafkaException:
-                stats.errors += 1
-                break
+        try:
+            produce(producer, topic, value, p.call_id.encode(), failed)
+        except KafkaException:
+            stats.errors += 1
         if is_label:
             stats.labels += 1
         else:
