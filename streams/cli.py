@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     pm = m.add_parser("promote", help="make a version current (atomic) and tell the workers")
     pm.add_argument("version")
     m.add_parser("rollback", help="back to the version promoted before the current one, and tell the workers")
+    m.add_parser("demo", help="train the demo's small model on synthetic data and publish it; promote it when the "
+                              "registry has no current version (the compose stack's demo profile)")
+    tp = sub.add_parser("topics", help="the Kafka topics").add_subparsers(dest="topics_command", required=True)
+    tp.add_parser("create", help="create the missing topics with their partitions, retention and compaction "
+                                 "(the deployment's init step); report the ones that exist")
 
     from extractors.options import add_extraction_options
 
@@ -247,6 +252,14 @@ def cmd_model(a: argparse.Namespace) -> int:
         info["current"] = version == reg.current()
         print(json.dumps(info, indent=2))
         return 0
+    if cmd == "demo":
+        from streams.demo import demo_model
+
+        a.checkpoint, a.parent, a.note = demo_model(s.state_dir), None, "demo model (synthetic data)"
+        a.promote = reg.current() is None
+        if not a.promote:
+            print(f"the registry's current version is {reg.current()}: publishing the demo model without promoting it")
+        cmd = "publish"
     if cmd == "publish":
         v = reg.publish(a.checkpoint, parent=a.parent, note=a.note)
         print(f"published {v.version}")
@@ -269,6 +282,22 @@ def _iso(ms: int) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_topics(a: argparse.Namespace) -> int:
+    from streams.kafka import check_copartitioned, ensure_topics, partition_counts, topic_specs
+
+    s = settings()
+    specs = topic_specs(s.topics, s.limits.max_message_bytes)
+    created = set(ensure_topics(s.kafka, s.topics, max_message_bytes=s.limits.max_message_bytes))
+    counts = partition_counts(s.kafka, tuple(specs))
+    for name, spec in specs.items():
+        conf = " ".join(f"{k}={v}" for k, v in spec.config.items())
+        state = "created" if name in created else "exists"
+        note = "" if counts[name] == spec.partitions else f" (has {counts[name]}, configured {spec.partitions})"
+        print(f"{state:<8} {name}  partitions={counts[name]}{note}  {conf if name in created else ''}".rstrip())
+    check_copartitioned(s)  # the join cannot run on feature topics with different counts: say so now
+    return 0
 
 
 def cmd_config(a: argparse.Namespace) -> int:
@@ -362,7 +391,8 @@ def cmd_extractors(a: argparse.Namespace) -> int:
 
 HANDLERS = {**model_cli.HANDLERS, "up": cmd_up, "down": cmd_down, "worker": cmd_worker, "trainer": cmd_trainer,
             "extract": cmd_extract, "stream-call": cmd_stream_call, "extractors": cmd_extractors,
-            "produce": cmd_produce, "demo": cmd_demo, "results": cmd_results, "model": cmd_model, "config": cmd_config,
+            "produce": cmd_produce, "demo": cmd_demo, "results": cmd_results, "model": cmd_model, "topics": cmd_topics,
+            "config": cmd_config,
             "schemas": cmd_schemas}
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass, field
 from typing import Any
 
 from mmcl.errors import ConfigError
-from streams.settings import KafkaSettings, Settings, TopicSettings
+from streams.settings import KafkaSettings, LimitSettings, Settings, TopicSettings
+
+HOUR_MS = 3600 * 1000
+HEADERS_ROOM = 64 * 1024  # dead-letter headers (reason, error text, source) on top of the original bytes
 
 
 def librdkafka_config(k: KafkaSettings) -> dict[str, Any]:
@@ -61,18 +65,45 @@ def partition_counts(k: KafkaSettings, topics: tuple[str, ...], timeout: float =
     return {t: (len(md.topics[t].partitions) if t in md.topics and md.topics[t].error is None else None) for t in topics}
 
 
-def ensure_topics(k: KafkaSettings, t: TopicSettings, timeout: float = 15.0) -> list[str]:
-    """Create the missing topics with the configured partition count (auto-created ones would get the broker's)."""
+@dataclass(frozen=True)
+class TopicSpec:
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(t: TopicSettings, max_message_bytes: int = LimitSettings().max_message_bytes) -> dict[str, TopicSpec]:
+    """Every topic the service uses, with its partitions and topic-level configs: the one definition `mmcl up`,
+    `mmcl topics create` (the compose / Kubernetes init step) and `mmcl worker --create-topics` all apply."""
+
+    def spec(retention_h: float, message_bytes: int, policy: str = "delete") -> TopicSpec:
+        return TopicSpec(t.partitions, {"cleanup.policy": policy, "retention.ms": str(int(retention_h * HOUR_MS)),
+                                        "max.message.bytes": str(message_bytes)})
+
+    part = max_message_bytes + HEADERS_ROOM  # a feature message at the size limit must fit, and reach the DLQ
+    out = {name: spec(t.features_retention_h, part) for name in t.features}
+    out[t.predictions] = spec(t.output_retention_h, 1024 * 1024)
+    out[t.alerts] = spec(t.output_retention_h, 1024 * 1024)
+    out[t.dlq] = spec(t.dlq_retention_h, part)
+    out[t.feedback] = spec(t.feedback_retention_h, 1024 * 1024)
+    # all of an utterance's parts in one record; compacted too, so a re-delivered utterance is kept once
+    out[t.joined] = spec(t.joined_retention_h, len(t.features) * max_message_bytes + HEADERS_ROOM, "compact,delete")
+    # the latest announcement is all a worker needs; one partition keeps them in order
+    out[t.model_updates] = TopicSpec(1, {"cleanup.policy": "compact"})
+    return out
+
+
+def ensure_topics(k: KafkaSettings, t: TopicSettings, timeout: float = 15.0,
+                  max_message_bytes: int = LimitSettings().max_message_bytes) -> list[str]:
+    """Create the missing topics as `topic_specs` defines them (auto-created ones would get the broker's defaults)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    wanted = (*t.all, t.model_updates)
-    missing = [name for name, n in partition_counts(k, wanted, timeout).items() if n is None]
+    specs = topic_specs(t, max_message_bytes)
+    missing = [name for name, n in partition_counts(k, tuple(specs), timeout).items() if n is None]
     if missing:
         admin = AdminClient(librdkafka_config(k))  # must outlive the futures: its destruction cancels them
         futures = admin.create_topics(
-            [NewTopic(name, num_partitions=1, replication_factor=t.replication, config={"cleanup.policy": "compact"})
-             if name == t.model_updates else
-             NewTopic(name, num_partitions=t.partitions, replication_factor=t.replication) for name in missing],
+            [NewTopic(name, num_partitions=specs[name].partitions, replication_factor=t.replication,
+                      config=specs[name].config) for name in missing],
             operation_timeout=timeout)
         for name, fut in futures.items():
             try:

@@ -41,5 +41,9 @@ class Metrics:
         self.model_swaps = Counter("mmcl_model_swaps", "Model swaps by result", ["result"], registry=r)
         self.last_event = Gauge("mmcl_last_event_timestamp_seconds", "Last message consumed, per topic", ["topic"],
                                 registry=r)
+        self.consumer_lag = Gauge("mmcl_consumer_lag", "Log end offset minus the group's committed offset, for the "
+                                  "partitions this worker owns", ["topic", "partition"], registry=r)
+        self.end_offset = Gauge("mmcl_log_end_offset", "Log end offset of the partitions this worker owns (input growth)",
+                                ["topic", "partition"], registry=r)
         self.ready = Gauge("mmcl_ready", "1 when the worker is serving (model loaded, partitions assigned, Redis up)",
                            registry=r)

@@ -59,5 +59,5 @@ def up(s: Settings) -> UpResult:
     if started:
         save_runtime(s.state_dir, embedded)
     s = resolve(s)
-    ensure_topics(s.kafka, s.topics)
+    ensure_topics(s.kafka, s.topics, max_message_bytes=s.limits.max_message_bytes)
     return UpResult(s, started, embedded)

@@ -64,6 +64,12 @@ class TopicSettings(BaseModel):
     prefix: str = "mmcl"  # every name below is <prefix>.<name>: tests and tenants get their own set
     partitions: int = Field(4, ge=1, le=1024)
     replication: int = Field(1, ge=1)
+    # retention (hours) of the topics `mmcl topics create` / `mmcl up` make; existing topics are left as they are
+    features_retention_h: float = Field(24.0, gt=0)  # replay window for the worker
+    output_retention_h: float = Field(7 * 24.0, gt=0)  # predictions and alerts, for downstream consumers
+    dlq_retention_h: float = Field(14 * 24.0, gt=0)  # time to look at what was refused
+    feedback_retention_h: float = Field(30 * 24.0, gt=0)
+    joined_retention_h: float = Field(14 * 24.0, gt=0)  # at least as long as labels take to come (trainer retention)
 
     def feature(self, modality: str) -> str:
         return f"{self.prefix}.features.{modality}"
@@ -176,6 +182,7 @@ class TrainerSettings(BaseModel):
 class MetricsSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)  # 0: pick a free port (tests)
+    lag_interval_s: float = Field(5.0, gt=0)  # how often the worker reads its partitions' lag from the broker
 
 
 class OutputSettings(BaseModel):

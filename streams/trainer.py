@@ -416,7 +416,7 @@ def run_trainer(s: Settings) -> int:
     torch.set_num_threads(s.trainer.threads)
     os.nice(s.trainer.nice)
     with single_instance(s) as lost:
-        ensure_topics(s.kafka, s.topics)
+        ensure_topics(s.kafka, s.topics, max_message_bytes=s.limits.max_message_bytes)
         trainer = Trainer(s, open_registry(s))
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

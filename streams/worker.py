@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from streams.kafka import check_copartitioned, ensure_topics
+from streams.lag import LagGauges, LagProbe, follow_lag
 from streams.metrics import Metrics
 from streams.models import ModelFollower, initial_predictor, open_registry
 from streams.settings import Settings
@@ -24,7 +26,7 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
 
     logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if create_topics:
-        ensure_topics(s.kafka, s.topics)
+        ensure_topics(s.kafka, s.topics, max_message_bytes=s.limits.max_message_bytes)
     partitions = check_copartitioned(s)
     s = s.model_copy(update={"topics": s.topics.model_copy(update={"partitions": partitions})})
     registry = open_registry(s)
@@ -39,10 +41,15 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
     follower = ModelFollower(s, registry, lambda: pipeline.predictor, pipeline.swap,
                              lambda result: metrics.model_swaps.labels(result).inc())
 
+    lag = LagGauges(metrics)
+
     @app.task
     async def start_pipeline() -> None:
         await pipeline.start()
         follower.start()
+        probe = LagProbe(s.kafka, s.kafka.group_id)
+        state["lag"] = asyncio.create_task(follow_lag(probe, lag, app.consumer, s.metrics.lag_interval_s),
+                                           name="mmcl-lag")
         state["http"] = await start_http(metrics, lambda: status(pipeline, app), s.metrics.host, s.metrics.port)
         log.info("worker up: model %s on %s, metrics on http://%s:%d/metrics", predictor.version, predictor.device,
                  s.metrics.host, s.metrics.port)
