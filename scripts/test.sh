@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Lint, then the whole test suite (unit, integration on the embedded broker and Redis, extractors on real media,
-# end to end); what CI runs. Installs every extractor extra, and espeak-ng (Debian) for the test speech.
+# end to end, deployment files); what CI runs. Installs every extractor extra, espeak-ng (Debian) for the test speech,
+# and Prometheus with promtool (Debian) for the monitoring tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/python -m pip install --quiet -e ".[test]"
 bash scripts/install_extractors.sh glove opensmile asr
-if ! command -v espeak-ng >/dev/null 2>&1; then
+apt_install() {  # command, Debian package
+  command -v "$1" >/dev/null 2>&1 && return 0
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get install -y -q espeak-ng >/dev/null || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q espeak-ng >/dev/null; }
-fi
+  $SUDO apt-get install -y -q --no-install-recommends "$2" >/dev/null ||
+    { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q --no-install-recommends "$2" >/dev/null; }
+}
+apt_install espeak-ng espeak-ng
+apt_install promtool prometheus
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from mmcl import cli as model_cli
 from mmcl.errors import ConfigError, MMCLError
-from streams.settings import Settings, load_settings, masked
+from streams.settings import Settings, load_settings, masked, unknown_env_names
 
 if TYPE_CHECKING:  # the simulator pulls in numpy and the dataset code: only the commands that use it import it
     from extractors.utterance import FeatureMaker
@@ -398,6 +398,8 @@ HANDLERS = {**model_cli.HANDLERS, "up": cmd_up, "down": cmd_down, "worker": cmd_
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in unknown_env_names():
+        print(f"warning: {name} is not a setting and is ignored (docs/streaming.md lists them)", file=sys.stderr)
     return model_cli.run_handler(HANDLERS[args.command], args)
 
 

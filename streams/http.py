@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.metrics import Metrics
 
+PATHS = ("/metrics", "/healthz", "/readyz")  # what the deployment's probes and scrapers may ask for
+
 
 async def start_http(metrics: Metrics, status: Callable[[], dict[str, Any]], host: str, port: int) -> web.AppRunner:
     async def metrics_view(_: web.Request) -> web.Response:
@@ -26,7 +28,7 @@ async def start_http(metrics: Metrics, status: Callable[[], dict[str, Any]], hos
                             content_type="application/json")
 
     app = web.Application()
-    app.add_routes([web.get("/metrics", metrics_view), web.get("/healthz", health), web.get("/readyz", ready)])
+    app.add_routes([web.get(path, view) for path, view in zip(PATHS, (metrics_view, health, ready), strict=True)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

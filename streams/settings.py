@@ -250,6 +250,26 @@ def env_name(loc: tuple[Any, ...]) -> str:
     return ENV_PREFIX + ENV_DELIM.join(str(p).upper() for p in loc if not isinstance(p, int))
 
 
+def env_field(name: str) -> Any:
+    """The settings field an MMCL_* variable sets, or None: pydantic-settings ignores names it does not know, so a
+    misspelt variable would otherwise change nothing, silently."""
+    if not name.startswith(ENV_PREFIX):
+        return None
+    model: Any = Settings
+    parts = name[len(ENV_PREFIX):].lower().split(ENV_DELIM)
+    for i, part in enumerate(parts):
+        info = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if info is None:
+            return None
+        if i < len(parts) - 1:
+            model = info.annotation
+    return info
+
+
+def unknown_env_names(environ: Any = os.environ) -> list[str]:
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and env_field(k) is None)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment; a bad value is one ConfigError naming the variable."""
     try:

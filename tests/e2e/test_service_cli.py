@@ -49,3 +49,33 @@ def test_a_bad_setting_is_one_line_naming_the_variable() -> None:
     r = run(env, "config", "show")
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("mmcl: error: MMCL_BATCH__MAX_SIZE")
+
+
+def test_topics_create_and_model_demo_for_the_deployment_init_steps(tmp_path: Path) -> None:
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMCL_")}
+    env.update({"MMCL_STATE_DIR": str(tmp_path / "state"), "MMCL_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+                "MMCL_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0", "MMCL_TOPICS__PREFIX": "init",
+                "MMCL_TOPICS__PARTITIONS": "3", "MMCL_TOPICS__DLQ_RETENTION_H": "5", "MMCL_TOPICS__BOGUS": "1"})
+    up = run(env, "up")
+    assert up.returncode == 0, up.stderr
+    try:
+        kafka = json.loads((tmp_path / "state" / "runtime.json").read_text())["kafka"]["url"]
+        made = run(env, "topics", "create")  # `up` made them: the init step finds them and says so
+        assert made.returncode == 0, made.stderr
+        assert "exists   init.dlq  partitions=3" in made.stdout and "init.model-updates  partitions=1" in made.stdout
+        assert "warning: MMCL_TOPICS__BOGUS is not a setting" in made.stderr
+        admin = AdminClient({"bootstrap.servers": kafka})
+        res = ConfigResource(ConfigResource.Type.TOPIC, "init.dlq")
+        conf = {k: v.value for k, v in admin.describe_configs([res])[res].result(10).items()}
+        assert conf["retention.ms"] == str(5 * 3600 * 1000)
+        first = run(env, "model", "demo")
+        assert first.returncode == 0, first.stderr
+        assert "promoted" in first.stdout
+        version = first.stdout.split("published ", 1)[1].split()[0]
+        second = run(env, "model", "demo")  # the registry has a current version: publish only, never demote it
+        assert second.returncode == 0 and "without promoting" in second.stdout
+        assert f"* {version}" in run(env, "model", "list").stdout
+    finally:
+        run(env, "down")

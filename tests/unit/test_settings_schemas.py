@@ -58,3 +58,29 @@ def test_exported_schemas_match_the_models() -> None:
         assert path.exists(), f"missing {path}: run `mmcl schemas export`"
         assert path.read_text() == render(schema), f"{path} is stale: run `mmcl schemas export`"
     assert {p.name for p in (ROOT / "docs" / "schemas").glob("*.json")} == {f"{n}.schema.json" for n in schemas()}
+
+
+def test_unknown_env_names_are_found_known_ones_are_not() -> None:
+    from streams.settings import env_field, unknown_env_names
+
+    env = {"MMCL_KAFKA__BOOTSTRAP_SERVERS": "x", "MMCL_KAFKA__BOOTSTRAP_SERVER": "typo", "MMCL_STATE_DIR": "/s",
+           "MMCL_TOPICS__FEATURES_RETENTION_H": "1", "MMCL_KAFKA": "not a leaf", "MMCL_LOG_LEVEL__X": "no sub",
+           "PATH": "/bin"}
+    assert unknown_env_names(env) == ["MMCL_KAFKA__BOOTSTRAP_SERVER", "MMCL_LOG_LEVEL__X"]
+    assert env_field("MMCL_METRICS__LAG_INTERVAL_S").default == 5.0
+
+
+def test_topic_specs_size_retention_and_compaction() -> None:
+    from streams.kafka import HEADERS_ROOM, topic_specs
+    from streams.settings import TopicSettings
+
+    t = TopicSettings(prefix="p", partitions=6, features_retention_h=2)
+    specs = topic_specs(t, max_message_bytes=1_000_000)
+    assert set(specs) == {*t.all, t.model_updates}
+    assert {specs[n].partitions for n in t.all} == {6} and specs[t.model_updates].partitions == 1
+    assert specs[t.model_updates].config == {"cleanup.policy": "compact"}
+    text = specs[t.feature("text")].config
+    assert text["retention.ms"] == str(2 * 3600 * 1000) and text["max.message.bytes"] == str(1_000_000 + HEADERS_ROOM)
+    assert specs[t.dlq].config["max.message.bytes"] == text["max.message.bytes"]  # a refused message fits the DLQ
+    assert specs[t.joined].config["cleanup.policy"] == "compact,delete"
+    assert int(specs[t.joined].config["max.message.bytes"]) >= 3 * 1_000_000
