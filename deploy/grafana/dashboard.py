@@ -80,8 +80,9 @@ ROWS: list[tuple[str, list[Panel]]] = [
     ("Results and bad input", [
         Panel("Sentiment by speaker (dashboard range)",
               [("sum by (speaker, label) (increase(mmcl_predictions_total[$__range]))", "{{speaker}} {{label}}")],
-              kind="barchart", instant=True,
-              options={"xField": "Time", "stacking": "none", "showValue": "auto", "legend": {"showLegend": True}}),
+              kind="bargauge", instant=True,
+              options={"orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True,
+                       "reduceOptions": {"calcs": ["lastNotNull"]}}),
         Panel("Dead letters by reason",
               [(f"sum by (reason, stage) (rate(mmcl_dead_letters_total[{RATE}]))", "{{reason}} ({{stage}})")],
               unit="reqps", custom={"stacking": {"mode": "normal"}, "fillOpacity": 30}),
@@ -139,15 +140,16 @@ def panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
         "id": pid, "type": p.kind, "title": p.title, "datasource": DS,
         "gridPos": {"x": x, "y": y, "w": p.w, "h": p.h},
         "targets": [{"refId": chr(65 + i), "datasource": DS, "expr": expr, "legendFormat": legend,
-                     "instant": p.instant, "range": not p.instant}
+                     "instant": p.instant, "range": not p.instant,
+                     "format": "table" if p.kind == "table" else "time_series"}
                     for i, (expr, legend) in enumerate(p.targets)],
         "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": p.options or ({"reduceOptions": {"calcs": ["lastNotNull"]}} if p.kind == "stat" else {}),
     }
     if p.description:
         out["description"] = p.description
-    if p.kind == "table":
-        out["transformations"] = [{"id": "labelsToFields"}] if p.instant else []
+    if p.kind == "table":  # one row per series, its labels as columns; the timestamp column is noise
+        out["transformations"] = [{"id": "organize", "options": {"excludeByName": {"Time": True}}}]
     return out
 
 
