@@ -1,15 +1,16 @@
 """Consumer lag of the worker's group, measured from the broker, for the partitions this worker owns.
 
 Lag is the log end offset minus the group's committed offset: what Kafka's own tools report. It is read from the
-broker on a thread of its own (not from the worker's fetches), so it keeps growing while the worker is stuck: the
-"no events while input grows" alert depends on that. The end offset is the larger of the broker's answer and the
-high watermark the worker last fetched: Tansu answers ListOffsets(latest) with the last batch's base offset + 1
-(BROKER.md item 1), which only the fetched watermark corrects.
+broker by a task of its own (the blocking calls on a thread), not from the worker's fetches, so it keeps growing
+while the worker is stuck: the "no events while input grows" alert depends on that. The end offset is the larger
+of the broker's answer and the high watermark the worker last fetched: Tansu answers ListOffsets(latest) with the
+last batch's base offset + 1 (BROKER.md item 1), which only the fetched watermark corrects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -78,10 +79,8 @@ class LagGauges:
     def publish(self, lags: Mapping[TP, PartitionLag]) -> None:
         for t, p in self._shown - set(lags):
             for g in (self.m.consumer_lag, self.m.end_offset):
-                try:
+                with contextlib.suppress(KeyError):
                     g.remove(t, str(p))
-                except KeyError:
-                    pass
         for (t, p), lag in lags.items():
             self.m.consumer_lag.labels(t, str(p)).set(lag.lag)
             self.m.end_offset.labels(t, str(p)).set(lag.end)
@@ -90,8 +89,6 @@ class LagGauges:
 
 async def follow_lag(probe: LagProbe, gauges: LagGauges, consumer: Any, interval_s: float) -> None:
     """Every interval: this worker's assignment, measured off the event loop. Errors are logged once per streak."""
-
-
     failing = False
     try:
         while True:
@@ -102,7 +99,7 @@ async def follow_lag(probe: LagProbe, gauges: LagGauges, consumer: Any, interval
 
 
 async def _measure_once(probe: LagProbe, gauges: LagGauges, consumer: Any, failing: bool) -> bool:
-
+    """One measurement; returns whether it failed."""
     try:
         fetched: dict[TP, int | None] = {}
         for tp in consumer.assignment():
