@@ -256,9 +256,10 @@ def cmd_model(a: argparse.Namespace) -> int:
         from streams.demo import demo_model
 
         a.checkpoint, a.parent, a.note = demo_model(s.state_dir), None, "demo model (synthetic data)"
-        a.promote = reg.current() is None
-        if not a.promote:
-            print(f"the registry's current version is {reg.current()}: publishing the demo model without promoting it")
+        current = reg.current()
+        a.promote = current is None
+        if current is not None:
+            print(f"the registry's current version is {current}: publishing the demo model without promoting it")
         cmd = "publish"
     if cmd == "publish":
         v = reg.publish(a.checkpoint, parent=a.parent, note=a.note)
@@ -285,18 +286,19 @@ def _iso(ms: int) -> str:
 
 
 def cmd_topics(a: argparse.Namespace) -> int:
-    from streams.kafka import check_copartitioned, ensure_topics, partition_counts, topic_specs
+    from streams.kafka import check_copartitioned, ensure_topics, topic_specs
 
     s = settings()
     specs = topic_specs(s.topics, s.limits.max_message_bytes)
-    created = set(ensure_topics(s.kafka, s.topics, max_message_bytes=s.limits.max_message_bytes))
-    counts = partition_counts(s.kafka, tuple(specs))
+    found = ensure_topics(s.kafka, s.topics, max_message_bytes=s.limits.max_message_bytes)
+    counts = {name: n if n is not None else specs[name].partitions for name, n in found.items()}
     for name, spec in specs.items():
-        conf = " ".join(f"{k}={v}" for k, v in spec.config.items())
-        state = "created" if name in created else "exists"
+        created = found[name] is None
+        conf = " ".join(f"{k}={v}" for k, v in spec.config.items()) if created else ""
         note = "" if counts[name] == spec.partitions else f" (has {counts[name]}, configured {spec.partitions})"
-        print(f"{state:<8} {name}  partitions={counts[name]}{note}  {conf if name in created else ''}".rstrip())
-    check_copartitioned(s)  # the join cannot run on feature topics with different counts: say so now
+        print(f"{'created' if created else 'exists':<8} {name}  partitions={counts[name]}{note}  {conf}".rstrip())
+    # the join cannot run on feature topics with different counts: say so now
+    check_copartitioned(s, counts={t: counts[t] for t in s.topics.features})
     return 0
 
 
@@ -392,8 +394,7 @@ def cmd_extractors(a: argparse.Namespace) -> int:
 HANDLERS = {**model_cli.HANDLERS, "up": cmd_up, "down": cmd_down, "worker": cmd_worker, "trainer": cmd_trainer,
             "extract": cmd_extract, "stream-call": cmd_stream_call, "extractors": cmd_extractors,
             "produce": cmd_produce, "demo": cmd_demo, "results": cmd_results, "model": cmd_model, "topics": cmd_topics,
-            "config": cmd_config,
-            "schemas": cmd_schemas}
+            "config": cmd_config, "schemas": cmd_schemas}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

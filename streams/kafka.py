@@ -93,12 +93,14 @@ def topic_specs(t: TopicSettings, max_message_bytes: int = LimitSettings().max_m
 
 
 def ensure_topics(k: KafkaSettings, t: TopicSettings, timeout: float = 15.0,
-                  max_message_bytes: int = LimitSettings().max_message_bytes) -> list[str]:
-    """Create the missing topics as `topic_specs` defines them (auto-created ones would get the broker's defaults)."""
+                  max_message_bytes: int = LimitSettings().max_message_bytes) -> dict[str, int | None]:
+    """Create the missing topics as `topic_specs` defines them (auto-created ones would get the broker's defaults).
+    Returns every topic's partition count as found (None: it was missing, and is now created as specified)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     specs = topic_specs(t, max_message_bytes)
-    missing = [name for name, n in partition_counts(k, tuple(specs), timeout).items() if n is None]
+    found = partition_counts(k, tuple(specs), timeout)
+    missing = [name for name, n in found.items() if n is None]
     if missing:
         admin = AdminClient(librdkafka_config(k))  # must outlive the futures: its destruction cancels them
         futures = admin.create_topics(
@@ -111,12 +113,15 @@ def ensure_topics(k: KafkaSettings, t: TopicSettings, timeout: float = 15.0,
             except Exception as e:
                 if "TOPIC_ALREADY_EXISTS" not in str(e):
                     raise ConfigError(f"could not create topic {name}: {e}") from None
-    return missing
+    return found
 
 
-def check_copartitioned(s: Settings, timeout: float = 10.0) -> int:
-    """The join needs a call's three parts on the same partition number: refuse to run otherwise."""
-    counts = partition_counts(s.kafka, s.topics.features, timeout)
+def check_copartitioned(s: Settings, timeout: float = 10.0,
+                        counts: dict[str, int | None] | None = None) -> int:
+    """The join needs a call's three parts on the same partition number: refuse to run otherwise. `counts`: the
+    feature topics' partition counts when the caller has them (else they are read from the broker)."""
+    if counts is None:
+        counts = partition_counts(s.kafka, s.topics.features, timeout)
     absent = [t for t, n in counts.items() if n is None]
     if absent:
         raise ConfigError(f"feature topic(s) {', '.join(absent)} do not exist on {s.kafka.bootstrap_servers} "

@@ -41,15 +41,12 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
     follower = ModelFollower(s, registry, lambda: pipeline.predictor, pipeline.swap,
                              lambda result: metrics.model_swaps.labels(result).inc())
 
-    lag = LagGauges(metrics)
-
     @app.task
     async def start_pipeline() -> None:
         await pipeline.start()
         follower.start()
-        probe = LagProbe(s.kafka, s.kafka.group_id)
-        state["lag"] = asyncio.create_task(follow_lag(probe, lag, app.consumer, s.metrics.lag_interval_s),
-                                           name="mmcl-lag")
+        state["lag"] = asyncio.create_task(follow_lag(LagProbe(s.kafka, s.kafka.group_id), LagGauges(metrics),
+                                                      app.consumer, s.metrics.lag_interval_s), name="mmcl-lag")
         state["http"] = await start_http(metrics, lambda: status(pipeline, app), s.metrics.host, s.metrics.port)
         log.info("worker up: model %s on %s, metrics on http://%s:%d/metrics", predictor.version, predictor.device,
                  s.metrics.host, s.metrics.port)

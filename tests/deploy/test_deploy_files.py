@@ -318,6 +318,14 @@ def test_dashboard_layout_ids_and_datasource() -> None:
     assert any("mmcl_model_swaps_total" in a.get("expr", "") for a in d["annotations"]["list"])
 
 
+def test_dashboard_slo_line_is_the_alerts_threshold() -> None:
+    expr = dict(f.rule_exprs())["MMCLEndToEndLatencyHigh"]
+    slo = float(re.search(r">\s*([\d.]+)\s*$", expr.strip()).group(1))  # type: ignore[union-attr]
+    panel = next(p for p in f.dashboard()["panels"] if p["title"].startswith("End-to-end latency"))
+    assert panel["fieldConfig"]["defaults"]["thresholds"]["steps"][-1]["value"] == slo
+    assert f"SLO {slo:g} s" in (f.ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+
+
 # --- PromQL names -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("expr", "names"), [
     ('histogram_quantile(0.95, sum by (le) (rate(mmcl_x_seconds_bucket{a="b"}[5m])))', {"mmcl_x_seconds_bucket"}),
