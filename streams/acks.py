@@ -19,10 +19,20 @@ class OrderedAcker:
         self._queues: dict[Hashable, deque[list[Any]]] = {}  # tp -> [[offset, done, handle], ...] in arrival order
         self._index: dict[tuple[Hashable, int], list[Any]] = {}
 
-    def track(self, tp: Hashable, offset: int, handle: Any) -> None:
+    def track(self, tp: Hashable, offset: int, handle: Any) -> bool:
+        """Start tracking a message; False when this offset is tracked already (delivered twice: a second entry
+        could never be marked done, and would hold its partition's acks back for good)."""
+        if (tp, offset) in self._index:
+            return False
         entry = [offset, False, handle]
         self._queues.setdefault(tp, deque()).append(entry)
         self._index[(tp, offset)] = entry
+        return True
+
+    def pending(self, tp: Hashable, offset: int) -> bool:
+        """Tracked and not done yet (False once its partition was revoked)."""
+        entry = self._index.get((tp, offset))
+        return entry is not None and not entry[1]
 
     def done(self, tp: Hashable, offset: int) -> int:
         """Mark one message finished; ack every finished message at the head of its partition. Returns how many."""

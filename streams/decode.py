@@ -28,6 +28,7 @@ class Reason(StrEnum):
     LATE = "late"
     SPEAKER_CONFLICT = "speaker_conflict"
     INFERENCE_ERROR = "inference_error"
+    UNWRITABLE = "unwritable"
     INVALID_LABEL = "invalid_label"
     UNMATCHED = "unmatched"
 

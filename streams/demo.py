@@ -184,8 +184,9 @@ def run_demo(s: Settings, a: argparse.Namespace) -> int:
         checkpoint = a.checkpoint or demo_model(s.state_dir)
         split = demo_dataset(s.state_dir).splits["test"]
         port = s.metrics.port if not port_open("127.0.0.1", s.metrics.port, 0.2) else free_port()
-        env = {**os.environ, "MMCL_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers, "MMCL_REDIS__URL": s.redis.url,
-               "MMCL_MODEL__CHECKPOINT": str(checkpoint), "MMCL_METRICS__PORT": str(port),
+        env = {**os.environ, "MMCL_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
+               "MMCL_REDIS__URL": s.redis.url.get_secret_value(), "MMCL_MODEL__CHECKPOINT": str(checkpoint),
+               "MMCL_METRICS__PORT": str(port),
                "MMCL_STATE_DIR": str(s.state_dir)}
         log_path = s.state_dir / "logs" / "worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)

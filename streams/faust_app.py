@@ -1,15 +1,23 @@
 """The Faust app: one agent reads the three feature topics as raw bytes and hands each message to the Pipeline.
 
-Two things Faust 0.15.3 does not let us configure are set here, in one place (BROKER.md items 2-3):
-- the worker consumer's fetch wait (hard-coded 1500 ms: every hop would cost up to 1.5 s on the embedded broker);
+Two things Faust 0.15.3 does not let us configure are set here, in one place:
+- the worker consumer's fetch wait (hard-coded 1500 ms: on a broker that does not answer a fetch early when data
+  arrives, every hop would cost up to 1.5 s);
 - the partition assignor: without tables Faust uses plain round-robin over all topic-partitions, which can give
   `text` partition 1 and `audio` partition 1 to different workers. Faust's own assignor keeps co-partitioned topics
   together, which the join needs as soon as there is more than one worker.
+
+And one default is wrong for a join: `stream_wait_empty` makes Faust wait, at every rebalance and at shutdown, until
+every message it handed out is acknowledged. A part waiting for its utterance's other parts can only be acknowledged
+by being decided, and with the flow stopped its partners never come: every rebalance and every restart dead-lettered
+good utterances as incomplete, and a write being retried kept a SIGTERM'd worker alive for minutes. The pipeline
+does the waiting itself instead, bounded: writes in flight finish, pending parts are left for the next reader.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -42,8 +50,16 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class StreamApp(faust.App):
+    on_stop_hooks: list[Callable[[], None]]
+
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+    async def on_stop(self) -> None:
+        # First thing at shutdown, before Faust stops the flow: from here on nothing pending may be decided.
+        for hook in getattr(self, "on_stop_hooks", ()):
+            hook()
+        await super().on_stop()
 
 
 def build_app(s: Settings) -> StreamApp:
@@ -65,6 +81,7 @@ def build_app(s: Settings) -> StreamApp:
         broker_heartbeat_interval=k.heartbeat_interval_s,
         broker_commit_interval=k.commit_interval_s,
         consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,  # see the module docstring
         table_standby_replicas=0,
         stream_recovery_delay=0,
         topic_partitions=s.topics.partitions,
@@ -78,7 +95,10 @@ def build_app(s: Settings) -> StreamApp:
     return app
 
 
-def attach_pipeline(app: StreamApp, s: Settings, pipeline: Pipeline) -> None:
+def attach_pipeline(app: StreamApp, s: Settings, pipeline: Pipeline,
+                    on_shutdown: Callable[[], Awaitable[None]]) -> None:
+    """Wire the pipeline to the app: the agent, rebalances, and shutdown (`on_shutdown` runs once the flow has
+    stopped and before offsets are committed for the last time)."""
     channel = app.topic(*s.topics.features, key_type=bytes, value_type=bytes, key_serializer="raw",
                         value_serializer="raw", allow_empty=True)
 
@@ -91,9 +111,15 @@ def attach_pipeline(app: StreamApp, s: Settings, pipeline: Pipeline) -> None:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
-        pipeline.on_revoked({(tp.topic, tp.partition) for tp in revoked})
+        await pipeline.on_revoked({(tp.topic, tp.partition) for tp in revoked}, app.consumer.commit)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: Any, assigned: set[Any], **kwargs: Any) -> None:
-        pipeline.on_assigned()
+        pipeline.on_assigned({(tp.topic, tp.partition) for tp in assigned})
         log.info("assigned %d partitions", len(assigned))
+
+    app.on_stop_hooks = [pipeline.begin_shutdown]
+
+    @app.on_before_shutdown.connect
+    async def before_shutdown(app: Any, **kwargs: Any) -> None:
+        await on_shutdown()

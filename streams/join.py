@@ -11,7 +11,13 @@ topics) has delivered parts produced after P + timeout (its watermark passed), o
 quiet for the timeout while the utterance waited at least as long. Deciding on arrival time alone would drop
 whole backlogs as incomplete whenever the worker is behind (after a restart, a burst, an outage), because the
 three topics are not read at the same pace. `clock` is live time: the worker stops it while it is not taking
-messages (back-pressure), so a pause does not make partitions look quiet.
+messages (back-pressure, a rebalance), so a pause does not make partitions look quiet. Producer clocks are kept
+honest by streams.event_time, and `max_wait_s` of live time decides any utterance whatever the clocks say.
+
+A part whose utterance was already emitted is `redelivered` when its modality was used (a re-read after a
+rebalance or restart, a producer's retry: acknowledged, not dead-lettered) and `late` when it was not. What the
+join learnt about a partition (pending parts, watermarks, quiet times, emitted utterances, clocks) is forgotten
+when the partition is revoked: its next reader, maybe this worker again, re-reads it from the committed offset.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.decode import Part, Reason
+from streams.event_time import ClockGuard, Stamped
 
 JoinKey = tuple[str, str]
 
@@ -31,12 +38,13 @@ JoinKey = tuple[str, str]
 @dataclass
 class _Pending:
     first_at: float  # live clock at the first part's arrival
-    deadline_ms: int  # event time: earliest produced_at + timeout
+    deadline_ms: int  # event time: earliest (clock-corrected) part + timeout
     speaker: str
     group: Hashable
     parts: dict[str, Part] = field(default_factory=dict)
     masked: set[str] = field(default_factory=set)
     tokens: list[Any] = field(default_factory=list)
+    event_at: int = 0  # the latest part's clock-corrected production time (for latency)
 
 
 @dataclass(frozen=True)
@@ -49,9 +57,11 @@ class Joined:
     tokens: tuple[Any, ...]
     complete: bool
     wait_s: float  # first part -> emission, live time
+    event_at: int = 0  # the last part's production time, corrected for its producer's clock (latency starts here)
 
     @property
     def produced_at(self) -> int:
+        """The last part's produced_at as its producer stamped it."""
         return max(p.produced_at for p in self.parts.values())
 
 
@@ -71,7 +81,15 @@ class Ignored:
     token: Any
 
 
-Outcome = Joined | Dropped | Ignored
+@dataclass(frozen=True)
+class Redelivered:
+    """A part of an utterance already emitted with this modality: read again (rebalance, restart) or sent twice."""
+
+    part: Part
+    token: Any
+
+
+Outcome = Joined | Dropped | Ignored | Redelivered
 
 
 class LiveClock:
@@ -111,6 +129,9 @@ class Joiner:
         remember_emitted: int,
         clock: Callable[[], float] = time.monotonic,
         count: Callable[[str], None] = lambda outcome: None,
+        max_clock_skew_s: float = 0.5,
+        max_wait_s: float | None = None,
+        count_skew: Callable[[str, str], None] = lambda modality, side: None,
     ) -> None:
         self.required = tuple(required)
         self.allowed = allowed
@@ -119,9 +140,12 @@ class Joiner:
         self.max_pending = max_pending
         self.remember_emitted = remember_emitted
         self.clock = clock
-        self.count = count  # join outcome counter: complete, partial, incomplete, late, duplicate
+        self.count = count  # join outcome counter: complete, partial, incomplete, late, duplicate, redelivered
+        self.count_skew = count_skew  # (modality, "ahead" | "behind") of a part whose clock was corrected
+        self.max_wait_s = max_wait_s if max_wait_s is not None else 15 * timeout_s
+        self.clocks = ClockGuard(int(max_clock_skew_s * 1000))
         self._pending: OrderedDict[JoinKey, _Pending] = OrderedDict()  # in arrival order
-        self._emitted: OrderedDict[JoinKey, None] = OrderedDict()
+        self._emitted: OrderedDict[JoinKey, tuple[Hashable, frozenset[str]]] = OrderedDict()  # -> (group, used)
         self._deadlines: dict[Hashable, list[tuple[int, int, JoinKey]]] = {}  # group -> heap (lazy deletion)
         self._seq = 0
         self._watermark: dict[tuple[str, Hashable], int] = {}  # (modality, group) -> max produced_at seen
@@ -131,17 +155,22 @@ class Joiner:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, part: Part, token: Any, group: Hashable = 0) -> list[Outcome]:
+    def add(self, part: Part, token: Any, group: Hashable = 0, arrival_ms: int | None = None) -> list[Outcome]:
+        """`arrival_ms`: wall-clock time the part was received, to keep its producer's clock honest (None: trust it)."""
         key, now = part.join_key, self.clock()
         self._group_start.setdefault(group, now)
         wk = (part.modality, group)
-        self._watermark[wk] = max(self._watermark.get(wk, part.produced_at), part.produced_at)
+        st = self._stamp(part, wk, arrival_ms)
+        self._watermark[wk] = max(self._watermark.get(wk, st.watermark_at), st.watermark_at)
         self._last_arrival[wk] = now
         if part.modality not in self.allowed(part.speaker):
             if key in self._pending and self._pending[key].speaker == part.speaker:
                 self._pending[key].masked.add(part.modality)
             return [Ignored(part, token)]
         if key in self._emitted:
+            if part.modality in self._emitted[key][1]:
+                self.count("redelivered")
+                return [Redelivered(part, token)]
             self.count("late")
             return [Dropped(Reason.LATE, f"{part.modality} part arrived after the utterance was emitted", (part,), (token,))]
         out: list[Outcome] = []
@@ -149,15 +178,16 @@ class Joiner:
         if entry is None:
             if len(self._pending) >= self.max_pending:
                 out.append(self._decide(*self._pending.popitem(last=False), now))
-            entry = self._pending[key] = _Pending(now, part.produced_at + self.timeout_ms, part.speaker, group)
+            entry = self._pending[key] = _Pending(now, st.deadline_at + self.timeout_ms, part.speaker, group)
             self._push(entry, key)
         elif part.speaker != entry.speaker:
             return [Dropped(Reason.SPEAKER_CONFLICT, f"speaker {part.speaker!r}, earlier parts said {entry.speaker!r}",
                             (part,), (token,))]
-        elif part.produced_at + self.timeout_ms < entry.deadline_ms:
-            entry.deadline_ms = part.produced_at + self.timeout_ms
+        elif st.deadline_at + self.timeout_ms < entry.deadline_ms:
+            entry.deadline_ms = st.deadline_at + self.timeout_ms
             self._push(entry, key)
         entry.tokens.append(token)
+        entry.event_at = max(entry.event_at, st.deadline_at)
         if part.modality in entry.parts:
             self.count("duplicate")
         entry.parts[part.modality] = part
@@ -165,6 +195,14 @@ class Joiner:
             del self._pending[key]
             out.append(self._emit(key, entry, now, complete=True))
         return out
+
+    def _stamp(self, part: Part, wk: tuple[str, Hashable], arrival_ms: int | None) -> Stamped:
+        if arrival_ms is None:
+            return Stamped(part.produced_at, part.produced_at, None)
+        st = self.clocks.stamp(wk, part.produced_at, arrival_ms)
+        if st.skew is not None:
+            self.count_skew(part.modality, st.skew)
+        return st
 
     def expire(self) -> list[Outcome]:
         """Decide every pending utterance whose missing modalities can no longer arrive in time."""
@@ -177,11 +215,19 @@ class Joiner:
                     heapq.heappop(heap)  # emitted, forgotten or re-scheduled
                     continue
                 missing = [m for m in self.allowed(entry.speaker) if m not in entry.parts]
-                if not all(self._passed(m, entry, now) for m in missing):
-                    break  # later deadlines in this group are not due either
+                waited_out = now - entry.first_at >= self.max_wait_s
+                if not waited_out and not all(self._passed(m, entry, now) for m in missing):
+                    break  # later deadlines in this group are not due either (max_wait is swept below)
                 heapq.heappop(heap)
                 del self._pending[key]
                 out.append(self._decide(key, entry, now))
+        # Whatever clocks said, nothing waits more than max_wait_s: the oldest arrivals come first in _pending.
+        while self._pending:
+            key, entry = next(iter(self._pending.items()))
+            if now - entry.first_at < self.max_wait_s:
+                break
+            del self._pending[key]
+            out.append(self._decide(key, entry, now))
         return out
 
     def _passed(self, modality: str, entry: _Pending, now: float) -> bool:
@@ -202,12 +248,34 @@ class Joiner:
             del self._pending[k]
         return len(gone)
 
+    def forget_groups(self, groups: set[Hashable]) -> int:
+        """Forget everything learnt from these groups (partitions revoked): pending utterances (their parts are
+        re-read by the next owner, never acknowledged here), watermarks, quiet times, emitted ids, clocks."""
+        gone = [k for k, e in self._pending.items() if e.group in groups]
+        for k in gone:
+            del self._pending[k]
+        for table in (self._watermark, self._last_arrival):
+            for wk in [wk for wk in table if wk[1] in groups]:
+                del table[wk]
+        for g in groups:
+            self._group_start.pop(g, None)
+            self._deadlines.pop(g, None)
+        for k in [k for k, (g, _) in self._emitted.items() if g in groups]:
+            del self._emitted[k]
+        self.clocks.forget(lambda wk: wk[1] not in groups)  # type: ignore[index]
+        return len(gone)
+
+    def assigned(self, groups: set[Hashable]) -> None:
+        """Partitions (re)assigned now: a partition is quiet since its assignment, not since its last part before."""
+        now = self.clock()
+        for g in groups:
+            self._group_start[g] = now
+
     def _decide(self, key: JoinKey, entry: _Pending, now: float) -> Outcome:
         allowed = self.allowed(entry.speaker)
         need = [m for m in self.required if m in allowed] or list(allowed)
         if entry.parts and all(m in entry.parts for m in need):
             return self._emit(key, entry, now, complete=False)
-        self.count("incomplete")
         missing = [m for m in need if m not in entry.parts]
         return Dropped(Reason.INCOMPLETE, f"no {', '.join(missing)} part within {self.timeout_s:g} s",
                        tuple(entry.parts.values()), tuple(entry.tokens))
@@ -215,8 +283,8 @@ class Joiner:
     def _emit(self, key: JoinKey, entry: _Pending, now: float, complete: bool) -> Joined:
         self.count("complete" if complete else "partial")
         if self.remember_emitted:
-            self._emitted[key] = None
+            self._emitted[key] = (entry.group, frozenset(entry.parts))
             if len(self._emitted) > self.remember_emitted:
                 self._emitted.popitem(last=False)
         return Joined(key[0] or None, key[1], entry.speaker, dict(entry.parts), tuple(sorted(entry.masked)),
-                      tuple(entry.tokens), complete, now - entry.first_at)
+                      tuple(entry.tokens), complete, now - entry.first_at, entry.event_at)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,8 +10,53 @@ from typing import Any
 from mmcl.errors import ConfigError
 from streams.settings import KafkaSettings, LimitSettings, Settings, TopicSettings
 
+log = logging.getLogger(__name__)
 HOUR_MS = 3600 * 1000
 HEADERS_ROOM = 64 * 1024  # dead-letter headers (reason, error text, source) on top of the original bytes
+RECORD_OVERHEAD = 512  # a record's framing in its batch (batch header 61 B, varints, header keys), with room to spare
+OUTPUT_RECORD_BYTES = 1024 * 1024  # predictions, alerts, feedback labels: a few hundred bytes each
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """The largest record each kind of topic takes, all derived from the one input limit
+    (MMCL_LIMITS__MAX_MESSAGE_BYTES): topics are created with them, producers are configured with them, and the
+    worker checks every record against them (lowered to what the broker says at start-up) before sending it."""
+
+    feature: int  # a feature message at the input limit, with its producer's headers
+    dead_letter: int  # the same bytes, with our headers added
+    joined: int  # all of an utterance's parts in one record
+    output: int  # predictions and alerts
+
+    @property
+    def producer(self) -> int:
+        """librdkafka's message.max.bytes (its default of 1,000,000 refuses records we must write)."""
+        return max(self.feature, self.dead_letter, self.joined, self.output) + RECORD_OVERHEAD
+
+    def for_topic(self, t: TopicSettings, topic: str) -> int:
+        if topic in t.features:
+            return self.feature
+        return {t.dlq: self.dead_letter, t.joined: self.joined}.get(topic, self.output)
+
+    def lowered(self, t: TopicSettings, broker: dict[str, int]) -> RecordLimits:
+        """These limits, lowered to the broker's `max.message.bytes` of the topics it reported."""
+        def low(ours: int, *topics: str) -> int:
+            return min([ours, *(broker[name] for name in topics if name in broker)])
+
+        return RecordLimits(low(self.feature, *t.features), low(self.dead_letter, t.dlq), low(self.joined, t.joined),
+                            low(self.output, t.predictions, t.alerts))
+
+
+def record_limits(max_message_bytes: int, modalities: int = 3) -> RecordLimits:
+    part = max_message_bytes + HEADERS_ROOM  # a feature message at the size limit must fit, and reach the DLQ
+    return RecordLimits(feature=part, dead_letter=part, joined=modalities * max_message_bytes + HEADERS_ROOM,
+                        output=OUTPUT_RECORD_BYTES)
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> int:
+    """What a record weighs against a topic's max.message.bytes when it travels alone in its batch."""
+    return (len(key or b"") + len(value or b"") + sum(len(k.encode()) + len(v or b"") + 8 for k, v in headers or ())
+            + RECORD_OVERHEAD)
 
 
 def librdkafka_config(k: KafkaSettings) -> dict[str, Any]:
@@ -26,10 +72,15 @@ def librdkafka_config(k: KafkaSettings) -> dict[str, Any]:
     return conf
 
 
-def producer_config(k: KafkaSettings, linger_ms: int = 2) -> dict[str, Any]:
+def producer_config(k: KafkaSettings, linger_ms: int = 2, max_record_bytes: int | None = None) -> dict[str, Any]:
+    """`max_record_bytes`: the largest record this producer must send (librdkafka refuses more than 1,000,000 bytes
+    by default, so a producer of feature messages at the input limit, or the worker's, must raise it)."""
     # murmur2_random: the Java client's and aiokafka's (Faust's) key hash; librdkafka's default would put a call's
     # three modalities on partitions the worker does not read together.
-    return {**librdkafka_config(k), "partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": linger_ms}
+    conf = {**librdkafka_config(k), "partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": linger_ms}
+    if max_record_bytes is not None:
+        conf["message.max.bytes"] = max(1_000_000, max_record_bytes + RECORD_OVERHEAD)
+    return conf
 
 
 def produce(producer: Any, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
@@ -79,14 +130,14 @@ def topic_specs(t: TopicSettings, max_message_bytes: int = LimitSettings().max_m
         return TopicSpec(t.partitions, {"cleanup.policy": policy, "retention.ms": str(int(retention_h * HOUR_MS)),
                                         "max.message.bytes": str(message_bytes)})
 
-    part = max_message_bytes + HEADERS_ROOM  # a feature message at the size limit must fit, and reach the DLQ
-    out = {name: spec(t.features_retention_h, part) for name in t.features}
-    out[t.predictions] = spec(t.output_retention_h, 1024 * 1024)
-    out[t.alerts] = spec(t.output_retention_h, 1024 * 1024)
-    out[t.dlq] = spec(t.dlq_retention_h, part)
-    out[t.feedback] = spec(t.feedback_retention_h, 1024 * 1024)
+    lim = record_limits(max_message_bytes, len(t.features))
+    out = {name: spec(t.features_retention_h, lim.feature) for name in t.features}
+    out[t.predictions] = spec(t.output_retention_h, lim.output)
+    out[t.alerts] = spec(t.output_retention_h, lim.output)
+    out[t.dlq] = spec(t.dlq_retention_h, lim.dead_letter)
+    out[t.feedback] = spec(t.feedback_retention_h, lim.output)
     # all of an utterance's parts in one record; compacted too, so a re-delivered utterance is kept once
-    out[t.joined] = spec(t.joined_retention_h, len(t.features) * max_message_bytes + HEADERS_ROOM, "compact,delete")
+    out[t.joined] = spec(t.joined_retention_h, lim.joined, "compact,delete")
     # the latest announcement is all a worker needs; one partition keeps them in order
     out[t.model_updates] = TopicSpec(1, {"cleanup.policy": "compact"})
     return out
@@ -131,3 +182,39 @@ def check_copartitioned(s: Settings, timeout: float = 10.0,
         raise ConfigError(f"feature topics are not co-partitioned ({shown}); the join needs the same partition count "
                           "on all three: recreate them (Kafka cannot shrink a topic)")
     return next(iter(counts.values()))  # type: ignore[return-value]
+
+
+def check_outputs(s: Settings, timeout: float = 10.0) -> RecordLimits:
+    """At start-up: the topics the worker writes exist, and the records it may write fit them. Returns the record
+    limits to check outputs against: ours, lowered where the broker's `max.message.bytes` of a topic is smaller (a
+    record bound to be refused is then handled before it is sent, with the reason known)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    t = s.topics
+    outputs = [t.predictions, t.alerts, t.dlq] + ([t.joined] if s.trainer.keep_joined else [])
+    counts = partition_counts(s.kafka, tuple(outputs), timeout)
+    absent = [name for name, n in counts.items() if n is None]
+    if absent:
+        raise ConfigError(f"output topic(s) {', '.join(absent)} do not exist on {s.kafka.bootstrap_servers} "
+                          "(mmcl topics create, or mmcl worker --create-topics)")
+    ours = record_limits(s.limits.max_message_bytes, len(t.features))
+    admin = AdminClient(librdkafka_config(s.kafka))
+    broker: dict[str, int] = {}
+    try:
+        futures = admin.describe_configs([ConfigResource("topic", name) for name in outputs])
+        for res, fut in futures.items():
+            entry = fut.result(timeout).get("max.message.bytes")
+            if entry is not None and entry.value is not None and str(entry.value).isdigit():
+                broker[res.name] = int(entry.value)
+    except Exception as e:  # a broker without DescribeConfigs: our limits stand, and a refusal is still handled
+        log.info("could not read the output topics' max.message.bytes (%s); checking records against our limits", e)
+    lowered = ours.lowered(t, broker)
+    for name, has in broker.items():
+        need = ours.for_topic(t, name)
+        if has < need:
+            what = {t.dlq: "dead letters of larger messages are truncated to fit",
+                    t.joined: "larger utterances are scored but not kept for training"}.get(name, "larger records are skipped")
+            log.warning("topic %s takes records up to %d bytes, below the %d that MMCL_LIMITS__MAX_MESSAGE_BYTES=%d needs: "
+                        "%s (raise it: kafka-configs --alter --entity-type topics --entity-name %s "
+                        "--add-config max.message.bytes=%d)", name, has, need, s.limits.max_message_bytes, what, name, need)
+    return lowered

@@ -15,7 +15,7 @@ from typing import IO, Any, Protocol
 
 from extractors.utterance import Extracted, FeatureMaker, Utterance
 from mmcl.errors import ConfigError, MMCLError
-from streams.kafka import produce, producer_config
+from streams.kafka import produce, producer_config, record_limits
 from streams.messages import EncodedArray, FeatureMessage, now_ms
 from streams.settings import WIRE_MODALITIES, Settings
 
@@ -37,7 +37,7 @@ class KafkaSink:
 
         self.destination = s.kafka.bootstrap_servers
         self._topics = s.topics
-        self._p = Producer(producer_config(s.kafka))
+        self._p = Producer(producer_config(s.kafka, max_record_bytes=record_limits(s.limits.max_message_bytes).feature))
         self.failed = 0
         self._lock = threading.Lock()
 

@@ -15,8 +15,15 @@ class Metrics:
         self.consumed = Counter("mmcl_messages_consumed", "Feature messages consumed", ["modality"], registry=r)
         self.dead_letters = Counter("mmcl_dead_letters", "Messages sent to the dead-letter topic", ["reason", "stage"],
                                     registry=r)
-        self.join_outcomes = Counter("mmcl_join_outcomes", "Join outcomes: complete, partial, incomplete, late, duplicate",
-                                     ["outcome"], registry=r)
+        self.join_outcomes = Counter("mmcl_join_outcomes", "Join outcomes: complete, partial, incomplete, late, "
+                                     "duplicate, redelivered", ["outcome"], registry=r)
+        self.clock_skew = Counter("mmcl_clock_skew_parts", "Parts whose producer clock was off its partition's consensus "
+                                  "(or ahead of the worker's) by more than the allowed skew, corrected for the join",
+                                  ["modality", "direction"], registry=r)
+        self.records_refused = Counter("mmcl_records_refused", "Output records a sink refused for good (too large, "
+                                       "invalid, unauthorized), each handled alone", ["output", "why"], registry=r)
+        self.dead_letters_truncated = Counter("mmcl_dead_letters_truncated", "Dead letters cut to fit the dead-letter "
+                                              "topic (original size and SHA-256 in their headers)", registry=r)
         self.policy_masked = Counter("mmcl_policy_masked", "Parts ignored by the speaker-role policy",
                                      ["role", "modality"], registry=r)
         self.pending_joins = Gauge("mmcl_pending_joins", "Utterances waiting for more parts", registry=r)

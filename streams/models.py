@@ -28,7 +28,7 @@ def open_registry(s: Settings) -> Registry:
         from streams.redis_store import redis_kwargs
 
         kw = {**redis_kwargs(s.redis), "decode_responses": False}
-        client = redis.Redis.from_url(r.redis_url or s.redis.url, **kw)
+        client = redis.Redis.from_url((r.redis_url or s.redis.url).get_secret_value(), **kw)
         return RedisRegistry(client, s.state_dir / "registry-cache", r.prefix)
     return DirRegistry(r.path or s.state_dir / "registry")
 

@@ -3,6 +3,12 @@
 At-least-once: a source message is acked (and so committed) only when everything derived from it is durable: its
 utterance's result written to Redis and acknowledged by Kafka, or the message itself acknowledged on the dead-letter
 topic. A crash re-reads whatever was not acked; the Redis script ignores results it already has.
+
+Failures are classified (streams.errors): transient ones are retried with capped back-off while consumption pauses;
+a record that can never be written is handled alone (truncated, skipped or dead-lettered, and counted) so that its
+partition goes on; a sink that refuses the worker itself (credentials, permissions) stops the worker with nothing
+unwritten committed. A rebalance or a shutdown forgets what is pending (its next reader re-reads it) instead of
+deciding it, and gives writes in flight a bounded time to finish.
 """
 
 from __future__ import annotations
@@ -12,30 +18,33 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import redis
+from typing import Any, Protocol, TypeVar
 
 from mmcl.predictor import Predictor
 from streams.acks import OrderedAcker
 from streams.aggregates import AggregateRule
+from streams.deadletter import Headers, Origin, OutRecord, dead_letter, stripped
 from streams.decode import ModelProfile, Reason, Rejection, decode_part
+from streams.errors import RecordRefused, ServiceError, ShuttingDown, SinkRefused, TransientError
 from streams.inference import BatchResult, InferenceThread
-from streams.join import Dropped, Ignored, Joined, Joiner, LiveClock
+from streams.join import Dropped, Ignored, Joined, Joiner, LiveClock, Outcome, Redelivered
+from streams.kafka import RecordLimits
 from streams.messages import SCHEMA_VERSION, Prediction, now_ms
 from streams.metrics import Metrics
-from streams.redis_store import ResultWriter
+from streams.redis_store import ResultWriter, Written
 from streams.settings import WIRE_MODALITIES, Settings, model_modality
 
 log = logging.getLogger(__name__)
-Headers = list[tuple[str, bytes]]
+T = TypeVar("T")
 
 
 class Publisher(Protocol):
-    async def send_many(self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]) -> None:
-        """Publish and wait for the broker's acknowledgement of every record; raise if any failed."""
+    async def send_many(self, records: Sequence[OutRecord]) -> list[ServiceError | None]:
+        """Publish; per record None (acknowledged by the broker) or why not. Never raises for a record."""
+
+    def close(self, timeout: float = 5.0) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -64,24 +73,38 @@ def profile_of(predictor: Predictor) -> ModelProfile:
 
 class Pipeline:
     def __init__(self, settings: Settings, predictor: Predictor, metrics: Metrics, make_writer: Callable[[], ResultWriter],
-                 publisher: Publisher, ack: Callable[[Any], None], clock: Callable[[], float] = time.monotonic) -> None:
+                 publisher: Publisher, ack: Callable[[Any], None], limits: RecordLimits,
+                 on_fatal: Callable[[str], None] = lambda why: None, clock: Callable[[], float] = time.monotonic,
+                 wall_ms: Callable[[], int] = now_ms) -> None:
         # the writer's redis.asyncio client must be made on the loop that uses it, so it is made in start()
         self.s, self.predictor, self.metrics, self.publisher = settings, predictor, metrics, publisher
+        self.limits = limits
         self._make_writer = make_writer
+        self._on_fatal = on_fatal
+        self._wall_ms = wall_ms
         self.writer: ResultWriter | None = None
         self.profile = profile_of(predictor)
         self.topic_modality = {settings.topics.feature(m): m for m in WIRE_MODALITIES}
         self.label_names = list(predictor.cfg.task.label_names)
         self.acker = OrderedAcker(ack)
-        self.live = LiveClock(clock)  # stands still while back-pressure holds the agent: quiet is not idle then
-        self.joiner = Joiner(settings.join.required, settings.policy.allowed, settings.join.timeout_s,
-                             settings.join.max_pending, settings.join.remember_emitted, self.live,
-                             count=lambda o: metrics.join_outcomes.labels(o).inc())
+        self.live = LiveClock(clock)  # stands still while back-pressure or a rebalance holds the agent
+        j = settings.join
+        self.joiner = Joiner(j.required, settings.policy.allowed, j.timeout_s, j.max_pending, j.remember_emitted,
+                             self.live, count=lambda o: metrics.join_outcomes.labels(o).inc(),
+                             max_clock_skew_s=j.clock_skew_s, max_wait_s=j.max_wait_s,
+                             count_skew=lambda m, side: metrics.clock_skew.labels(m, side).inc())
         self._slots = asyncio.Semaphore(settings.batch.queue_size)
         self._results: asyncio.Queue[BatchResult] = asyncio.Queue()
         self._inference = InferenceThread(predictor, settings.batch.max_size, settings.batch.wait_ms / 1000, self._deliver)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._inflight = 0  # utterances handed to the inference thread and not yet written
+        self._idle: asyncio.Event | None = None  # set while _inflight == 0
+        self._abort: asyncio.Event | None = None  # set when a shutdown's grace time is over: writes give up
+        self.owned: set[tuple[str, int]] = set()
+        self._rebalancing = False
+        self.stopping = False
+        self.fatal: str | None = None
         self.assigned = False
         self.redis_ok = True
         self._failing = 0  # writes being retried right now (sink and agent may both be)
@@ -101,12 +124,43 @@ class Pipeline:
     # lifecycle -----------------------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._idle, self._abort = asyncio.Event(), asyncio.Event()
+        self._idle.set()
         self.writer = self._make_writer()
         self._inference.start()
         self._tasks = [asyncio.create_task(self._sink_loop(), name="mmcl-sink"),
                        asyncio.create_task(self._expire_loop(), name="mmcl-join-deadlines")]
+        self._publish_state()
+
+    def begin_shutdown(self) -> None:
+        """Stop taking messages and stop deciding pending utterances (their parts stay unacknowledged: the next
+        owner re-reads them); what is in flight may still finish."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.live.pause()  # never resumed: nothing pending may time out while the worker winds down
+        for t in self._tasks[1:]:
+            t.cancel()
+        self._publish_state()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait up to timeout_s for the utterances in flight to be written (and so acked); then abandon the rest and
+        stop. Returns whether everything in flight was written."""
+        self.begin_shutdown()
+        finished = True
+        if self._idle is not None:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+            except TimeoutError:
+                finished = False
+                log.warning("shutdown: %d utterances in flight were not written within %g s; their offsets stay "
+                            "uncommitted (the next owner re-reads them)", self._inflight, timeout_s)
+        await self.stop()
+        return finished
 
     async def stop(self) -> None:
+        if self._abort is not None:
+            self._abort.set()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -116,21 +170,54 @@ class Pipeline:
 
     @property
     def ready(self) -> bool:
-        return self.assigned and self.redis_ok and not self._failing and self._loop is not None
+        return (self.assigned and self.redis_ok and not self._failing and self._loop is not None and not self.stopping
+                and self.fatal is None)
 
-    def on_assigned(self) -> None:
+    def on_assigned(self, tps: set[tuple[str, int]]) -> None:
+        self.owned = set(tps)
+        self.joiner.assigned({p for _, p in tps})
+        if self._rebalancing:
+            self._rebalancing = False
+            self.live.resume()
         self.assigned = True
         self._publish_state()
 
-    def on_revoked(self, tps: set[Hashable]) -> None:
-        # Their unfinished messages are not acked: the next owner re-reads them from the last commit.
+    async def on_revoked(self, tps: set[tuple[str, int]], commit: Callable[[], Awaitable[Any]]) -> None:
+        """Partitions going to another owner (or coming back re-read from their commit). Utterances in flight get a
+        bounded time to be written, what they finished is committed, and everything else learnt from these
+        partitions is forgotten unacknowledged: deciding it now (parts are not coming, the flow is stopped) dead-
+        lettered good utterances on every rebalance, and their other parts at the next owner as well."""
+        if not self._rebalancing:
+            self._rebalancing = True
+            self.live.pause()  # until on_assigned: quiet partitions during a rebalance are not evidence
+        if tps and self._idle is not None and not self.stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.s.worker.shutdown_timeout_s)
+            with contextlib.suppress(Exception):  # a failed commit only means more is re-read
+                await commit()
+        self.owned -= tps
+        groups = {p for _, p in tps}
+        self.joiner.forget_groups({g for g in groups if not any(tp[1] == g for tp in self.owned)})
         self.joiner.forget(lambda src: src.tp not in tps)
-        self.acker.forget(tps)
+        self.acker.forget(set(tps))
         self.metrics.pending_joins.set(len(self.joiner))
 
     # consuming -----------------------------------------------------------------------------------------------
     async def on_message(self, src: Source) -> None:
-        self.acker.track(src.tp, src.offset, src.handle)
+        """One message from the agent. Never raises for the stream's sake: a sink that refuses the worker stops it,
+        a shutdown abandons the message unacknowledged."""
+        try:
+            await self._on_message(src)
+        except SinkRefused as e:
+            self._fail(str(e))
+        except ShuttingDown:
+            pass
+
+    async def _on_message(self, src: Source) -> None:
+        if self.stopping or self.fatal is not None or self._rebalancing or (self.owned and src.tp not in self.owned):
+            return  # not acknowledged: whoever reads this partition next reads it again
+        if not self.acker.track(src.tp, src.offset, src.handle):
+            return  # this offset is already being processed (delivered twice across a rebalance)
         modality = self.topic_modality.get(src.topic, "unknown")
         self.metrics.consumed.labels(modality).inc()
         self.metrics.last_event.labels(src.topic).set(time.time())
@@ -138,17 +225,22 @@ class Pipeline:
         if isinstance(part, Rejection):
             await self._dead_letter([src], part.reason, "decode", part.error)
             return
-        await self._handle(self.joiner.add(part, src, group=src.partition))
+        await self._handle(self.joiner.add(part, src, group=src.partition, arrival_ms=self._wall_ms()))
 
-    async def _handle(self, outcomes: list[Joined | Dropped | Ignored]) -> None:
+    async def _handle(self, outcomes: list[Outcome]) -> None:
         for out in outcomes:
             if isinstance(out, Dropped):
-                await self._dead_letter(list(out.tokens), out.reason, "join", out.error)
+                await self._drop(out)
                 continue
             if isinstance(out, Ignored):
                 self.metrics.policy_masked.labels(out.part.speaker, out.part.modality).inc()
                 self._ack([out.token])
                 continue
+            if isinstance(out, Redelivered):
+                self._ack([out.token])  # in offset order: after the emission it repeats is durable
+                continue
+            if self.stopping:
+                return  # not submitted, not acked: re-read by the next owner
             self.metrics.join_wait.observe(out.wait_s)
             if self._slots.locked():  # back-pressure: wait while the model or the sinks are behind
                 self.live.pause()
@@ -158,15 +250,50 @@ class Pipeline:
                     self.live.resume()
             else:
                 await self._slots.acquire()
+            if self.stopping:
+                self._slots.release()
+                return
+            self._inflight += 1
+            assert self._idle is not None
+            self._idle.clear()
             self.metrics.inflight.inc()
             self._inference.submit(out)
         self.metrics.pending_joins.set(len(self.joiner))
 
+    async def _drop(self, out: Dropped) -> None:
+        """A dropped utterance's parts go to the dead-letter topic, unless its result is already written (parts
+        read again after a restart or a rebalance): those used in the result are re-deliveries, the others late."""
+        if out.reason is not Reason.INCOMPLETE or not out.parts:
+            await self._dead_letter(list(out.tokens), out.reason, "join", out.error)
+            return
+        first = out.parts[0]
+        assert self.writer is not None
+        writer = self.writer
+        have = (await self._retrying("redis", lambda: writer.result_modalities([(first.call_id, first.utterance_id)]),
+                                     redis_write=True))[0]
+        if have is None:
+            self.metrics.join_outcomes.labels("incomplete").inc()
+            await self._dead_letter(list(out.tokens), out.reason, "join", out.error)
+            return
+        used = set(have)
+        again = [src for src in out.tokens if self.topic_modality.get(src.topic) in used]
+        late = [src for src in out.tokens if self.topic_modality.get(src.topic) not in used]
+        self.metrics.join_outcomes.labels("redelivered").inc(len(again))
+        self._ack(again)
+        if late:
+            self.metrics.join_outcomes.labels("late").inc(len(late))
+            await self._dead_letter(late, Reason.LATE, "join", "part of an utterance whose result was written without it")
+
     async def _expire_loop(self) -> None:
         tick = min(0.05, self.s.join.timeout_s / 4)
-        while True:
-            await asyncio.sleep(tick)
-            await self._handle(self.joiner.expire())
+        try:
+            while True:
+                await asyncio.sleep(tick)
+                await self._handle(self.joiner.expire())
+        except SinkRefused as e:
+            self._fail(str(e))
+        except ShuttingDown:
+            pass
 
     # results -------------------------------------------------------------------------------------------------
     def _deliver(self, result: BatchResult) -> None:  # on the inference thread
@@ -179,10 +306,18 @@ class Pipeline:
             n = len(result.items) + len(result.failed)
             try:
                 await self._finish(result)
+            except SinkRefused as e:
+                self._fail(str(e))
+                return  # nothing more is written; what is in flight stays unacknowledged
+            except ShuttingDown:
+                return
             finally:
                 for _ in range(n):
                     self._slots.release()
+                self._inflight -= n
                 self.metrics.inflight.dec(n)
+                if self._inflight == 0 and self._idle is not None:
+                    self._idle.set()
 
     async def _finish(self, result: BatchResult) -> None:
         m = self.metrics
@@ -194,29 +329,101 @@ class Pipeline:
         m.inference_seconds.observe(result.seconds)
         t = now_ms()
         preds = self._predictions(result, t)
+        written = await self._write_results(preds, t)
+        written_at = time.time()
+        records: list[tuple[OutRecord, str]] = []  # with the output's name, for the refusal metric
+        for i, (item, p) in enumerate(zip(result.items, preds, strict=True)):
+            w = written.get(i)
+            if not isinstance(w, Written):
+                continue
+            shown = w.stored or p  # a re-delivery publishes what Redis holds, not a second opinion
+            key = (p.call_id or p.utterance_id).encode()
+            records.append((OutRecord(self.s.topics.predictions, key, shown.model_dump_json().encode(), []), "predictions"))
+            if w.alert:
+                records.append((OutRecord(self.s.topics.alerts, key, w.alert.encode(), []), "alerts"))
+            # a re-delivered utterance's joined record is written again only when it holds the same parts (the
+            # topic is compacted by utterance: a partial re-join must not replace what the model first saw)
+            if self.s.trainer.keep_joined and (w.new or set(shown.modalities) == set(item.parts)):
+                records.append((OutRecord(self.s.topics.joined, p.utterance_id.encode(), joined_record(item, shown), []),
+                                "joined"))
+        outcomes = await self._publish([r for r, _ in records], "kafka")
+        for (rec, output), o in zip(records, outcomes, strict=True):
+            if isinstance(o, RecordRefused):
+                m.records_refused.labels(output, o.why).inc()
+                log.error("%s record for utterance %s not written (%s: %s); the result is in Redis", output,
+                          rec.key.decode() if rec.key else "?", o.why, o)
+        for i, (item, p) in enumerate(zip(result.items, preds, strict=True)):
+            w = written.get(i)
+            if isinstance(w, Written):
+                if w.new:
+                    m.e2e_latency.observe(max(0.0, written_at - item.event_at / 1000))
+                    m.predictions.labels(p.label, p.speaker).inc()
+                    if w.alert:
+                        m.alerts.labels(p.speaker).inc()
+                else:
+                    m.duplicates_skipped.inc()
+                self.written += 1
+                self._ack(item.tokens)
+            elif isinstance(w, RecordRefused):
+                m.records_refused.labels("redis", w.why).inc()
+                await self._dead_letter(list(item.tokens), Reason.UNWRITABLE, "sink", f"Redis refused the result: {w}")
+
+    async def _write_results(self, preds: list[Prediction], t: int) -> dict[int, Written | RecordRefused]:
+        """Write to Redis; retry only what failed transiently. -> per prediction index: written, or refused."""
         writer = self.writer
         assert writer is not None
-        replies = await self._retry("redis", lambda: writer.write(preds, t), m.redis_errors, redis_write=True)
-        written_at = time.time()
-        records: list[tuple[str, bytes | None, bytes, Headers]] = []
-        for item, p, (_new, alert) in zip(result.items, preds, replies, strict=True):
-            key = (p.call_id or p.utterance_id).encode()
-            records.append((self.s.topics.predictions, key, p.model_dump_json().encode(), []))
-            if alert:
-                records.append((self.s.topics.alerts, key, alert.encode(), []))
-            if self.s.trainer.keep_joined:
-                records.append((self.s.topics.joined, p.utterance_id.encode(), joined_record(item, p), []))
-        await self._retry("kafka", lambda: self.publisher.send_many(records), m.kafka_errors)
-        for p, (new, alert) in zip(preds, replies, strict=True):
-            m.e2e_latency.observe(max(0.0, written_at - p.produced_at / 1000))
-            m.predictions.labels(p.label, p.speaker).inc()
-            if not new:
-                m.duplicates_skipped.inc()
-            elif alert:
-                m.alerts.labels(p.speaker).inc()
-        self.written += len(preds)
-        for item in result.items:
-            self._ack(item.tokens)
+        done: dict[int, Written | RecordRefused] = {}
+        todo = list(range(len(preds)))
+        async with self._retry("redis", redis_write=True) as retry:
+            while todo:
+                t0 = time.perf_counter()
+                try:
+                    outs = await self._abortable(writer.write([preds[i] for i in todo], t))
+                except TransientError as e:
+                    await retry.failed(e)
+                    continue
+                self.metrics.redis_write_seconds.observe(time.perf_counter() - t0)
+                again = []
+                for i, o in zip(todo, outs, strict=True):
+                    if isinstance(o, SinkRefused):
+                        raise o
+                    if isinstance(o, TransientError):
+                        again.append(i)
+                    else:
+                        done[i] = o  # type: ignore[assignment]
+                todo = again
+                if todo:
+                    await retry.failed(TransientError(f"{len(todo)} of the batch's writes failed"))
+                else:
+                    self.redis_ok = True
+        return done
+
+    async def _publish(self, records: Sequence[OutRecord], what: str) -> list[ServiceError | None]:
+        """Publish; retry only the records that failed transiently. -> per record: None, or RecordRefused. A record
+        over its topic's limit is refused here, before it is sent."""
+        out: list[ServiceError | None] = [None] * len(records)
+        todo = []
+        for i, rec in enumerate(records):
+            limit = self.limits.for_topic(self.s.topics, rec.topic)
+            if rec.size > limit:
+                out[i] = RecordRefused("too_large", f"{rec.size} bytes > {rec.topic}'s limit of {limit}")
+            else:
+                todo.append(i)
+        async with self._retry(what) as retry:
+            while todo:
+                outs = await self._abortable(self.publisher.send_many([records[i] for i in todo]))
+                again = []
+                for i, o in zip(todo, outs, strict=True):
+                    if isinstance(o, SinkRefused):
+                        raise o
+                    if isinstance(o, TransientError):
+                        again.append(i)
+                    else:
+                        out[i] = o
+                todo = again
+                if todo:
+                    await retry.failed(TransientError(f"{len(todo)} record(s) not delivered: {outs[0] or ''}"))
+        return out
 
     def _predictions(self, result: BatchResult, t: int) -> list[Prediction]:
         pb = result.predictions
@@ -233,39 +440,50 @@ class Pipeline:
                 utterance_id=item.utterance_id, call_id=item.call_id, speaker=item.speaker,  # type: ignore[arg-type]
                 score=float(pb.scores[i]), label=pb.labels[i], probabilities=probs, modality_weights=weights,
                 modalities=present, masked=list(item.masked), model_version=pb.model_version,  # type: ignore[arg-type]
-                latency_ms=float(max(0, t - item.produced_at)), produced_at=item.produced_at, predicted_at=t))
+                latency_ms=float(max(0, t - item.event_at)), produced_at=item.produced_at, predicted_at=t))
         return out
 
-    async def _retry(self, what: str, op: Callable[[], Awaitable[Any]], errors: Any, redis_write: bool = False) -> Any:
-        """Until it works: back-off doubling up to a cap. Meanwhile no slot frees, so consumption pauses."""
-        delay, failing = self.s.redis.retry_initial_s, False
+    # retries ---------------------------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _retry(self, what: str, redis_write: bool = False) -> AsyncIterator[_Retry]:
+        retry = _Retry(self, what, redis_write)
         try:
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    out = await op()
-                except (TimeoutError, redis.RedisError, OSError, RuntimeError, ConnectionError) as e:
-                    errors.inc()
-                    if not failing:  # the agent is about to stall on this: parts not arriving is not news
-                        failing = True
-                        self._failing += 1
-                        self.live.pause()
-                    if redis_write:
-                        self.redis_ok = False
-                    self._publish_state()
-                    log.warning("%s write failed (%s: %s); retrying in %.2f s", what, type(e).__name__, e, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.s.redis.retry_max_s)
-                    continue
-                if redis_write:
-                    self.metrics.redis_write_seconds.observe(time.perf_counter() - t0)
-                    self.redis_ok = True
-                return out
+            yield retry
         finally:
-            if failing:
-                self._failing -= 1
-                self.live.resume()
-                self._publish_state()
+            retry.close()
+
+    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]], redis_write: bool = False) -> T:
+        """`op` until it does not fail transiently (its other errors go to the caller)."""
+        async with self._retry(what, redis_write) as retry:
+            while True:
+                try:
+                    return await self._abortable(op())
+                except TransientError as e:
+                    await retry.failed(e)
+
+    async def _abortable(self, aw: Awaitable[T]) -> T:
+        """Await `aw`, unless the shutdown's grace time ends first (then ShuttingDown; nothing is acked)."""
+        assert self._abort is not None
+        if self._abort.is_set():
+            raise ShuttingDown("the worker is stopping")
+        task = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self._abort.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+        if not task.done() or task.cancelled():
+            raise ShuttingDown("the worker is stopping")
+        return task.result()
+
+    def _fail(self, why: str) -> None:
+        if self.fatal is None:
+            self.fatal = why
+            log.error("%s; stopping (nothing unwritten was committed)", why)
+            self._publish_state()
+            self._on_fatal(why)
 
     def _publish_state(self) -> None:
         self.metrics.paused.set(1 if self._failing else 0)
@@ -273,9 +491,29 @@ class Pipeline:
 
     # dead letters and acks -----------------------------------------------------------------------------------
     async def _dead_letter(self, sources: list[Source], reason: Reason, stage: str, error: str) -> None:
-        records = [(self.s.topics.dlq, src.key, src.value or b"", [*src.headers, *dlq_headers(src, reason, stage, error)])
-                   for src in sources]
-        await self._retry("dead-letter", lambda: self.publisher.send_many(records), self.metrics.kafka_errors)
+        # a source forgotten meanwhile (its partition was revoked) belongs to the next owner: not dead-lettered here
+        sources = [src for src in sources if self.acker.pending(src.tp, src.offset)]
+        if not sources:
+            return
+        records = []
+        for src in sources:
+            rec, cut = dead_letter(self.s.topics.dlq, src.key, src.value, src.headers,
+                                   Origin(src.topic, src.partition, src.offset), reason.value, stage, error,
+                                   self.limits.dead_letter)
+            if cut:
+                self.metrics.dead_letters_truncated.inc()
+            records.append(rec)
+        outcomes = await self._publish(records, "dead-letter")
+        retry = [i for i, o in enumerate(outcomes) if isinstance(o, RecordRefused) and o.why == "too_large"]
+        if retry:  # the broker's limit is below what it said at start-up: keep the headers, drop the bytes
+            self.metrics.dead_letters_truncated.inc(len(retry))
+            for i, o in zip(retry, await self._publish([stripped(records[i]) for i in retry], "dead-letter"), strict=True):
+                outcomes[i] = o
+        for src, o in zip(sources, outcomes, strict=True):
+            if isinstance(o, RecordRefused):
+                self.metrics.records_refused.labels("dead_letters", o.why).inc()
+                log.error("dead letter of %s[%d]@%d (%s) refused by the broker (%s: %s): only this log line and the "
+                          "source topic keep it", src.topic, src.partition, src.offset, reason.value, o.why, o)
         self.metrics.dead_letters.labels(reason.value, stage).inc(len(sources))
         self._ack(sources)
 
@@ -284,10 +522,38 @@ class Pipeline:
             self.acker.done(src.tp, src.offset)
 
 
-def dlq_headers(src: Source, reason: Reason, stage: str, error: str) -> Headers:
-    return [("mmcl.reason", reason.value.encode()), ("mmcl.stage", stage.encode()),
-            ("mmcl.error", error.encode("utf-8", "replace")[:1000]), ("mmcl.source_topic", src.topic.encode()),
-            ("mmcl.source_partition", str(src.partition).encode()), ("mmcl.source_offset", str(src.offset).encode())]
+class _Retry:
+    """One write's retries: back-off doubling from RETRY_INITIAL_S to RETRY_MAX_S; while it fails, consumption
+    pauses (no slot frees), readiness is off and the join's clock stands still."""
+
+    def __init__(self, pipeline: Pipeline, what: str, redis_write: bool) -> None:
+        self.p, self.what, self.redis_write = pipeline, what, redis_write
+        self.delay = pipeline.s.redis.retry_initial_s
+        self.failing = False
+
+    async def failed(self, e: ServiceError) -> None:
+        p = self.p
+        (p.metrics.redis_errors if self.redis_write else p.metrics.kafka_errors).inc()
+        if not self.failing:  # the agent is about to stall on this: parts not arriving is not news
+            self.failing = True
+            p._failing += 1
+            p.live.pause()
+        if self.redis_write:
+            p.redis_ok = False
+        p._publish_state()
+        log.warning("%s write failed (%s); retrying in %.2f s", self.what, e, self.delay)
+        assert p._abort is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(p._abort.wait(), self.delay)
+        if p._abort.is_set():
+            raise ShuttingDown(f"the worker is stopping; {self.what} write abandoned")
+        self.delay = min(self.delay * 2, p.s.redis.retry_max_s)
+
+    def close(self) -> None:
+        if self.failing:
+            self.p._failing -= 1
+            self.p.live.resume()
+            self.p._publish_state()
 
 
 def joined_record(item: Joined, p: Prediction) -> bytes:
@@ -304,3 +570,4 @@ def aggregate_rule(s: Settings) -> AggregateRule:
     return AggregateRule(s.output.ewma_alpha, s.output.shift_window, tuple(a.roles), a.negative_below, a.n, a.m)
 
 
+__all__ = ["Pipeline", "Publisher", "Source", "aggregate_rule", "joined_record", "profile_of"]

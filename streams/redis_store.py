@@ -4,6 +4,7 @@ U = utterance id; the braces are a Redis Cluster hash tag so one call's keys sha
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -11,6 +12,7 @@ import redis
 import redis.asyncio as aioredis
 
 from streams.aggregates import AggregateRule
+from streams.errors import ServiceError, SinkRefused, classify, from_redis_error
 from streams.messages import Prediction
 from streams.settings import OutputSettings, RedisSettings
 
@@ -43,11 +45,11 @@ def redis_kwargs(r: RedisSettings) -> dict[str, Any]:
 
 
 def async_client(r: RedisSettings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(r.url, **redis_kwargs(r))
+    return aioredis.Redis.from_url(r.url.get_secret_value(), **redis_kwargs(r))
 
 
 def sync_client(r: RedisSettings) -> redis.Redis:
-    return redis.Redis.from_url(r.url, **redis_kwargs(r))
+    return redis.Redis.from_url(r.url.get_secret_value(), **redis_kwargs(r))
 
 
 def call_of(p: Prediction) -> str:
@@ -60,6 +62,26 @@ def hash_fields(p: Prediction) -> dict[str, str]:
     return {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in d.items() if v is not None}
 
 
+_JSON_FIELDS = ("probabilities", "modality_weights", "modalities", "masked")
+
+
+def stored_prediction(fields: dict[str, str]) -> Prediction:
+    """A Prediction back from its utterance hash (the inverse of hash_fields)."""
+    d: dict[str, Any] = {k: v for k, v in fields.items() if k in Prediction.model_fields and k != "schema_version"}
+    for k in _JSON_FIELDS:
+        if k in d:
+            d[k] = json.loads(d[k])
+    d.setdefault("call_id", None)
+    return Prediction.model_validate(d)
+
+
+@dataclass(frozen=True)
+class Written:
+    new: bool  # False: Redis already had this utterance's result (a re-delivery); nothing changed
+    alert: str  # the Alert JSON this utterance raised (now or the first time), or ''
+    stored: Prediction | None  # for a re-delivery: the result Redis holds (what is published again)
+
+
 class ResultWriter:
     """Writes a batch of predictions in one pipeline: one atomic, idempotent script call per utterance."""
 
@@ -67,20 +89,65 @@ class ResultWriter:
         self.client, self.out, self.rule = client, out, rule
         self.script = client.register_script(WRITE_UTTERANCE)
 
-    async def write(self, preds: list[Prediction], now_ms: int) -> list[tuple[bool, str]]:
-        """-> per prediction (new?, alert JSON or ''). Raises redis errors; the caller retries the whole batch."""
+    async def write(self, preds: list[Prediction], now_ms: int) -> list[Written | ServiceError]:
+        """-> per prediction: what happened, or why it was not written (a script error for that utterance, e.g. a
+        key another program made with another type). Raises a ServiceError when the whole pipeline failed."""
         o, r = self.out, self.rule
-        async with self.client.pipeline(transaction=False) as pipe:  # released even when the write fails
-            for p in preds:
-                c = call_of(p)
-                await self.script(
-                    keys=[utt_key(c, p.utterance_id), call_key(c), timeline_key(c), FEED, ALERTS],
-                    args=[json.dumps(hash_fields(p)), repr(float(p.score)), p.speaker, o.utterance_ttl_s, o.call_ttl_s,
-                          o.timeline_maxlen, o.feed_maxlen, o.alerts_maxlen, repr(o.ewma_alpha), o.shift_window,
-                          "1" if p.speaker in r.alert_roles else "0", repr(r.negative_below), r.n, r.m, now_ms, r.name],
-                    client=pipe)
-            replies = await pipe.execute()
-        return [(status == "new", alert) for status, alert in replies]
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:  # released even when the write fails
+                for p in preds:
+                    c = call_of(p)
+                    await self.script(
+                        keys=[utt_key(c, p.utterance_id), call_key(c), timeline_key(c), FEED, ALERTS],
+                        args=[json.dumps(hash_fields(p)), repr(float(p.score)), p.speaker, o.utterance_ttl_s,
+                              o.call_ttl_s, o.timeline_maxlen, o.feed_maxlen, o.alerts_maxlen, repr(o.ewma_alpha),
+                              o.shift_window, "1" if p.speaker in r.alert_roles else "0", repr(r.negative_below), r.n,
+                              r.m, now_ms, r.name],
+                        client=pipe)
+                replies = await pipe.execute(raise_on_error=False)
+        except Exception as e:
+            raise classify(e) from e
+        out: list[Written | ServiceError] = []
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                out.append(classify(reply))
+                continue
+            status, alert, stored = reply
+            out.append(Written(status == "new", alert, stored_prediction(json.loads(stored)) if status == "dup" else None))
+        return out
+
+    async def result_modalities(self, keys: list[tuple[str | None, str]]) -> list[list[str] | None]:
+        """For (call id, utterance id) pairs: the modalities of the result Redis holds, or None when it has none."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for call, utt in keys:
+                    pipe.hget(utt_key(call or utt, utt), "modalities")
+                replies = await pipe.execute()
+        except Exception as e:
+            raise classify(e) from e
+        return [json.loads(v) if v is not None else None for v in replies]
+
+
+def check_access(client: redis.Redis, out: OutputSettings, rule: AggregateRule) -> str | None:
+    """At start-up: are the credentials and permissions good for everything the worker does? Runs the write script
+    on a probe utterance in keys of its own (mmcl:{<probe>}:...), then deletes them. Raises SinkRefused on a refusal;
+    returns a warning when Redis does not answer (the worker then starts, and waits for it like for any outage)."""
+    probe = f"mmcl-probe-{id(client):x}"
+    keys = [utt_key(probe, "u"), call_key(probe), timeline_key(probe), f"mmcl:{{{probe}}}:feed",
+            f"mmcl:{{{probe}}}:alerts"]
+    p = Prediction(utterance_id="u", call_id=probe, speaker="unknown", score=0.0, label="neutral", modalities=["text"],
+                   model_version="probe", latency_ms=0.0, produced_at=0, predicted_at=0)
+    try:
+        client.register_script(WRITE_UTTERANCE)(
+            keys=keys, args=[json.dumps(hash_fields(p)), "0.0", p.speaker, 60, 60, 10, 10, 10, repr(out.ewma_alpha),
+                             out.shift_window, "0", repr(rule.negative_below), rule.n, rule.m, 0, rule.name])
+        client.delete(*keys)
+    except redis.RedisError as e:
+        err = from_redis_error(e)
+        if isinstance(err, SinkRefused):
+            raise err from None
+        return f"Redis is not usable at start-up ({err}); the worker waits for it"
+    return None
 
 
 def read_call(client: redis.Redis, call_id: str, last: int = 50) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 
 from streams.embedded import Service, load_runtime, port_open, save_runtime, start_kafka, start_redis
 from streams.kafka import ensure_topics
-from streams.settings import Settings
+from streams.settings import SecretUrl, Settings
 
 DEMO_MODEL = "demo-model"
 
@@ -33,8 +33,8 @@ def resolve(s: Settings) -> Settings:
     update = {}
     if "kafka" in services and not kafka_reachable(s.kafka.bootstrap_servers):
         update["kafka"] = s.kafka.model_copy(update={"bootstrap_servers": services["kafka"].url})
-    if "redis" in services and not redis_reachable(s.redis.url):
-        update["redis"] = s.redis.model_copy(update={"url": services["redis"].url})
+    if "redis" in services and not redis_reachable(s.redis.url.get_secret_value()):
+        update["redis"] = s.redis.model_copy(update={"url": SecretUrl(services["redis"].url)})
     if s.model.checkpoint is None and (s.state_dir / DEMO_MODEL / "model.safetensors").exists():
         update["model"] = s.model.model_copy(update={"checkpoint": s.state_dir / DEMO_MODEL})
     return s.model_copy(update=update) if update else s
@@ -53,7 +53,7 @@ def up(s: Settings) -> UpResult:
     started: dict[str, Service] = {}
     if not kafka_reachable(s.kafka.bootstrap_servers) and "kafka" not in running:
         started["kafka"] = start_kafka(s.state_dir)
-    if not redis_reachable(s.redis.url) and "redis" not in running:
+    if not redis_reachable(s.redis.url.get_secret_value()) and "redis" not in running:
         started["redis"] = start_redis(s.state_dir)
     embedded = {**running, **started}
     if started:

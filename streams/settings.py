@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,29 @@ from mmcl.errors import ConfigError
 Modality = Literal["text", "audio", "visual"]
 Role = Literal["agent", "customer", "unknown"]
 ENV_PREFIX, ENV_DELIM = "MMCL_", "__"
+
+
+class SecretUrl(SecretStr):
+    """A URL that may carry a password (redis://user:secret@host): shown with the password masked, everywhere."""
+
+    def _display(self) -> str:
+        return mask_url(self.get_secret_value())
+
+
+def mask_url(url: str) -> str:
+    """scheme://user:secret@host -> scheme://user:***@host (and scheme://secret@host -> scheme://***@host)."""
+    head, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    cred, _, host = rest.rpartition("@")
+    user, colon, _ = cred.partition(":")
+    return f"{head}{sep}{user}:***@{host}" if colon else f"{head}{sep}***@{host}"
+
+
+def _redis_scheme(v: SecretUrl | None) -> SecretUrl | None:
+    if v is not None and not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return v
 
 
 class KafkaSettings(BaseModel):
@@ -44,7 +67,7 @@ class KafkaSettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
-    url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS
+    url: SecretUrl = SecretUrl("redis://127.0.0.1:6379/0")  # rediss:// for TLS; may carry a password
     username: str | None = None
     password: SecretStr | None = None
     ssl_ca_certs: Path | None = None
@@ -52,12 +75,7 @@ class RedisSettings(BaseModel):
     retry_initial_s: float = Field(0.05, gt=0)  # back-off on a failed write doubles from here ...
     retry_max_s: float = Field(2.0, gt=0)  # ... up to here; consumption stays paused until a write succeeds
 
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return v
+    _scheme = field_validator("url")(_redis_scheme)
 
 
 class TopicSettings(BaseModel):
@@ -112,7 +130,12 @@ class JoinSettings(BaseModel):
     timeout_s: float = Field(2.0, gt=0, le=3600)  # from the first part of an utterance
     required: tuple[Modality, ...] = ("text", "audio")
     max_pending: int = Field(10_000, ge=1)  # beyond this the oldest pending utterance is decided early
-    remember_emitted: int = Field(100_000, ge=0)  # emitted ids kept to recognise late parts
+    remember_emitted: int = Field(100_000, ge=0)  # emitted ids kept to recognise late and re-delivered parts
+    # A producer clock further than this from its partition's consensus (or ahead of the worker's) is corrected for the
+    # join and counted; the join then still gives a missing part at least timeout_s - 2 * max_clock_skew_s.
+    # Default: a quarter of timeout_s, at most 0.5 s.
+    max_clock_skew_s: float | None = Field(None, ge=0)
+    max_wait_s: float = Field(30.0, gt=0)  # an utterance is decided after this long at most, whatever the clocks say
 
     @field_validator("required")
     @classmethod
@@ -121,11 +144,29 @@ class JoinSettings(BaseModel):
             raise ValueError("at least one modality must be required")
         return tuple(dict.fromkeys(v))
 
+    @property
+    def clock_skew_s(self) -> float:
+        return self.max_clock_skew_s if self.max_clock_skew_s is not None else min(0.5, self.timeout_s / 4)
+
+    @model_validator(mode="after")
+    def _check(self) -> JoinSettings:
+        if self.max_clock_skew_s is not None and 2 * self.max_clock_skew_s >= self.timeout_s:
+            raise ValueError(f"max_clock_skew_s={self.max_clock_skew_s:g} must be below half of timeout_s={self.timeout_s:g}")
+        if self.max_wait_s < self.timeout_s:
+            raise ValueError(f"max_wait_s={self.max_wait_s:g} cannot be below timeout_s={self.timeout_s:g}")
+        return self
+
 
 class BatchSettings(BaseModel):
     max_size: int = Field(64, ge=1, le=4096)
     wait_ms: float = Field(10.0, ge=0, le=10_000)
     queue_size: int = Field(512, ge=1)  # utterances in flight (queued, in the model, being written): back-pressure
+
+
+class WorkerSettings(BaseModel):
+    # SIGTERM: stop taking messages, let writes in flight finish for at most this long, commit what was written, exit.
+    # Kubernetes kills a pod 30 s after SIGTERM (terminationGracePeriodSeconds): stay well below.
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=300)
 
 
 class ModelSettings(BaseModel):
@@ -147,9 +188,11 @@ class RegistrySettings(BaseModel):
 
     backend: Literal["dir", "redis"] = "dir"
     path: Path | None = None
-    redis_url: str | None = None
+    redis_url: SecretUrl | None = None
     prefix: str = "mmcl:registry"
     poll_s: float = Field(30.0, gt=0)  # workers also re-check `current` this often, in case an announcement was missed
+
+    _scheme = field_validator("redis_url")(_redis_scheme)
 
 
 class TrainerSettings(BaseModel):
@@ -234,6 +277,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     join: JoinSettings = JoinSettings()
     batch: BatchSettings = BatchSettings()
+    worker: WorkerSettings = WorkerSettings()
     model: ModelSettings = ModelSettings()
     registry: RegistrySettings = RegistrySettings()
     trainer: TrainerSettings = TrainerSettings()
@@ -279,36 +323,42 @@ def load_settings(**overrides: Any) -> Settings:
         loc = tuple(p for p in err["loc"] if p not in ("function-after",))
         name = env_name(loc) if loc else ENV_PREFIX + "*"
         raw = os.environ.get(name)
-        if raw is not None and name.endswith("URL"):
-            raw = _mask_url(raw)
-        shown = f" (got {raw!r})" if raw is not None and "PASSWORD" not in name else ""
+        shown = f" (got {_shown(loc, raw)!r})" if raw is not None else ""
         raise ConfigError(f"{name}: {err['msg']}{shown}") from None
 
 
+def is_secret_field(info: Any) -> bool:
+    """The one rule: a field is secret when its type is a secret type (SecretStr, or SecretUrl that shows its URL
+    with the password masked). Every value shown to a person goes through `shown`."""
+    return any(isinstance(t, type) and issubclass(t, SecretStr) for t in (info.annotation, *get_args(info.annotation)))
+
+
+def shown(v: Any) -> Any:
+    """A setting's value as it may be shown (printed, logged, returned by `mmcl config show`)."""
+    if isinstance(v, SecretStr):
+        return str(v)  # '**********', or the URL with '***' for its password
+    if isinstance(v, BaseModel):
+        return {k: shown(getattr(v, k)) for k in type(v).model_fields}
+    if isinstance(v, (list, tuple)):
+        return [shown(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
 def masked(settings: Settings) -> dict[str, Any]:
-    """The effective settings as JSON-able data, secrets shown as '***'."""
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, SecretStr):
-            return "***"
-        if isinstance(v, BaseModel):
-            return {k: walk(getattr(v, k)) for k in type(v).model_fields}
-        if isinstance(v, (list, tuple)):
-            return [walk(x) for x in v]
-        if isinstance(v, Path):
-            return str(v)
-        return v
-
-    out = walk(settings)
-    out["redis"]["url"] = _mask_url(settings.redis.url)
-    return out
+    """The effective settings as JSON-able data, every secret masked."""
+    return shown(settings)  # type: ignore[no-any-return]
 
 
-def _mask_url(url: str) -> str:
-    # redis://user:secret@host -> redis://user:***@host
-    head, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    cred, _, host = rest.rpartition("@")
-    user = cred.split(":", 1)[0]
-    return f"{head}{sep}{user}:***@{host}" if ":" in cred else url
+def _shown(loc: tuple[Any, ...], raw: str) -> str:
+    """An env value quoted in an error message: masked when the field it was meant for is a secret."""
+    model: Any = Settings
+    for part in loc:
+        info = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if info is None:
+            break
+        if is_secret_field(info):
+            return str(SecretUrl(raw)) if "://" in raw else "***"
+        model = info.annotation
+    return raw

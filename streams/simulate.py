@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmcl.data.dataset import Split
-from streams.kafka import produce, producer_config
+from streams.kafka import produce, producer_config, record_limits
 from streams.messages import EncodedArray, FeatureMessage, FeedbackLabel, now_ms
 from streams.settings import WIRE_MODALITIES, Settings, model_modality
 
@@ -120,7 +120,7 @@ def run(s: Settings, split: Split, spec: SimSpec, stop: threading.Event | None =
     from confluent_kafka import KafkaException, Producer
 
     stop = stop or threading.Event()
-    producer = Producer(producer_config(s.kafka))
+    producer = Producer(producer_config(s.kafka, max_record_bytes=record_limits(s.limits.max_message_bytes).feature))
     stats = SimStats()
     heap: list[tuple[float, int, Planned]] = []
     seq = 0

@@ -328,11 +328,18 @@ def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
     """The ingestion loop: joined features and labels into the store; offsets committed after the store."""
     from confluent_kafka import Consumer, KafkaException, Producer
 
-    from streams.kafka import consumer_config, producer_config
-    from streams.pipeline import Source, dlq_headers
+    from streams.deadletter import Origin, dead_letter
+    from streams.kafka import consumer_config, producer_config, record_limits
 
+    limit = record_limits(s.limits.max_message_bytes).dead_letter
     c = Consumer(consumer_config(s.kafka, s.trainer.group_id))
-    p = Producer(producer_config(s.kafka))
+    p = Producer(producer_config(s.kafka, max_record_bytes=limit))
+
+    def send_dead_letter(key: bytes | None, raw: bytes, headers: list[tuple[str, bytes]], origin: Origin, reason: Reason,
+                         error: str) -> None:
+        rec, _ = dead_letter(s.topics.dlq, key, raw, headers, origin, reason.value, "feedback", error, limit)
+        p.produce(rec.topic, rec.value, key=rec.key, headers=rec.headers)
+
     c.subscribe([s.topics.joined, s.topics.feedback])
     last_house = time.monotonic()
     dirty = False
@@ -341,7 +348,6 @@ def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
             msg = c.poll(0.2)
             if msg is not None and msg.error() is None:
                 headers = list(msg.headers() or [])
-                src = Source(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), headers, None)
                 if msg.topic() == s.topics.joined:
                     trainer.on_joined(msg.value() or b"")
                 else:
@@ -350,20 +356,18 @@ def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
                                    ("mmcl.source_offset", str(msg.offset()).encode())]
                     bad = trainer.on_label(msg.value() or b"", src_headers)
                     if bad is not None:
-                        p.produce(s.topics.dlq, msg.value() or b"", key=msg.key(),
-                                  headers=[*headers, *dlq_headers(src, bad[0], "feedback", bad[1])])
+                        send_dead_letter(msg.key(), msg.value() or b"", headers,
+                                         Origin(msg.topic(), msg.partition(), msg.offset()), *bad)
                 dirty = True
             if time.monotonic() - last_house >= 1.0:
                 last_house = time.monotonic()
                 for _utt, raw, hdrs in trainer.housekeeping():
                     base = [h for h in hdrs if not h[0].startswith("mmcl.source_")]
                     info = {k: v.decode() for k, v in hdrs if k.startswith("mmcl.source_")}
-                    src = Source(info.get("mmcl.source_topic", s.topics.feedback),
-                                 int(info.get("mmcl.source_partition", -1)), int(info.get("mmcl.source_offset", -1)),
-                                 None, raw, base, None)
-                    p.produce(s.topics.dlq, raw, headers=[*base, *dlq_headers(
-                        src, Reason.UNMATCHED, "feedback",
-                        f"no joined features within {s.trainer.match_grace_s:g} s (never seen, or expired)")])
+                    origin = Origin(info.get("mmcl.source_topic", s.topics.feedback),
+                                    int(info.get("mmcl.source_partition", -1)), int(info.get("mmcl.source_offset", -1)))
+                    send_dead_letter(None, raw, base, origin, Reason.UNMATCHED,
+                                     f"no joined features within {s.trainer.match_grace_s:g} s (never seen, or expired)")
                 if p.flush(30) != 0:
                     raise ConfigError("could not write to the dead-letter topic")
                 if dirty:
@@ -392,7 +396,7 @@ def single_instance(s: Settings) -> Iterator[threading.Event]:
 
             from streams.redis_store import redis_kwargs
 
-            client = redis.Redis.from_url(s.registry.redis_url or s.redis.url, **redis_kwargs(s.redis))
+            client = redis.Redis.from_url((s.registry.redis_url or s.redis.url).get_secret_value(), **redis_kwargs(s.redis))
             lease = RedisLease(client, f"{s.registry.prefix}:trainer-lease")
             lease.acquire()
         yield lease.lost if lease else threading.Event()

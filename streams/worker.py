@@ -1,12 +1,18 @@
-"""`mmcl worker`: load the model, check the topics, start the Faust worker with the pipeline attached."""
+"""`mmcl worker`: check the topics and Redis, load the model, start the Faust worker with the pipeline attached, and
+stop within MMCL_WORKER__SHUTDOWN_TIMEOUT_S of SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
+import time
 from typing import Any
 
-from streams.kafka import check_copartitioned, ensure_topics
+from streams.errors import SinkRefused
+from streams.kafka import check_copartitioned, check_outputs, ensure_topics
 from streams.lag import LagGauges, LagProbe, follow_lag
 from streams.metrics import Metrics
 from streams.models import ModelFollower, initial_predictor, open_registry
@@ -22,21 +28,33 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
     from streams.http import start_http
     from streams.pipeline import Pipeline, aggregate_rule
     from streams.publisher import KafkaPublisher
-    from streams.redis_store import ResultWriter, async_client
+    from streams.redis_store import ResultWriter, async_client, check_access, sync_client
 
     logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if create_topics:
         ensure_topics(s.kafka, s.topics, max_message_bytes=s.limits.max_message_bytes)
     partitions = check_copartitioned(s)
+    limits = check_outputs(s)
     s = s.model_copy(update={"topics": s.topics.model_copy(update={"partitions": partitions})})
+    client = sync_client(s.redis)
+    try:
+        warning = check_access(client, s.output, aggregate_rule(s))  # wrong credentials: one line, exit 1
+    finally:
+        client.close()
+    if warning:
+        log.warning(warning)
     registry = open_registry(s)
     predictor = initial_predictor(s, registry)
     metrics = Metrics()
     app = build_app(s)
     state: dict[str, Any] = {}
+    publisher = KafkaPublisher(s.kafka, limits.producer)
+
+    def on_fatal(why: str) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the same orderly shutdown as a SIGTERM from outside
 
     pipeline = Pipeline(s, predictor, metrics, lambda: ResultWriter(async_client(s.redis), s.output, aggregate_rule(s)),
-                        KafkaPublisher(s.kafka), ack=lambda event: event.ack())
+                        publisher, ack=lambda event: event.ack(), limits=limits, on_fatal=on_fatal)
 
     follower = ModelFollower(s, registry, lambda: pipeline.predictor, pipeline.swap,
                              lambda result: metrics.model_swaps.labels(result).inc())
@@ -51,9 +69,31 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
         log.info("worker up: model %s on %s, metrics on http://%s:%d/metrics", predictor.version, predictor.device,
                  s.metrics.host, s.metrics.port)
 
-    attach_pipeline(app, s, pipeline)
+    async def shutdown() -> None:
+        """The flow has stopped: writes in flight get the grace time, then everything of ours stops; Faust commits
+        what was acknowledged after this returns."""
+        t0 = time.monotonic()
+        grace = s.worker.shutdown_timeout_s
+        await pipeline.drain(grace)
+        follower.stop()
+        lag = state.get("lag")
+        if lag is not None:
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await lag
+        await asyncio.to_thread(publisher.close, max(0.5, grace - (time.monotonic() - t0)))
+        if state.get("http") is not None:
+            await state["http"].cleanup()
+        log.info("stopped in %.1f s", time.monotonic() - t0)
+
+    attach_pipeline(app, s, pipeline, shutdown)
     worker = faust.Worker(app, loglevel=_faust_level(s.log_level), quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()  # runs until SIGTERM / SIGINT, then stops cleanly
+    try:
+        worker.execute_from_commandline()  # runs until SIGTERM / SIGINT, then stops cleanly
+    except SystemExit:
+        pass
+    if pipeline.fatal:
+        raise SinkRefused(pipeline.fatal)
     return 0
 
 
@@ -63,8 +103,8 @@ def status(pipeline: Any, app: Any) -> dict[str, Any]:
     except Exception:
         assignment = []
     return {"ready": pipeline.ready, "partitions_assigned": pipeline.assigned, "redis_ok": pipeline.redis_ok,
-            "pending_joins": len(pipeline.joiner), "written": pipeline.written,
-            "model_version": pipeline.predictor.version, "assignment": assignment}
+            "pending_joins": len(pipeline.joiner), "written": pipeline.written, "stopping": pipeline.stopping,
+            "fatal": pipeline.fatal, "model_version": pipeline.predictor.version, "assignment": assignment}
 
 
 def _faust_level(level: str) -> str:

@@ -1,13 +1,16 @@
 -- Write one prediction and fold it into its call, atomically and idempotently (streams/aggregates.py is the
 -- reference fold; tests compare the two). A replayed utterance (its hash still exists) changes nothing and returns
--- the alert it raised the first time, so a retried Kafka publish of that alert is possible but a second alert is not.
+-- the alert it raised the first time and the prediction it stored, so that what is published again after a crash is
+-- what Redis holds (a retried Kafka publish of that alert is possible, a second alert is not).
 -- KEYS: 1 utterance hash, 2 call hash, 3 call timeline stream, 4 feed stream, 5 alerts stream
 -- ARGV: 1 prediction fields (JSON object of strings), 2 score, 3 speaker, 4 utterance TTL s, 5 call TTL s,
 --       6 timeline maxlen, 7 feed maxlen, 8 alerts maxlen, 9 EWMA alpha, 10 shift window k,
 --       11 alert this role (1/0), 12 negative-below threshold, 13 n, 14 m, 15 now ms, 16 alert rule name
 local utt, call, timeline, feed, alerts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 if redis.call('EXISTS', utt) == 1 then
-  return {'dup', redis.call('HGET', utt, 'alert') or ''}
+  local stored, h = redis.call('HGETALL', utt), {}
+  for i = 1, #stored, 2 do h[stored[i]] = stored[i + 1] end
+  return {'dup', h['alert'] or '', cjson.encode(h)}
 end
 local fields = cjson.decode(ARGV[1])
 local score, speaker = tonumber(ARGV[2]), ARGV[3]
@@ -83,4 +86,4 @@ redis.call('XADD', feed, 'MAXLEN', '~', ARGV[7], '*', unpack(entry))
 if alert_json ~= '' then
   redis.call('XADD', alerts, 'MAXLEN', '~', ARGV[8], '*', 'call_id', fields['call_id'], 'alert', alert_json)
 end
-return {'new', alert_json}
+return {'new', alert_json, ''}

@@ -95,7 +95,7 @@ def test_every_compose_setting_is_a_real_one_and_parses(monkeypatch: pytest.Monk
     services = f.compose()["services"]
     for name in MMCL_SERVICES:
         s = check_settings(service_env(services[name], env), monkeypatch)
-        assert s.kafka.bootstrap_servers == "kafka:9092" and s.redis.url.startswith("redis://redis:6379")
+        assert s.kafka.bootstrap_servers == "kafka:9092" and s.redis.url.get_secret_value().startswith("redis://redis:6379")
         assert s.metrics.host == "0.0.0.0" and s.registry.backend == "redis"
         assert s.redis.password is not None and s.redis.password.get_secret_value() == SECRETS["REDIS_PASSWORD"]
         assert s.topics.partitions == int(env["STACK_PARTITIONS"])

@@ -21,7 +21,8 @@ def test_up_config_produce_down(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMCL_")}
     configured_kafka = f"127.0.0.1:{free_port()}"
     env.update({"MMCL_STATE_DIR": str(tmp_path / "state"), "MMCL_KAFKA__BOOTSTRAP_SERVERS": configured_kafka,
-                "MMCL_REDIS__URL": f"redis://:s3cret@127.0.0.1:{free_port()}/0", "MMCL_TOPICS__PREFIX": "cli"})
+                "MMCL_REDIS__URL": f"redis://:s3cret@127.0.0.1:{free_port()}/0", "MMCL_TOPICS__PREFIX": "cli",
+                "MMCL_REGISTRY__REDIS_URL": "redis://registry:r3gistry@127.0.0.1:1/0"})
     up = run(env, "up")
     assert up.returncode == 0, up.stderr
     runtime = json.loads((tmp_path / "state" / "runtime.json").read_text())
@@ -32,7 +33,8 @@ def test_up_config_produce_down(tmp_path: Path) -> None:
         assert again.returncode == 0 and again.stdout.count("[already up]") == 2
         shown = json.loads(run(env, "config", "show").stdout)
         assert shown["kafka"]["bootstrap_servers"] == runtime["kafka"]["url"]  # the configured one does not answer
-        assert "s3cret" not in json.dumps(shown)
+        assert "s3cret" not in json.dumps(shown) and "r3gistry" not in json.dumps(shown)  # it printed the registry's
+        assert shown["registry"]["redis_url"] == "redis://registry:***@127.0.0.1:1/0"
         sent = run(env, "produce", "--limit", "6", "--rate", "100", "--calls", "2", "--missing-visual", "0",
                    "--label-share", "1", "--label-delay", "0.1")
         assert sent.returncode == 0, sent.stderr

@@ -120,10 +120,13 @@ class Stack:
         w.wait_ready()
         return w
 
-    def producer(self) -> Any:
+    def producer(self, max_record_bytes: int | None = None) -> Any:
         from confluent_kafka import Producer
 
-        return Producer(producer_config(KafkaSettings(bootstrap_servers=self.kafka.url)))
+        conf = producer_config(KafkaSettings(bootstrap_servers=self.kafka.url))
+        if max_record_bytes is not None:  # librdkafka refuses records over 1,000,000 bytes by default
+            conf["message.max.bytes"] = max_record_bytes
+        return Producer(conf)
 
     def send(self, producer: Any, modality: str, value: bytes, key: bytes) -> None:
         producer.produce(self.topics.feature(modality), value, key=key)
@@ -151,6 +154,54 @@ class Stack:
         finally:
             c.close()
         return out
+
+    def dead_letters(self, key_prefix: str, timeout: float = 20.0) -> list[Any]:
+        """The dead-letter topic's records whose key starts with key_prefix (a test's calls)."""
+        return [m for m in self.consume_all(self.topics.dlq, None, timeout=timeout)
+                if (m.key() or b"").decode().startswith(key_prefix)]
+
+    def committed(self, group: str, topic: str, partition: int) -> int:
+        """The group's committed offset of one partition (-1001 when none)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer({"bootstrap.servers": self.kafka.url, "group.id": group, "enable.auto.commit": False})
+        try:
+            (tp,) = c.committed([TopicPartition(topic, partition)], timeout=10)
+            return int(tp.offset)
+        finally:
+            c.close()
+
+    def end_offset(self, topic: str, partition: int) -> int:
+        return len([m for m in self.consume_all(topic, None, timeout=10) if m.partition() == partition])
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Faust (aiokafka) and our murmur2 producers put a key on."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    return int(DefaultPartitioner()(key.encode(), list(range(partitions)), None))
+
+
+def keys_on(partition: int, partitions: int, prefix: str, count: int) -> list[str]:
+    """`count` call ids starting with prefix that all hash to `partition`."""
+    out = []
+    for i in range(100_000):
+        key = f"{prefix}{i}"
+        if partition_of(key, partitions) == partition:
+            out.append(key)
+            if len(out) == count:
+                return out
+    raise AssertionError("no such keys")
+
+
+def covering_run_id(prefix: str, calls: int, partitions: int) -> str:
+    """A simulator run id whose first `calls` concurrent calls cover every partition (random call ids left a worker
+    without partitions to serve in about one run in eight, failing a test that counts on each one working)."""
+    for i in range(10_000):
+        run_id = f"{prefix}{i}-"
+        if len({partition_of(f"{run_id}call-{k:05d}", partitions) for k in range(1, calls + 1)}) == partitions:
+            return run_id
+    raise AssertionError("no covering run id")
 
 
 @dataclass
@@ -217,10 +268,12 @@ def features(modality: str, seed: int, t: int = 6, dim: int | None = None, fill:
     return arr
 
 
-def part(utt: str, call: str | None, modality: str, speaker: str = "customer", seed: int = 0, **kw: Any) -> bytes:
+def part(utt: str, call: str | None, modality: str, speaker: str = "customer", seed: int = 0,
+         produced_at: int | None = None, **kw: Any) -> bytes:
     arr = kw.pop("array", None)
     if arr is None:
         arr = features(modality, seed)
     msg = FeatureMessage(utterance_id=utt, call_id=call, speaker=speaker, modality=modality,
-                         features=EncodedArray.from_numpy(arr), produced_at=int(time.time() * 1000), **kw)
+                         features=EncodedArray.from_numpy(arr),
+                         produced_at=int(time.time() * 1000) if produced_at is None else produced_at, **kw)
     return msg.model_dump_json(exclude_none=True).encode()

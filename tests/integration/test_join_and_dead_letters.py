@@ -75,12 +75,15 @@ def test_duplicate_part_replaces_the_earlier_one(stack: Stack, worker: Any) -> N
 
 def test_late_part_is_counted_and_kept(stack: Stack, worker: Any) -> None:
     call, producer = f"{stack.prefix}-late", stack.producer()
-    send_good(stack, producer, call, "u1")
-    wait_for(lambda: stack.redis.exists(utt_key(call, "u1")), 20, "the result")
+    for m in ("text", "audio"):
+        stack.send(producer, m, part("u1", call, m), call.encode())
+    producer.flush(10)
+    wait_for(lambda: stack.redis.exists(utt_key(call, "u1")), 20, "the partial result")
     before = worker.metric("mmcl_join_outcomes_total", outcome="late")
-    stack.send(producer, "audio", part("u1", call, "audio", seed=8), call.encode())
+    stack.send(producer, "visual", part("u1", call, "visual", seed=8), call.encode())  # too late to be used
     producer.flush(10)
     wait_for(lambda: worker.metric("mmcl_join_outcomes_total", outcome="late") == before + 1, 20, "the late part")
+    wait_for(lambda: worker.metric("mmcl_dead_letters_total", reason="late", stage="join") >= 1, 20, "its dead letter")
     assert stack.redis.hget(call_key(call), "all:count") == "1"
 
 

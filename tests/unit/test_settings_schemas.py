@@ -84,3 +84,45 @@ def test_topic_specs_size_retention_and_compaction() -> None:
     assert specs[t.dlq].config["max.message.bytes"] == text["max.message.bytes"]  # a refused message fits the DLQ
     assert specs[t.joined].config["cleanup.policy"] == "compact,delete"
     assert int(specs[t.joined].config["max.message.bytes"]) >= 3 * 1_000_000
+
+
+SECRET_WORDS = ("password", "secret", "token", "url", "credential")
+
+
+def _leaves(model: type, path: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    from pydantic import BaseModel
+
+    for name, info in model.model_fields.items():
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            yield from _leaves(sub, (*path, name))
+        else:
+            yield (*path, name), info
+
+
+def test_every_setting_that_can_hold_a_secret_is_a_secret_type_and_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule: a field whose name says it may hold a secret (a password, a URL with credentials in it) has a secret
+    type; then every secret set at once appears nowhere in `mmcl config show`, an error message, or a repr."""
+    from streams.settings import Settings, env_name, is_secret_field
+
+    secret = [path for path, info in _leaves(Settings) if any(w in path[-1] for w in SECRET_WORDS)]
+    assert {".".join(p) for p in secret} >= {"redis.url", "redis.password", "kafka.sasl_password", "registry.redis_url"}
+    for path, info in _leaves(Settings):
+        assert is_secret_field(info) == (path in secret), f"{'.'.join(path)}: secret type iff it may hold a secret"
+    for i, path in enumerate(secret):
+        value = f"redis://user:sentinel{i}@host:6379/0" if path[-1].endswith("url") else f"sentinel{i}"
+        monkeypatch.setenv(env_name(path), value)
+    monkeypatch.setenv("MMCL_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("MMCL_KAFKA__SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("MMCL_KAFKA__SASL_USERNAME", "svc")
+    s = load_settings()
+    for shown in (json.dumps(masked(s)), repr(s), str(s)):
+        assert "sentinel" not in shown
+    assert masked(s)["registry"]["redis_url"] == "redis://user:***@host:6379/0"  # `mmcl config show` printed it
+
+
+def test_a_bad_secret_value_is_not_quoted_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMCL_REGISTRY__REDIS_URL", "http://user:sentinel@host")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert "sentinel" not in str(e.value) and "MMCL_REGISTRY__REDIS_URL" in str(e.value)

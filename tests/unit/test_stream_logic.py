@@ -14,7 +14,7 @@ from streams.acks import OrderedAcker
 from streams.aggregates import AggregateRule, fold
 from streams.batching import STOP, collect_batch
 from streams.decode import ModelProfile, Part, Reason, Rejection, decode_part
-from streams.join import Dropped, Ignored, Joined, Joiner, LiveClock
+from streams.join import Dropped, Ignored, Joined, Joiner, LiveClock, Redelivered
 from streams.messages import EncodedArray, FeatureMessage
 from streams.settings import LimitSettings, PolicySettings
 
@@ -121,7 +121,7 @@ def test_join_deadline_emits_partial_with_required_present_else_incomplete() -> 
     assert isinstance(partial, Joined) and not partial.complete and set(partial.parts) == {"text", "audio"}
     assert isinstance(incomplete, Dropped) and incomplete.reason is Reason.INCOMPLETE and incomplete.tokens == ("c",)
     assert "text, audio" in incomplete.error
-    assert counts == {"partial": 1, "incomplete": 1}
+    assert counts == {"partial": 1}  # `incomplete` is counted by the pipeline once it knows it is not a re-delivery
 
 
 def test_join_deadline_is_event_time_so_a_backlog_is_not_dropped() -> None:
@@ -182,7 +182,7 @@ def test_live_clock_stands_still_while_paused() -> None:
     assert live() == 12.0
 
 
-def test_join_duplicate_replaces_and_late_is_dropped() -> None:
+def test_join_duplicate_replaces_and_a_used_part_again_is_redelivered() -> None:
     clock, counts = Clock(), {}
     j = make_joiner(clock, counts)
     j.add(p("text", value=1.0), "t1")
@@ -191,9 +191,22 @@ def test_join_duplicate_replaces_and_late_is_dropped() -> None:
     (out,) = j.add(p("visual"), "v")
     assert isinstance(out, Joined) and out.parts["text"].array[0, 0] == 2.0
     assert out.tokens == ("t1", "t2", "a", "v")  # the replaced part is acked with the utterance
-    (late,) = j.add(p("audio"), "late")
-    assert isinstance(late, Dropped) and late.reason is Reason.LATE and late.tokens == ("late",)
-    assert counts == {"duplicate": 1, "complete": 1, "late": 1}
+    (again,) = j.add(p("audio"), "again")  # re-read after a rebalance, or a producer's retry: not a dead letter
+    assert isinstance(again, Redelivered) and again.token == "again"
+    assert counts == {"duplicate": 1, "complete": 1, "redelivered": 1}
+
+
+def test_join_a_part_the_result_did_not_use_is_late() -> None:
+    clock, counts = Clock(), {}
+    j = make_joiner(clock, counts)
+    j.add(p("text", at=0), "t")
+    j.add(p("audio", at=0), "a")
+    clock.t += 2.1
+    (partial,) = j.expire()
+    assert isinstance(partial, Joined) and set(partial.parts) == {"text", "audio"}
+    (late,) = j.add(p("visual", at=0), "v")
+    assert isinstance(late, Dropped) and late.reason is Reason.LATE and late.tokens == ("v",)
+    assert counts == {"partial": 1, "late": 1}
 
 
 def test_join_policy_agent_text_only() -> None:
@@ -239,8 +252,19 @@ def test_acks_leave_in_offset_order_per_partition() -> None:
     assert acked == ["p1-7", "p0-0", "p0-1"]
     assert a.done("tp0", 2) == 2 and acked[-2:] == ["p0-2", "p0-3"]
     assert a.outstanding() == 1 and a.done("tp0", 2) == 0  # twice is harmless
+    assert a.pending("tp0", 4) and not a.pending("tp0", 3)
     a.forget({"tp0"})
-    assert a.done("tp0", 4) == 0 and a.outstanding() == 0
+    assert a.done("tp0", 4) == 0 and a.outstanding() == 0 and not a.pending("tp0", 4)
+
+
+def test_an_offset_delivered_twice_is_tracked_once() -> None:
+    """Across a rebalance a message can reach the agent twice; a second entry for one offset could never be marked
+    done and would hold back every later ack of its partition."""
+    acked: list[str] = []
+    a = OrderedAcker(acked.append)
+    assert a.track("tp", 5, "first") and not a.track("tp", 5, "second")
+    assert a.track("tp", 6, "next")
+    assert a.done("tp", 5) == 1 and a.done("tp", 6) == 1 and acked == ["first", "next"] and a.outstanding() == 0
 
 
 # batching -----------------------------------------------------------------------------------------------------

@@ -1,0 +1,169 @@
+"""The join under producer clocks that lie and partitions that move: pure logic, injected clocks, no sockets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streams.decode import Part, Reason
+from streams.event_time import ClockGuard
+from streams.join import Dropped, Joined, Joiner, Outcome
+from streams.settings import JoinSettings, PolicySettings
+
+YEAR_MS = 365 * 24 * 3600 * 1000
+
+
+class Clocks:
+    """The worker's live clock (seconds) and its wall clock (ms), moved together."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.wall = 1_700_000_000_000
+
+    def __call__(self) -> float:
+        return self.t
+
+    def step(self, s: float) -> None:
+        self.t += s
+        self.wall += int(s * 1000)
+
+
+def part(modality: str, utt: str, call: str, at: int, speaker: str = "customer") -> Part:
+    return Part(utt, call, speaker, modality, np.zeros((2, 2), np.float32), produced_at=at, start_ms=None)
+
+
+def joiner(clocks: Clocks, counts: dict[str, int] | None = None, **kw: object) -> Joiner:
+    counts = counts if counts is not None else {}
+    args = {"required": ("text", "audio"), "allowed": PolicySettings().allowed, "timeout_s": 2.0, "max_pending": 1000,
+            "remember_emitted": 1000, "max_clock_skew_s": 0.5, **kw}
+    return Joiner(clock=clocks, count=lambda o: counts.__setitem__(o, counts.get(o, 0) + 1), **args)  # type: ignore[arg-type]
+
+
+def live_traffic(j: Joiner, clocks: Clocks, calls: list[str], utterances: int, skew_ms: dict[str, int],
+                 gap_ms: int = 300, step_s: float = 0.1, late_call: str | None = None, prefix: str = "u") -> list[Outcome]:
+    """Each call speaks an utterance every `step_s`: its text now, audio `gap_ms` later, visual after that; every
+    producer stamps produced_at with its own clock (true time + skew). `late_call`'s visual part never comes."""
+    out: list[Outcome] = []
+    plan: list[tuple[int, str, str, str]] = []  # (true send ms, modality, utterance, call)
+    start = clocks.wall
+    for i in range(utterances):
+        for k, call in enumerate(calls):
+            t0 = start + int(i * step_s * 1000) + k
+            plan += [(t0, "text", f"{prefix}{i}", call), (t0 + gap_ms, "audio", f"{prefix}{i}", call)]
+            if call != late_call:
+                plan.append((t0 + 2 * gap_ms, "visual", f"{prefix}{i}", call))
+    plan.sort()
+    for sent, modality, utt, call in plan:
+        if sent > clocks.wall:
+            clocks.step((sent - clocks.wall) / 1000)
+            out += j.expire()
+        out += j.add(part(modality, utt, call, sent + skew_ms.get(call, 0)), (call, utt, modality),
+                     arrival_ms=clocks.wall + 5)
+    for _ in range(100):
+        clocks.step(0.05)
+        out += j.expire()
+    return out
+
+
+def test_a_producer_behind_by_5s_loses_nothing_and_is_counted() -> None:
+    """Before: its deadlines were passed by everyone else's parts at once (158 of 300 utterances dead-lettered)."""
+    clocks, skewed = Clocks(), []
+    j = joiner(clocks, count_skew=lambda m, side: skewed.append(side))
+    out = live_traffic(j, clocks, ["good1", "good2", "slow"], 60, {"slow": -5000})
+    joined = [o for o in out if isinstance(o, Joined)]
+    assert not [o for o in out if isinstance(o, Dropped)]
+    assert len(joined) == 180 and all(o.complete for o in joined)
+    assert skewed and set(skewed) == {"behind"}
+
+
+def test_one_part_ten_years_ahead_poisons_nobody_and_is_decided() -> None:
+    """Before: that part moved its partition's watermark past every deadline (later utterances dead-lettered as
+    incomplete) and itself waited forever for a deadline ten years away, holding its partition's commit."""
+    clocks, counts, skewed = Clocks(), {}, []
+    j = joiner(clocks, counts, count_skew=lambda m, side: skewed.append(side))
+    out = live_traffic(j, clocks, ["a", "b"], 5, {})
+    # the poison: a text part from a clock ten years ahead, whose other parts never come
+    out += j.add(part("text", "poison", "c", clocks.wall + 10 * YEAR_MS), "poison", arrival_ms=clocks.wall)
+    out += live_traffic(j, clocks, ["a", "b"], 40, {}, late_call="b", prefix="v")  # b's visual parts never come: partials
+    dropped = [o for o in out if isinstance(o, Dropped)]
+    assert [d.tokens for d in dropped] == [("poison",)] and dropped[0].reason is Reason.INCOMPLETE
+    joined = [o for o in out if isinstance(o, Joined)]
+    assert len(joined) == 90 and sum(not o.complete for o in joined) == 40  # b's partials waited their full time
+    assert all(o.wait_s >= 2.0 - 2 * 0.5 for o in joined if not o.complete)
+    assert skewed == ["ahead"] and len(j) == 0
+
+
+def test_a_stale_watermark_after_reassignment_decides_nothing_early() -> None:
+    """A partition re-read from its commit after a rebalance starts again at older parts; the watermark from before
+    must not say their partners' partition has moved past them."""
+    clocks = Clocks()
+    j = joiner(clocks)
+    for i in range(20):  # read far ahead on every topic of partition 0 (group 0)
+        for m in ("text", "audio", "visual"):
+            j.add(part(m, f"old{i}", "c", 10_000 + 100 * i), (m, i))
+    j.forget_groups({0})
+    j.assigned({0})
+    assert j.add(part("text", "old3", "c", 10_300), "t") == []  # re-read from the commit: the text comes first
+    assert j.expire() == []  # before: decided at once (the old audio watermark was past its deadline): incomplete
+    (out,) = j.add(part("audio", "old3", "c", 10_305), "a") + j.add(part("visual", "old3", "c", 10_307), "v")
+    assert isinstance(out, Joined) and out.complete
+
+
+def test_a_redelivered_part_after_reassignment_joins_again_instead_of_being_late() -> None:
+    clocks = Clocks()
+    j = joiner(clocks)
+    for m in ("text", "audio", "visual"):
+        j.add(part(m, "u1", "c", 1), m)
+    j.forget_groups({0})  # revoked: emitted ids go too, the re-read is joined and scored again (Redis ignores it)
+    j.assigned({0})
+    assert j.add(part("text", "u1", "c", 1), "t2") == []
+
+
+def test_quiet_counts_from_the_assignment_not_from_the_last_part_before_it() -> None:
+    clocks = Clocks()
+    j = joiner(clocks)
+    j.add(part("visual", "u0", "c", 0), "v0")  # the visual partition was last heard from long ago
+    j.add(part("text", "u0", "c", 0), "t0")
+    j.add(part("audio", "u0", "c", 0), "a0")
+    clocks.step(60)
+    j.forget_groups({0})
+    j.assigned({0})
+    j.add(part("text", "u1", "c", 60_000), "t1")
+    j.add(part("audio", "u1", "c", 60_000), "a1")
+    clocks.step(1.9)
+    assert j.expire() == []  # the visual partition has been quiet 1.9 s since the assignment, not 61.9 s
+    clocks.step(0.2)
+    (out,) = j.expire()
+    assert isinstance(out, Joined) and not out.complete
+
+
+def test_nothing_waits_longer_than_max_wait() -> None:
+    clocks = Clocks()
+    j = joiner(clocks, max_wait_s=5.0)
+    j.add(part("text", "u1", "c", 0), "t")
+    for i in range(60):  # the audio partition keeps delivering other calls' parts stamped before u1's deadline
+        j.add(part("audio", f"x{i}", "d", 0), f"a{i}")
+        clocks.step(0.1)
+        assert all(o.tokens != ("t",) for o in j.expire() if isinstance(o, Dropped)) or clocks.t - 100 >= 5.0
+    assert "u1" not in {k[1] for k in j._pending}
+
+
+def test_clock_guard_corrects_outliers_not_the_consensus() -> None:
+    g = ClockGuard(max_skew_ms=500)
+    for i in range(10):  # the partition's parts arrive 20 ms after they were produced
+        st = g.stamp("p", 1000 * i, 1000 * i + 20)
+        assert st.skew is None and st.deadline_at == st.watermark_at == 1000 * i
+    behind = g.stamp("p", 10_000 - 5000, 10_020)
+    assert behind.skew == "behind" and behind.deadline_at == 10_020 - 20 - 500 and behind.watermark_at == 5000
+    ahead = g.stamp("p", 11_000 + 3000, 11_020)
+    assert ahead.skew == "ahead" and ahead.watermark_at == 11_020 - 20 + 500 and ahead.deadline_at == 11_020 + 500
+    g.forget(lambda p: p != "p")
+    first = g.stamp("p", 20_000 + 10 * YEAR_MS, 20_020)  # no consensus yet: only "not after it arrived" holds
+    assert first.skew == "ahead" and first.watermark_at == first.deadline_at == 20_520
+    second = g.stamp("p", 21_000, 21_020)  # a consensus of one poisoned part cannot move the next one far
+    assert second.deadline_at - 21_000 <= 20 and second.watermark_at == 21_000
+
+
+def test_skew_must_leave_the_join_a_window() -> None:
+    with pytest.raises(ValueError, match="below half"):
+        JoinSettings(timeout_s=1.0, max_clock_skew_s=0.5)
