@@ -383,17 +383,9 @@ class Pipeline:
                     await retry.failed(e)
                     continue
                 self.metrics.redis_write_seconds.observe(time.perf_counter() - t0)
-                again = []
-                for i, o in zip(todo, outs, strict=True):
-                    if isinstance(o, SinkRefused):
-                        raise o
-                    if isinstance(o, TransientError):
-                        again.append(i)
-                    else:
-                        done[i] = o  # type: ignore[assignment]
-                todo = again
-                if todo:
-                    await retry.failed(TransientError(f"{len(todo)} of the batch's writes failed"))
+                todo, failed = settle(todo, outs, done)
+                if failed is not None:
+                    await retry.failed(TransientError(f"{len(todo)} of the batch's writes failed ({failed})"))
                 else:
                     self.redis_ok = True
         return done
@@ -412,17 +404,9 @@ class Pipeline:
         async with self._retry(what) as retry:
             while todo:
                 outs = await self._abortable(self.publisher.send_many([records[i] for i in todo]))
-                again = []
-                for i, o in zip(todo, outs, strict=True):
-                    if isinstance(o, SinkRefused):
-                        raise o
-                    if isinstance(o, TransientError):
-                        again.append(i)
-                    else:
-                        out[i] = o
-                todo = again
-                if todo:
-                    await retry.failed(TransientError(f"{len(todo)} record(s) not delivered: {outs[0] or ''}"))
+                todo, failed = settle(todo, outs, out)
+                if failed is not None:
+                    await retry.failed(TransientError(f"{len(todo)} record(s) not delivered ({failed})"))
         return out
 
     def _predictions(self, result: BatchResult, t: int) -> list[Prediction]:
@@ -554,6 +538,21 @@ class _Retry:
             self.p._failing -= 1
             self.p.live.resume()
             self.p._publish_state()
+
+
+def settle(todo: list[int], outcomes: Sequence[Any], into: Any) -> tuple[list[int], TransientError | None]:
+    """One attempt's per-record outcomes: a sink that refused us is raised; transient failures are returned to be
+    tried again (with the first of them); the rest, written or refused for good, are stored in `into` by index."""
+    again, first = [], None
+    for i, o in zip(todo, outcomes, strict=True):
+        if isinstance(o, SinkRefused):
+            raise o
+        if isinstance(o, TransientError):
+            again.append(i)
+            first = first or o
+        else:
+            into[i] = o
+    return again, first
 
 
 def joined_record(item: Joined, p: Prediction) -> bytes:

@@ -112,7 +112,9 @@ def test_each_dead_letter_reason_then_the_worker_goes_on(stack: Stack, worker: A
     call, producer = f"{stack.prefix}-bad-{reason.replace('_', '-')}", stack.producer()
     topic_mod, value = _bad(stack, reason, call)
     before = worker.metric("mmcl_dead_letters_total", reason=reason, stage="decode")
-    producer.produce(stack.topics.feature(topic_mod), value, key=call.encode(), headers=[("trace", b"abc")])
+    # a producer's own mmcl.* headers must not pass for ours (a record once carried two reasons)
+    forged = [("trace", b"abc"), ("mmcl.reason", b"forged"), ("mmcl.source_offset", b"-7")]
+    producer.produce(stack.topics.feature(topic_mod), value, key=call.encode(), headers=forged)
     send_good(stack, producer, call, "u2")
     wait_for(lambda: stack.redis.exists(utt_key(call, "u2")), 30, "the good utterance after the bad one")
     assert worker.metric("mmcl_dead_letters_total", reason=reason, stage="decode") == before + 1
@@ -122,6 +124,8 @@ def test_each_dead_letter_reason_then_the_worker_goes_on(stack: Stack, worker: A
     headers = dict(msg.headers())
     assert msg.value() == value  # the original bytes
     assert headers["trace"] == b"abc"  # and the original headers
+    assert [k for k, _ in msg.headers()].count("mmcl.reason") == 1 and headers["mmcl.reason"] == reason.encode()
+    assert headers["producer.mmcl.reason"] == b"forged" and headers["producer.mmcl.source_offset"] == b"-7"
     assert headers["mmcl.stage"] == b"decode" and headers["mmcl.error"]
     assert headers["mmcl.source_topic"].decode() == stack.topics.feature(topic_mod)
     assert int(headers["mmcl.source_partition"]) >= 0 and int(headers["mmcl.source_offset"]) >= 0
