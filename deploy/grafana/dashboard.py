@@ -63,7 +63,9 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Join outcomes", [(f"sum by (outcome) (rate(mmcl_join_outcomes_total[{RATE}]))", "{{outcome}}")],
               unit="reqps", custom={"stacking": {"mode": "normal"}, "fillOpacity": 30},
               description="partial: scored without an optional modality; incomplete: a required one never came "
-                          "(dead-lettered); late / duplicate: parts after their utterance was scored"),
+                          "(dead-lettered); duplicate: a part sent twice before scoring; redelivered: a part read "
+                          "again after its utterance was scored (restart, rebalance; acknowledged); late: a part "
+                          "the result did not use (dead-lettered)"),
         Panel("Pending joins and utterances in flight", [("sum(mmcl_pending_joins)", "pending joins"),
                                                           ("sum(mmcl_inflight_utterances)", "in flight")], w=8),
         Panel("Batch size", [*quantiles("mmcl_batch_size")[:2],
@@ -86,6 +88,16 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Dead letters by reason",
               [(f"sum by (reason, stage) (rate(mmcl_dead_letters_total[{RATE}]))", "{{reason}} ({{stage}})")],
               unit="reqps", custom={"stacking": {"mode": "normal"}, "fillOpacity": 30}),
+        Panel("Output records refused (handled alone)",
+              [(f"sum by (output, why) (increase(mmcl_records_refused_total[{RATE}]))", "{{output}} {{why}}"),
+               (f"sum(increase(mmcl_dead_letters_truncated_total[{RATE}]))", "dead letters cut to fit")],
+              description="Records a sink refused for good (too large, invalid, unauthorized): each was skipped or "
+                          "dead-lettered alone and its partition went on; see MMCLOutputRecordsRefused"),
+        Panel("Producer clocks off (parts corrected)",
+              [(f"sum by (modality, direction) (rate(mmcl_clock_skew_parts_total[{RATE}]))",
+                "{{modality}} {{direction}}")], unit="reqps",
+              description="Parts whose producer clock was off its partition's consensus by more than the allowed skew: "
+                          "corrected for the join (nothing lost); fix the producer's clock"),
         Panel("Sustained-negative alerts raised", [(f"sum by (speaker) (rate(mmcl_alerts_total[{RATE}]))",
                                                     "{{speaker}}")], unit="reqps", w=12),
         Panel("Firing alerts", [('sum by (alertname, severity) (ALERTS{alertstate="firing"})',
