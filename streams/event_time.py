@@ -10,8 +10,10 @@ Each partition's consensus is the median delay (arrival - produced_at) of its re
 skewed producers cannot move, and a bound holds whatever the consensus: nothing was produced after it arrived.
 A part further than `max_skew_ms` from them is corrected, asymmetrically so that every correction errs towards
 waiting, never towards deciding early:
-- its own deadline is raised to (consensus - skew) when its clock is behind, and capped at (arrival + skew) when
-  ahead: a behind producer's utterances get their full wait; an ahead one's are not held forever;
+- its own deadline is raised when its clock is behind, to the latest time it can have been produced given the
+  fastest recent delay on its partition (the median would cut its wait short whenever the worker had just been
+  slow, as under CPU load), and capped at (arrival + skew) when ahead: a behind producer's utterances get their
+  full wait; an ahead one's are not held forever;
 - what it tells about its partition's progress (the watermark) is capped at (consensus + skew) and never raised: a
   part from the future cannot move the watermark past anyone's deadline.
 A sudden jump of every delay (the worker paused by an outage, or a backlog being read faster) looks like skew for
@@ -46,7 +48,8 @@ class ClockGuard:
         recent = self._delays.setdefault(partition, deque(maxlen=self.window))
         # The median of what came before; never below -s (nothing is produced after it arrives), so that even a
         # partition's first parts, when the consensus is one or two parts, cannot move it far.
-        consensus = max(sorted(recent)[len(recent) // 2], -s) if recent else None
+        ordered = sorted(recent)
+        consensus = max(ordered[len(ordered) // 2], -s) if ordered else None
         recent.append(arrival_ms - produced_at)
         latest = arrival_ms + s  # a part cannot have been produced after it arrived (clocks agree within s)
         earliest = None
@@ -58,7 +61,7 @@ class ClockGuard:
         if produced_at > latest:
             skew = "ahead"
         elif earliest is not None and produced_at < earliest:
-            skew, deadline_at = "behind", earliest
+            skew, deadline_at = "behind", arrival_ms - max(ordered[0], -s) - s
         return Stamped(deadline_at, min(produced_at, latest), skew)
 
     def forget(self, keep: Callable[[Hashable], bool]) -> None:

@@ -49,7 +49,8 @@ class InferenceThread:
 
     def stop(self, timeout: float = 10.0) -> None:
         self.queue.put(STOP)
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # a shutdown can come before the start
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while (batch := collect_batch(self.queue, self.max_size, self.wait_s)) is not None:

@@ -90,11 +90,12 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
     worker = faust.Worker(app, loglevel=_faust_level(s.log_level), quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()  # runs until SIGTERM / SIGINT, then stops cleanly
-    except SystemExit:
-        pass
+        code: Any = 0
+    except SystemExit as e:
+        code = e.code
     if pipeline.fatal:
         raise SinkRefused(pipeline.fatal)
-    return 0
+    return code if isinstance(code, int) else (0 if code is None else 1)
 
 
 def status(pipeline: Any, app: Any) -> dict[str, Any]:

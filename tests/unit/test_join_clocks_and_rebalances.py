@@ -157,6 +157,12 @@ def test_clock_guard_corrects_outliers_not_the_consensus() -> None:
     assert behind.skew == "behind" and behind.deadline_at == 10_020 - 20 - 500 and behind.watermark_at == 5000
     ahead = g.stamp("p", 11_000 + 3000, 11_020)
     assert ahead.skew == "ahead" and ahead.watermark_at == 11_020 - 20 + 500 and ahead.deadline_at == 11_020 + 500
+    # after a slow spell (the worker busy: recent parts waited 400 ms) a behind part's deadline still counts from
+    # the fastest recent delay, not the median: its wait is not cut short by the worker's own slowness
+    for i in range(12, 60):
+        g.stamp("p", 1000 * i, 1000 * i + (400 if i % 3 else 20))
+    late = g.stamp("p", 60_000 - 5000, 60_020)
+    assert late.skew == "behind" and late.deadline_at == 60_020 - 20 - 500
     g.forget(lambda p: p != "p")
     first = g.stamp("p", 20_000 + 10 * YEAR_MS, 20_020)  # no consensus yet: only "not after it arrived" holds
     assert first.skew == "ahead" and first.watermark_at == first.deadline_at == 20_520
