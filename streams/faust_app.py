@@ -76,7 +76,7 @@ def build_app(s: Settings) -> StreamApp:
         k.group_id,
         broker=brokers,
         broker_credentials=credentials,
-        processing_guarantee="at_least_once",  # exactly-once dies on the embedded broker (BROKER.md 4)
+        processing_guarantee="at_least_once",  # the embedded broker has no transactions: exactly-once dies at start
         broker_session_timeout=k.session_timeout_s,
         broker_heartbeat_interval=k.heartbeat_interval_s,
         broker_commit_interval=k.commit_interval_s,

@@ -4,7 +4,7 @@ Lag is the log end offset minus the group's committed offset: what Kafka's own t
 broker by a task of its own (the blocking calls on a thread), not from the worker's fetches, so it keeps growing
 while the worker is stuck: the "no events while input grows" alert depends on that. The end offset is the larger
 of the broker's answer and the high watermark the worker last fetched: Tansu answers ListOffsets(latest) with the
-last batch's base offset + 1 (BROKER.md item 1), which only the fetched watermark corrects.
+last batch's base offset + 1, which only the fetched watermark corrects.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Redis layout (DESIGN.md): per utterance, per call, the call timeline, the live feed and alerts. C = call id,
+"""Redis layout (docs/streaming.md#redis): per utterance, per call, the call timeline, the live feed and alerts. C = call id,
 U = utterance id; the braces are a Redis Cluster hash tag so one call's keys share a slot."""
 
 from __future__ import annotations

@@ -52,9 +52,9 @@ class KafkaSettings(BaseModel):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     group_id: str = "mmcl-worker"
-    session_timeout_s: float = Field(6.0, gt=0, le=300)  # BROKER.md 2: short joins on the embedded broker
+    session_timeout_s: float = Field(6.0, gt=0, le=300)  # short: a group join takes about half of it (quick rebalances)
     heartbeat_interval_s: float = Field(0.3, gt=0)
-    fetch_max_wait_ms: int = Field(50, ge=1, le=30_000)  # BROKER.md 3: each hop costs up to this
+    fetch_max_wait_ms: int = Field(50, ge=1, le=30_000)  # each hop costs up to this on a broker that answers fetches late
     commit_interval_s: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
