@@ -148,7 +148,7 @@ class Joiner:
         self._emitted: OrderedDict[JoinKey, tuple[Hashable, frozenset[str]]] = OrderedDict()  # -> (group, used)
         self._deadlines: dict[Hashable, list[tuple[int, int, JoinKey]]] = {}  # group -> heap (lazy deletion)
         self._seq = 0
-        self._watermark: dict[tuple[str, Hashable], int] = {}  # (modality, group) -> max produced_at seen
+        self._watermark: dict[tuple[str, Hashable], int] = {}  # (modality, group) -> furthest event time seen
         self._last_arrival: dict[tuple[str, Hashable], float] = {}
         self._group_start: dict[Hashable, float] = {}
 

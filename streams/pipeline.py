@@ -311,6 +311,10 @@ class Pipeline:
                 return  # nothing more is written; what is in flight stays unacknowledged
             except ShuttingDown:
                 return
+            except Exception as e:  # a bug of ours: stop loudly rather than stall with nothing written
+                log.exception("writing a batch's results failed")
+                self._fail(f"internal error while writing results ({type(e).__name__}: {e})")
+                return
             finally:
                 for _ in range(n):
                     self._slots.release()

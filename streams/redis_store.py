@@ -4,6 +4,7 @@ U = utterance id; the braces are a Redis Cluster hash tag so one call's keys sha
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
@@ -75,6 +76,15 @@ def stored_prediction(fields: dict[str, str]) -> Prediction:
     return Prediction.model_validate(d)
 
 
+def _stored_or_none(stored: str) -> Prediction | None:
+    """The stored result of a re-delivered utterance, or None when it cannot be read back (written by a version of
+    the service with other fields): the new prediction is published then, as before."""
+    try:
+        return stored_prediction(json.loads(stored))
+    except ValueError:  # pydantic's ValidationError and json's JSONDecodeError are ValueErrors
+        return None
+
+
 @dataclass(frozen=True)
 class Written:
     new: bool  # False: Redis already had this utterance's result (a re-delivery); nothing changed
@@ -113,7 +123,7 @@ class ResultWriter:
                 out.append(classify(reply))
                 continue
             status, alert, stored = reply
-            out.append(Written(status == "new", alert, stored_prediction(json.loads(stored)) if status == "dup" else None))
+            out.append(Written(status == "new", alert, _stored_or_none(stored) if status == "dup" else None))
         return out
 
     async def result_modalities(self, keys: list[tuple[str | None, str]]) -> list[list[str] | None]:
@@ -132,7 +142,7 @@ def check_access(client: redis.Redis, out: OutputSettings, rule: AggregateRule) 
     """At start-up: are the credentials and permissions good for everything the worker does? Runs the write script
     on a probe utterance in keys of its own (mmcl:{<probe>}:...), then deletes them. Raises SinkRefused on a refusal;
     returns a warning when Redis does not answer (the worker then starts, and waits for it like for any outage)."""
-    probe = f"mmcl-probe-{id(client):x}"
+    probe = f"mmcl-probe-{uuid.uuid4().hex[:12]}"
     keys = [utt_key(probe, "u"), call_key(probe), timeline_key(probe), f"mmcl:{{{probe}}}:feed",
             f"mmcl:{{{probe}}}:alerts"]
     p = Prediction(utterance_id="u", call_id=probe, speaker="unknown", score=0.0, label="neutral", modalities=["text"],
