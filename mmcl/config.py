@@ -73,7 +73,7 @@ class ModelConfig(_Frozen):
     """Architecture. Input dims are per modality, in MODALITIES order."""
 
     kind: Literal["mmcl", "late_fusion"] = "mmcl"
-    input_dims: tuple[int, int, int] = (768, 5, 20)  # MOSI with BERT text (DATA_FORMATS.md 1)
+    input_dims: tuple[int, int, int] = (768, 5, 20)  # CMU-MOSI: BERT text 768, COVAREP-style audio 5, Facet visual 20
     seq_len: int = Field(50, ge=1)  # every modality is fitted to this length (see mmcl.sequence)
     d_model: int = Field(128, ge=8)  # D in the paper
     num_heads: int = Field(4, ge=1)  # h

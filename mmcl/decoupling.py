@@ -1,4 +1,5 @@
-"""Parameter-free decoupling of each modality into a common and a specific part (MMCL.md, step 2).
+"""Parameter-free decoupling of each modality into a common and a specific part (step 2 of the
+forward pass in docs/model.md).
 
 `paper` follows the published equations exactly. `calibrated` fixes their near-flat softmax: projections are
 layer-normalised per modality before comparison, similarities are scaled by a learnable inverse temperature,

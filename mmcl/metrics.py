@@ -1,4 +1,5 @@
-"""The field's evaluation metrics, with the exact definitions of DATA_FORMATS.md section 5 (MMSA toolkit)."""
+"""The field's evaluation metrics, defined exactly as the MMSA toolkit computes them (Acc-2 with and without 0,
+F1, Acc-7, MAE, correlation)."""
 
 from __future__ import annotations
 

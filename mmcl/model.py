@@ -1,4 +1,6 @@
-"""The MMCL network (MMCL.md steps 1-7) and its DDPG critic. Shapes: B batch, L sequence, D width, h heads."""
+"""The MMCL network (arXiv 2501.12424; steps 1-7 of docs/model.md) and its DDPG critic.
+
+Shapes: B batch, L sequence, D width, h heads."""
 
 from __future__ import annotations
 

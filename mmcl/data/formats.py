@@ -1,4 +1,5 @@
-"""Readers for the public dataset pickles (DATA_FORMATS.md): MMSA, CMU/MulT and MAG-BERT layouts.
+"""Readers for the public dataset pickles in their three published layouts: MMSA (`aligned_50.pkl`,
+`unaligned_50.pkl`, `unaligned_39.pkl`), CMU/MulT (`*_data.pkl`) and MAG-BERT (`mosi.pkl`).
 
 Pickle can run code: these functions are only for files the user names on the command line (`mmcl data
 convert`), never for anything received over a network. Everything downstream reads the safe .npz instead.

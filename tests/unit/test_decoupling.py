@@ -16,7 +16,7 @@ def np_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def np_paper(z: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """MMCL.md step 2, written from the equations, in float64."""
+    """Step 2 of the forward pass (docs/model.md), written from the published equations, in float64."""
     n = {k: v / np.linalg.norm(v, axis=-1, keepdims=True) for k, v in z.items()}
 
     def s(a: str, b: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Loaders read small files built here in exactly the public layouts (DATA_FORMATS.md)."""
+"""Loaders read small files built here in exactly the public layouts (MMSA, CMU/MulT, MAG-BERT)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ def count(module: torch.nn.Module) -> int:
 
 def test_parameter_counts_match_the_reference_at_iemocap_dims() -> None:
     cfg = ModelConfig(input_dims=(300, 74, 35), seq_len=20, task=TaskConfig(kind=TaskKind.MULTITASK))
-    assert count(MMCL(cfg)) == pytest.approx(2.16e6, rel=0.01)  # "about 2.16 M" (MMCL.md)
+    assert count(MMCL(cfg)) == pytest.approx(2.16e6, rel=0.01)  # "about 2.16 M", as the paper reports
     assert count(Critic(cfg)) == pytest.approx(2.0e6, rel=0.02)  # "about 2 M"
 
 
