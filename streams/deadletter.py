@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from streams.kafka import RECORD_OVERHEAD, record_size
+from streams.kafka import record_size
 
 Headers = list[tuple[str, bytes]]
 OURS = "mmcl."
@@ -80,4 +80,4 @@ def stripped(rec: OutRecord) -> OutRecord:
     return OutRecord(rec.topic, rec.key, b"", headers)
 
 
-__all__ = ["ERROR_BYTES", "RECORD_OVERHEAD", "Origin", "OutRecord", "dead_letter", "stripped"]
+__all__ = ["ERROR_BYTES", "Origin", "OutRecord", "dead_letter", "stripped"]

@@ -184,16 +184,22 @@ def check_copartitioned(s: Settings, timeout: float = 10.0,
     return next(iter(counts.values()))  # type: ignore[return-value]
 
 
-def check_outputs(s: Settings, timeout: float = 10.0) -> RecordLimits:
-    """At start-up: the topics the worker writes exist, and the records it may write fit them. Returns the record
-    limits to check outputs against: ours, lowered where the broker's `max.message.bytes` of a topic is smaller (a
-    record bound to be refused is then handled before it is sent, with the reason known)."""
+def output_topics(s: Settings) -> tuple[str, ...]:
+    """The topics the worker writes to."""
+    t = s.topics
+    return (t.predictions, t.alerts, t.dlq, *([t.joined] if s.trainer.keep_joined else []))
+
+
+def check_outputs(s: Settings, counts: dict[str, int | None], timeout: float = 10.0) -> RecordLimits:
+    """At start-up: the topics the worker writes exist (`counts`: their partition counts, as partition_counts read
+    them), and the records it may write fit them. Returns the record limits to check outputs against: ours, lowered
+    where the broker's `max.message.bytes` of a topic is smaller (a record bound to be refused is then handled
+    before it is sent, with the reason known)."""
     from confluent_kafka.admin import AdminClient, ConfigResource
 
     t = s.topics
-    outputs = [t.predictions, t.alerts, t.dlq] + ([t.joined] if s.trainer.keep_joined else [])
-    counts = partition_counts(s.kafka, tuple(outputs), timeout)
-    absent = [name for name, n in counts.items() if n is None]
+    outputs = output_topics(s)
+    absent = [name for name in outputs if counts.get(name) is None]
     if absent:
         raise ConfigError(f"output topic(s) {', '.join(absent)} do not exist on {s.kafka.bootstrap_servers} "
                           "(mmcl topics create, or mmcl worker --create-topics)")

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -43,8 +43,6 @@ T = TypeVar("T")
 class Publisher(Protocol):
     async def send_many(self, records: Sequence[OutRecord]) -> list[ServiceError | None]:
         """Publish; per record None (acknowledged by the broker) or why not. Never raises for a record."""
-
-    def close(self, timeout: float = 5.0) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -269,8 +267,11 @@ class Pipeline:
         first = out.parts[0]
         assert self.writer is not None
         writer = self.writer
-        have = (await self._retrying("redis", lambda: writer.result_modalities([(first.call_id, first.utterance_id)]),
-                                     redis_write=True))[0]
+        try:
+            have = (await self._retrying(
+                "redis", lambda: writer.result_modalities([(first.call_id, first.utterance_id)]), redis_write=True))[0]
+        except RecordRefused:  # e.g. WRONGTYPE on the utterance's key: no result of ours is there
+            have = None
         if have is None:
             self.metrics.join_outcomes.labels("incomplete").inc()
             await self._dead_letter(list(out.tokens), out.reason, "join", out.error)
@@ -294,6 +295,9 @@ class Pipeline:
             self._fail(str(e))
         except ShuttingDown:
             pass
+        except Exception as e:  # a bug of ours: stop loudly rather than leave every pending utterance undecided
+            log.exception("deciding pending utterances failed")
+            self._fail(f"internal error in the join's deadlines ({type(e).__name__}: {e})")
 
     # results -------------------------------------------------------------------------------------------------
     def _deliver(self, result: BatchResult) -> None:  # on the inference thread
@@ -378,7 +382,7 @@ class Pipeline:
         assert writer is not None
         done: dict[int, Written | RecordRefused] = {}
         todo = list(range(len(preds)))
-        async with self._retry("redis", redis_write=True) as retry:
+        async with _Retry(self, "redis", redis_write=True) as retry:
             while todo:
                 t0 = time.perf_counter()
                 try:
@@ -405,7 +409,7 @@ class Pipeline:
                 out[i] = RecordRefused("too_large", f"{rec.size} bytes > {rec.topic}'s limit of {limit}")
             else:
                 todo.append(i)
-        async with self._retry(what) as retry:
+        async with _Retry(self, what) as retry:
             while todo:
                 outs = await self._abortable(self.publisher.send_many([records[i] for i in todo]))
                 todo, failed = settle(todo, outs, out)
@@ -432,17 +436,9 @@ class Pipeline:
         return out
 
     # retries ---------------------------------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def _retry(self, what: str, redis_write: bool = False) -> AsyncIterator[_Retry]:
-        retry = _Retry(self, what, redis_write)
-        try:
-            yield retry
-        finally:
-            retry.close()
-
     async def _retrying(self, what: str, op: Callable[[], Awaitable[T]], redis_write: bool = False) -> T:
         """`op` until it does not fail transiently (its other errors go to the caller)."""
-        async with self._retry(what, redis_write) as retry:
+        async with _Retry(self, what, redis_write) as retry:
             while True:
                 try:
                     return await self._abortable(op())
@@ -514,10 +510,19 @@ class _Retry:
     """One write's retries: back-off doubling from RETRY_INITIAL_S to RETRY_MAX_S; while it fails, consumption
     pauses (no slot frees), readiness is off and the join's clock stands still."""
 
-    def __init__(self, pipeline: Pipeline, what: str, redis_write: bool) -> None:
+    def __init__(self, pipeline: Pipeline, what: str, redis_write: bool = False) -> None:
         self.p, self.what, self.redis_write = pipeline, what, redis_write
         self.delay = pipeline.s.redis.retry_initial_s
         self.failing = False
+
+    async def __aenter__(self) -> _Retry:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.failing:
+            self.p._failing -= 1
+            self.p.live.resume()
+            self.p._publish_state()
 
     async def failed(self, e: ServiceError) -> None:
         p = self.p
@@ -536,12 +541,6 @@ class _Retry:
         if p._abort.is_set():
             raise ShuttingDown(f"the worker is stopping; {self.what} write abandoned")
         self.delay = min(self.delay * 2, p.s.redis.retry_max_s)
-
-    def close(self) -> None:
-        if self.failing:
-            self.p._failing -= 1
-            self.p.live.resume()
-            self.p._publish_state()
 
 
 def settle(todo: list[int], outcomes: Sequence[Any], into: Any) -> tuple[list[int], TransientError | None]:

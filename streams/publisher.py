@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streams.deadletter import OutRecord
-from streams.errors import RecordRefused, ServiceError, SinkRefused, TransientError, from_kafka_error
+from streams.errors import ServiceError, TransientError, from_kafka_error
 from streams.kafka import producer_config
 from streams.settings import KafkaSettings
 
@@ -93,5 +93,3 @@ class KafkaPublisher:
             self._p.purge()
             self._p.flush(0)
 
-
-__all__ = ["KafkaPublisher", "Outcome", "RecordRefused", "SinkRefused", "TransientError"]

@@ -85,6 +85,14 @@ def _stored_or_none(stored: str) -> Prediction | None:
         return None
 
 
+def _modalities_or_none(value: str | None) -> list[str] | None:
+    try:
+        got = json.loads(value) if value is not None else None
+    except ValueError:
+        return None  # not a hash this service wrote
+    return got if isinstance(got, list) else None
+
+
 @dataclass(frozen=True)
 class Written:
     new: bool  # False: Redis already had this utterance's result (a re-delivery); nothing changed
@@ -135,7 +143,7 @@ class ResultWriter:
                 replies = await pipe.execute()
         except Exception as e:
             raise classify(e) from e
-        return [json.loads(v) if v is not None else None for v in replies]
+        return [_modalities_or_none(v) for v in replies]
 
 
 def check_access(client: redis.Redis, out: OutputSettings, rule: AggregateRule) -> str | None:

@@ -21,8 +21,11 @@ ENV_PREFIX, ENV_DELIM = "MMCL_", "__"
 class SecretUrl(SecretStr):
     """A URL that may carry a password (redis://user:secret@host): shown with the password masked, everywhere."""
 
-    def _display(self) -> str:
+    def __str__(self) -> str:
         return mask_url(self.get_secret_value())
+
+    def __repr__(self) -> str:
+        return f"SecretUrl({mask_url(self.get_secret_value())!r})"
 
 
 def mask_url(url: str) -> str:
@@ -165,7 +168,7 @@ class BatchSettings(BaseModel):
 
 class WorkerSettings(BaseModel):
     # SIGTERM: stop taking messages, let writes in flight finish for at most this long, commit what was written, exit.
-    # Kubernetes kills a pod 30 s after SIGTERM (terminationGracePeriodSeconds): stay well below.
+    # Kubernetes kills a pod 30 s after SIGTERM by default (terminationGracePeriodSeconds): stay well below.
     shutdown_timeout_s: float = Field(10.0, gt=0, le=300)
 
 

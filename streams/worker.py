@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from streams.errors import SinkRefused
-from streams.kafka import check_copartitioned, check_outputs, ensure_topics
+from streams.kafka import check_copartitioned, check_outputs, ensure_topics, output_topics, partition_counts
 from streams.lag import LagGauges, LagProbe, follow_lag
 from streams.metrics import Metrics
 from streams.models import ModelFollower, initial_predictor, open_registry
@@ -33,8 +33,9 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
     logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if create_topics:
         ensure_topics(s.kafka, s.topics, max_message_bytes=s.limits.max_message_bytes)
-    partitions = check_copartitioned(s)
-    limits = check_outputs(s)
+    counts = partition_counts(s.kafka, (*s.topics.features, *output_topics(s)))  # one metadata request for both checks
+    partitions = check_copartitioned(s, counts={t: counts[t] for t in s.topics.features})
+    limits = check_outputs(s, counts)
     s = s.model_copy(update={"topics": s.topics.model_copy(update={"partitions": partitions})})
     client = sync_client(s.redis)
     try:

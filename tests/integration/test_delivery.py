@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,28 @@ def assert_counted_once(stack: Stack, stats: simulate.SimStats) -> None:
         assert stack.redis.xlen(timeline_key(c)) == n, c
 
 
+def feed_in_background(stack: Stack, spec: simulate.SimSpec) -> Callable[[float], simulate.SimStats]:
+    """Start the simulated call center on a thread; the function returned waits (up to its timeout) for its stats."""
+    box: dict[str, simulate.SimStats] = {}
+    t = threading.Thread(target=lambda: box.update(stats=simulate.run(sim_settings(stack), SPLIT, spec)))
+    t.start()
+
+    def finish(timeout: float) -> simulate.SimStats:
+        t.join(timeout)
+        return box["stats"]
+
+    return finish
+
+
+def assert_delivered_once_without_dead_letters(stack: Stack, spec: simulate.SimSpec, stats: simulate.SimStats,
+                                               timeout: float = 90) -> None:
+    """Every utterance sent has its result, counted once, and none of the run's parts was dead-lettered."""
+    assert stats.utterances == spec.limit and stats.errors == 0
+    wait_for(lambda: results_complete(stack, stats), timeout, "every utterance's result")
+    assert_counted_once(stack, stats)
+    assert stack.dead_letters(spec.run_id) == []
+
+
 @pytest.mark.parametrize("commit_every", ["0.2", "60"])
 def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(stack: Stack, commit_every: str) -> None:
     # 0.2 s: commits happen while parts of many utterances are pending (parts leave up to 400 ms apart), so a
@@ -50,19 +73,14 @@ def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(stack: 
     first = stack.start_worker(MMCL_KAFKA__COMMIT_INTERVAL_S=commit_every)
     spec = simulate.SimSpec(calls=6, rate=60, jitter_ms=400, missing_visual=0.0, limit=240, seed=3,
                             run_id=f"{stack.prefix}-crash{commit_every.replace('.', '')}-")
-    box: dict[str, simulate.SimStats] = {}
-    t = threading.Thread(target=lambda: box.update(stats=simulate.run(sim_settings(stack), SPLIT, spec)))
-    t.start()
+    finish = feed_in_background(stack, spec)
     wait_for(lambda: first.status().get("written", 0) >= 40, 30, "some results before the crash")
     first.stop(signal.SIGKILL)  # no clean shutdown: pending joins and uncommitted offsets are lost with it
     second = stack.start_worker()
-    t.join(60)
-    stats = box["stats"]
-    assert stats.utterances == 240 and stats.errors == 0
-    wait_for(lambda: results_complete(stack, stats), 90, "every utterance's result after the restart")
-    assert_counted_once(stack, stats)
+    stats = finish(60)
+    assert stats.utterances == 240
     # parts re-read after the crash whose utterance was already written are re-deliveries, not dead letters
-    assert stack.dead_letters(spec.run_id) == []
+    assert_delivered_once_without_dead_letters(stack, spec, stats)
     if commit_every == "60":  # the second worker read everything again and found >= 40 results already there
         assert second.metric("mmcl_redelivered_utterances_total") >= 40
     second.stop()

@@ -5,7 +5,6 @@ result is a re-delivery, not a dead letter (which raised MMCLDeadLettersSustaine
 from __future__ import annotations
 
 import signal
-import threading
 from typing import Any
 
 from streams import simulate
@@ -13,7 +12,7 @@ from streams.kafka import ensure_topics
 from streams.settings import KafkaSettings
 
 from .conftest import Stack, covering_run_id, wait_for
-from .test_delivery import SPLIT, assert_counted_once, results_complete, sim_settings
+from .test_delivery import assert_delivered_once_without_dead_letters, feed_in_background
 
 
 def test_workers_joining_dying_and_restarting_dead_letter_nothing(stack: Stack) -> None:
@@ -24,9 +23,7 @@ def test_workers_joining_dying_and_restarting_dead_letter_nothing(stack: Stack) 
         # every utterance complete (no missing visual): any dead letter or incomplete join is a bug
         spec = simulate.SimSpec(calls=8, rate=40, jitter_ms=400, missing_visual=0.0, limit=1000, seed=21,
                                 run_id=covering_run_id(f"{st.prefix}-", 8, st.topics.partitions))
-        box: dict[str, simulate.SimStats] = {}
-        feed = threading.Thread(target=lambda: box.update(stats=simulate.run(sim_settings(st), SPLIT, spec)))
-        feed.start()
+        finish = feed_in_background(st, spec)
 
         def written(n: int, *workers: Any) -> Any:
             base = sum(w.status().get("written", 0) for w in workers)
@@ -41,12 +38,10 @@ def test_workers_joining_dying_and_restarting_dead_letter_nothing(stack: Stack) 
         wait_for(written(60, first), 30, "results after the take-over")
         first.stop()  # a restart: SIGTERM, then a new worker
         third = st.start_worker()
-        feed.join(90)
-        stats = box["stats"]
-        assert stats.utterances == 1000 and stats.errors == 0
-        wait_for(lambda: results_complete(st, stats), 90, "every result")
-        assert_counted_once(st, stats)
-        assert st.dead_letters(spec.run_id) == []  # before: every rebalance and restart dead-lettered good parts
+        stats = finish(90)
+        assert stats.utterances == 1000
+        # before: every rebalance and restart dead-lettered good parts
+        assert_delivered_once_without_dead_letters(st, spec, stats)
         assert third.metric("mmcl_join_outcomes_total", outcome="incomplete") == 0
         assert third.metric("mmcl_dead_letters_total") == 0
     finally:

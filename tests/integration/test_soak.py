@@ -114,8 +114,8 @@ class Feed:
             raise AssertionError("the feed could not deliver everything")
 
 
-def planned(run_id: str) -> dict[str, list[str]]:
-    spec = simulate.SimSpec(calls=CALLS, rate=RATE, limit=UTTERANCES, seed=41, run_id=run_id, call_length=(100, 150))
+def planned(spec: simulate.SimSpec) -> dict[str, list[str]]:
+    """call id -> its utterance ids, as the feed sends them."""
     calls: dict[str, list[str]] = {}
     for parts in simulate.plan(SPLIT, spec):
         calls.setdefault(parts[0].call_id, []).append(parts[0].utterance_id)
@@ -163,7 +163,7 @@ def test_soak(stack: Stack, tmp_path: Path) -> None:
         replace(st, workers, 1)
         sender.join(180)
         assert feed.error is None and feed.sent == UTTERANCES
-        calls = planned(run_id)
+        calls = planned(feed.spec)
         assert sum(map(len, calls.values())) == UTTERANCES
 
         def all_written() -> bool:
