@@ -79,7 +79,11 @@ def from_kafka_error(err: Any) -> TransientError | RecordRefused | SinkRefused:
 
 
 # Redis error replies that mean "not now" rather than "never": a replica taking over, a server loading its data
-# or out of memory, a busy script, a cluster slot moving.
+# or out of memory, a busy script, a cluster slot moving. redis-py turns most of them into classes of their own and
+# strips the code from the message, so both the class and the words are checked.
+_REDIS_TRANSIENT = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError, redis.exceptions.BusyLoadingError,
+                    redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError, redis.exceptions.MasterDownError,
+                    redis.exceptions.MovedError, redis.exceptions.AskError)
 _REDIS_TRANSIENT_REPLIES = ("OOM", "LOADING", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK")
 
 
@@ -99,7 +103,8 @@ def from_redis_error(e: BaseException) -> TransientError | RecordRefused | SinkR
     if isinstance(e, redis.ResponseError) and any(m in str(e) for m in _REDIS_ACL_REFUSALS):
         return SinkRefused(f"Redis refused a command to the worker's user ({text}): its ACL needs scripts, hashes "
                            "and streams on mmcl:* keys")
-    if isinstance(e, redis.ResponseError) and not str(e).startswith(_REDIS_TRANSIENT_REPLIES):
+    if isinstance(e, redis.ResponseError) and not isinstance(e, _REDIS_TRANSIENT) \
+            and not str(e).startswith(_REDIS_TRANSIENT_REPLIES):
         return RecordRefused("invalid", text)  # e.g. WRONGTYPE: another program wrote one of this call's keys
     return TransientError(text)
 

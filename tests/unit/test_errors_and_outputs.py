@@ -51,6 +51,26 @@ def test_redis_errors_are_classified(err: Exception, kind: type) -> None:
     assert isinstance(classify(err), kind)
 
 
+@pytest.mark.parametrize(("reply", "kind"), [
+    ("READONLY You can't write against a read only replica.", TransientError),
+    ("OOM command not allowed when used memory > 'maxmemory'.", TransientError),
+    ("LOADING Redis is loading the dataset in memory", TransientError),
+    ("BUSY Redis is busy running a script.", TransientError),
+    ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", TransientError),
+    ("TRYAGAIN Multiple keys request during rehashing of slot", TransientError),
+    ("WRONGPASS invalid username-password pair or user is disabled.", SinkRefused),
+    ("NOAUTH Authentication required.", SinkRefused),
+    ("NOPERM this user has no permissions to run the 'evalsha' command", SinkRefused),
+    ("WRONGTYPE Operation against a key holding the wrong kind of value", RecordRefused),
+])
+def test_redis_replies_as_redis_py_parses_them_are_classified(reply: str, kind: type) -> None:
+    """redis-py strips the code from the replies it has a class for ("READONLY ..." becomes a ReadOnlyError saying
+    "You can't write ..."): a failover must not read as a refused record."""
+    from redis._parsers.base import BaseParser
+
+    assert isinstance(from_redis_error(BaseParser.parse_error(reply)), kind)
+
+
 def test_classify_passes_ours_through_and_lets_bugs_surface() -> None:
     ours = TransientError("x")
     assert classify(ours) is ours
