@@ -95,12 +95,12 @@ def end_to_end(media: dict[str, Path], n: int) -> dict[str, Any]:
     from mmcl.checkpoint import FeatureProfile, save_checkpoint
     from mmcl.config import ModelConfig
     from mmcl.model import build_model
-    from streams.demo import wait_ready
-    from streams.embedded import free_port, start_kafka, start_redis
     from streams.kafka import ensure_topics
-    from streams.media import KafkaSink, stream_call
-    from streams.redis_store import FEED, utt_key
+    from streams.local.demo import wait_ready
+    from streams.local.embedded import free_port, start_kafka, start_redis
+    from streams.local.media import KafkaSink, stream_call
     from streams.settings import KafkaSettings, Settings, TopicSettings
+    from streams.sinks.redis_store import FEED, utt_key
 
     state = Path(tempfile.mkdtemp(prefix="mmcl-bench-extract-"))
     kafka, redis_svc = start_kafka(state), start_redis(state)

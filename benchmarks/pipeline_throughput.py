@@ -96,7 +96,7 @@ class Harness:
         import redis
 
         from mmcl.data.synth import SynthSpec, make_synthetic
-        from streams.embedded import start_kafka, start_redis
+        from streams.local.embedded import start_kafka, start_redis
 
         self.kafka, self.redis_svc = start_kafka(state), start_redis(state)
         self.redis = redis.Redis.from_url(self.redis_svc.url, decode_responses=True)
@@ -113,8 +113,8 @@ class Harness:
         return Settings(kafka=KafkaSettings(bootstrap_servers=self.kafka.url), topics=TopicSettings(prefix=prefix))
 
     def start(self, kind: str, prefix: str, **extra_env: str) -> subprocess.Popen[str]:
-        from streams.embedded import free_port
         from streams.kafka import ensure_topics
+        from streams.local.embedded import free_port
 
         s = self.settings(prefix)
         ensure_topics(s.kafka, s.topics)
@@ -139,7 +139,7 @@ class Harness:
 
     def wait_ready(self, kind: str, proc: subprocess.Popen[str]) -> None:
         if kind == "service":
-            from streams.demo import wait_ready
+            from streams.local.demo import wait_ready
 
             wait_ready(self.port, proc, 90)  # type: ignore[arg-type]
             return
@@ -150,7 +150,7 @@ class Harness:
 
     def offer(self, prefix: str, run_id: str, rate: float, n: int, calls: int = 16) -> dict[str, Any]:
         """Produce n utterances at `rate`; wait for their results; latency and throughput from Redis."""
-        from streams import simulate
+        from streams.local import simulate
 
         spec = simulate.SimSpec(calls=calls, rate=rate, jitter_ms=20, missing_visual=0.0, limit=n, seed=len(run_id),
                                 run_id=run_id)
@@ -293,7 +293,7 @@ def run(a: argparse.Namespace) -> None:
             finally:
                 proc.terminate()
                 proc.wait(30)
-        from streams.simulate import Planned, encode
+        from streams.local.simulate import Planned, encode
 
         text_size = len(encode(Planned(0, "u", "c", "customer", "text", h.split.features["text"][0]), 0))
         rate80 = summary["service"]["at80"]["offered"]

@@ -46,7 +46,7 @@ def _redis_scheme(v: SecretUrl | None) -> SecretUrl | None:
 
 class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
-    # SASL / TLS pass through to every client (librdkafka and aiokafka names differ; see streams.kafka_config).
+    # SASL / TLS pass through to every client (librdkafka and aiokafka names differ; see streams.kafka).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -55,9 +55,10 @@ class KafkaSettings(BaseModel):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     group_id: str = "mmcl-worker"
-    session_timeout_s: float = Field(6.0, gt=0, le=300)  # short: a group join takes about half of it (quick rebalances)
-    heartbeat_interval_s: float = Field(0.3, gt=0)
-    fetch_max_wait_ms: int = Field(50, ge=1, le=30_000)  # each hop costs up to this on a broker that answers fetches late
+    # Apache Kafka's own client defaults; the local profile (streams.local.runtime) applies the embedded broker's
+    session_timeout_s: float = Field(45.0, gt=0, le=300)  # a dead worker's partitions move after this long
+    heartbeat_interval_s: float = Field(3.0, gt=0)
+    fetch_max_wait_ms: int = Field(500, ge=1, le=30_000)  # Kafka answers a fetch as soon as data arrives, before this
     commit_interval_s: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
@@ -289,6 +290,9 @@ class Settings(BaseSettings):
     alert: AlertSettings = AlertSettings()
     policy: PolicySettings = PolicySettings()
     limits: LimitSettings = LimitSettings()
+    # configured: the endpoints above, as they are (production). local: the embedded broker and Redis `mmcl up`
+    # recorded in state_dir, with their client timings and the demo's model (development; also `mmcl --local`).
+    runtime: Literal["configured", "local"] = "configured"
     state_dir: Path = Path(".mmcl")  # embedded broker / Redis data, logs, the demo's model
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

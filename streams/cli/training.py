@@ -1,23 +1,20 @@
-"""The `mmcl` command line: train, evaluate, data synth | convert | inspect. Errors print one line, never a traceback."""
+"""`mmcl train`, `mmcl evaluate` and `mmcl data synth | convert | inspect | build`: the model tools."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from mmcl.config import MODALITIES, ModelConfig, TaskConfig, TaskKind, TrainConfig
-from mmcl.errors import ConfigError, DataFormatError, MMCLError
+from mmcl.errors import ConfigError, DataFormatError
 
 if TYPE_CHECKING:
     from mmcl.data import Dataset
 
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+EXIT_INTERRUPTED = 130
 # `mmcl train` options that override a ModelConfig / TrainConfig field of the same name (None: keep the preset)
 MODEL_OPTIONS = ("seq_len", "d_model", "ff_dim")
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "seed", "modality_dropout", "aux_weight", "early_stop_patience")
@@ -42,15 +39,9 @@ def _modalities(text: str) -> tuple[str, ...]:
     return mods
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmcl", description="MMCL multimodal sentiment: train, evaluate, data tools.")
-    add_model_commands(p.add_subparsers(dest="command", required=True))
-    return p
-
-
-def add_model_commands(sub: Any) -> None:
-    """train, evaluate, data: also part of the service's `mmcl` command (streams.cli)."""
-    t = sub.add_parser("train", help="train MMCL or the late-fusion baseline on a dataset file (.npz)")
+def register(commands: Any) -> None:
+    """Add train, evaluate and data to the `mmcl` command."""
+    t = commands.add_parser("train", help="train MMCL or the late-fusion baseline on a dataset file (.npz)")
     t.add_argument("--data", required=True, type=Path, help="dataset .npz (from `mmcl data synth|convert`)")
     t.add_argument("--out", type=Path, default=Path("runs/latest"), help="run directory (checkpoint in OUT/best)")
     t.add_argument("--preset", choices=["reference", "quick"], default="reference")
@@ -67,14 +58,18 @@ def add_model_commands(sub: Any) -> None:
                    help="record which extractor made each modality's features in the checkpoint")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(handler=cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")
+    e = commands.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")
     e.add_argument("--checkpoint", required=True, type=Path)
     e.add_argument("--data", required=True, type=Path)
     e.add_argument("--split", choices=["train", "valid", "test"], default="test")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.set_defaults(handler=cmd_evaluate)
 
-    d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    data = commands.add_parser("data", help="dataset tools")
+    data.set_defaults(handler=cmd_data)
+    d = data.add_subparsers(dest="data_command", required=True)
     s = d.add_parser("synth", help="write a synthetic MOSI-shaped dataset")
     s.add_argument("--out", type=Path, default=Path("data/synth.npz"))
     s.add_argument("--sizes", type=_int_triple, default=(1284, 229, 686), help="train,valid,test")
@@ -243,32 +238,3 @@ def _data_build(a: argparse.Namespace) -> int:
     for utt, why in report.failed:
         print(f"  skipped {utt}: {why}", file=sys.stderr)
     return 0
-
-
-HANDLERS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_handler(HANDLERS[args.command], args)
-
-
-def run_handler(handler: Any, args: argparse.Namespace) -> int:
-    """Run a command; every expected failure is one line on stderr and exit code 1, Ctrl-C is 130."""
-    try:
-        return int(handler(args))
-    except MMCLError as e:
-        print(f"mmcl: error: {e}", file=sys.stderr)
-    except ValidationError as e:
-        err = e.errors()[0]
-        print(f"mmcl: error: invalid option {'.'.join(map(str, err['loc'])) or ''}: {err['msg']}", file=sys.stderr)
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        print(f"mmcl: error: {e.strerror}: {e.filename}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("mmcl: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,8 +13,8 @@ import numpy as np
 from mmcl.config import TaskKind
 from mmcl.errors import ConfigError, MMCLError
 from mmcl.predictor import Predictor
+from streams.learning.registry import DirRegistry, RedisRegistry, Registry, RegistryError
 from streams.messages import ModelAnnouncement, now_ms
-from streams.registry import DirRegistry, RedisRegistry, Registry, RegistryError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def open_registry(s: Settings) -> Registry:
     if r.backend == "redis":
         import redis
 
-        from streams.redis_store import redis_kwargs
+        from streams.sinks.redis_store import redis_kwargs
 
         kw = {**redis_kwargs(s.redis), "decode_responses": False}
         client = redis.Redis.from_url((r.redis_url or s.redis.url).get_secret_value(), **kw)

@@ -11,153 +11,32 @@ run is recorded, whatever its outcome; a failed or losing run changes nothing.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import math
-import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from pydantic import ValidationError
 
 from mmcl.checkpoint import Checkpoint, load_checkpoint
-from mmcl.config import MODALITIES, TrainConfig
-from mmcl.data.dataset import Dataset, Split
+from mmcl.config import TrainConfig
+from mmcl.data.dataset import Dataset
 from mmcl.data.tensors import to_tensors
 from mmcl.errors import ConfigError, MMCLError
 from mmcl.evaluate import evaluate
-from mmcl.sequence import resample_mean
 from mmcl.train import train
-from streams.decode import Reason
+from streams.learning.follower import announce
+from streams.learning.gate import LOWER_IS_BETTER, all_finite, split_by_time, to_split
+from streams.learning.registry import Registry, RegistryError
+from streams.learning.store import TrainingStore
+from streams.learning.trainer_metrics import TrainerMetrics
 from streams.messages import FeedbackLabel, JoinedFeatures, now_ms
-from streams.models import announce
-from streams.registry import Registry, RegistryError
-from streams.settings import WIRE_MODALITIES, Settings, model_modality
-from streams.training_store import Example, TrainingStore
+from streams.settings import Settings
+from streams.sinks.deadletter import Reason
 
 log = logging.getLogger("mmcl.trainer")
-LOWER_IS_BETTER = {"mae"}
-
-
-class TrainerMetrics:
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.labels = Counter("mmcl_feedback_labels", "Feedback labels by result: received, matched, unmatched, "
-                              "replaced, invalid", ["result"], registry=r)
-        self.features = Counter("mmcl_trainer_joined_features", "Joined features stored", registry=r)
-        self.training_set = Gauge("mmcl_training_set_size", "Labelled examples with features", registry=r)
-        self.runs = Counter("mmcl_training_runs", "Retraining runs by outcome: promoted, rejected, failed",
-                            ["outcome"], registry=r)
-        self.run_seconds = Histogram("mmcl_training_run_seconds", "Duration of a retraining run",
-                                     buckets=(1, 5, 15, 60, 300, 900, 3600, 14400), registry=r)
-        self.evaluation = Gauge("mmcl_training_evaluation", "Held-out metrics of the last run",
-                                ["model", "metric"], registry=r)
-        self.current = Info("mmcl_trainer_model", "The current model version", registry=r)
-        self.training = Gauge("mmcl_training_in_progress", "1 while a run trains", registry=r)
-        self.last_check = Gauge("mmcl_trainer_last_check_timestamp_seconds",
-                                "When the trainer last committed its store and checked whether a run is due", registry=r)
-
-
-class SingleInstance:
-    """One active trainer per state folder: a second one refuses with the holder's pid."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._f = path.open("a+")
-
-    def acquire(self) -> None:
-        try:
-            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._f.seek(0)
-            holder = self._f.read().strip() or "unknown"
-            raise ConfigError(f"another trainer is active on {self.path.parent} ({holder}); "
-                              "only one may run: stop it first") from None
-        self._f.seek(0)
-        self._f.truncate()
-        self._f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        self._f.flush()
-
-    def release(self) -> None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._f, fcntl.LOCK_UN)
-        self._f.close()
-
-
-class RedisLease:
-    """One active trainer across machines (registry in Redis): a key held with a TTL and renewed while alive."""
-
-    RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-    RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-    def __init__(self, client: Any, key: str, ttl_s: float = 30.0) -> None:
-        self.r, self.key, self.ttl_ms = client, key, int(ttl_s * 1000)
-        self.token = f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-
-    def acquire(self) -> None:
-        if not self.r.set(self.key, self.token, nx=True, px=self.ttl_ms):
-            holder = self.r.get(self.key)
-            holder = holder.decode() if isinstance(holder, bytes) else holder
-            raise ConfigError(f"another trainer is active ({holder}); only one may run: stop it first")
-        threading.Thread(target=self._renew, name="mmcl-trainer-lease", daemon=True).start()
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.ttl_ms / 3000):
-            try:
-                ok = self.r.eval(self.RENEW, 1, self.key, self.token, self.ttl_ms)
-            except Exception as e:  # Redis away: the lease may lapse; say so and let the trainer stop
-                log.error("cannot renew the trainer lease: %s", e)
-                ok = 0
-            if not ok:
-                self.lost.set()
-                return
-
-    def release(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(Exception):
-            self.r.eval(self.RELEASE, 1, self.key, self.token)
-
-
-def split_by_time(examples: list[Example], holdout_frac: float, valid_frac: float
-                  ) -> tuple[list[Example], list[Example], list[Example]]:
-    """Oldest labels train, the next ones pick the epoch, the newest are held out for the gate."""
-    n = len(examples)
-    n_hold = max(1, math.ceil(n * holdout_frac))
-    rest = examples[: n - n_hold]
-    n_valid = max(1, math.ceil(len(rest) * valid_frac))
-    return rest[: len(rest) - n_valid], rest[len(rest) - n_valid:], examples[n - n_hold:]
-
-
-def to_split(examples: list[Example], dims: tuple[int, int, int], seq_len: int) -> Split:
-    feats, lengths = {}, {}
-    for w, dim in zip(WIRE_MODALITIES, dims, strict=True):
-        m = model_modality(w)
-        x = np.zeros((len(examples), seq_len, dim), np.float32)
-        ln = np.zeros(len(examples), np.int64)
-        for i, ex in enumerate(examples):
-            arr = ex.arrays.get(w)
-            if arr is None or arr.shape[0] == 0:
-                continue
-            if arr.shape[0] > seq_len:
-                arr = resample_mean(arr, seq_len)
-            x[i, : arr.shape[0]], ln[i] = arr, arr.shape[0]
-        feats[m], lengths[m] = x, ln
-    return Split(feats, lengths, {m: "right" for m in MODALITIES}, np.array([e.label for e in examples], np.float32),
-                 np.array([e.utterance_id for e in examples]))
-
-
-def all_finite(ckpt: Checkpoint) -> bool:
-    return all(bool(p.detach().isfinite().all()) for p in ckpt.model.parameters())
 
 
 class Trainer:
@@ -322,131 +201,3 @@ class Trainer:
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
-
-
-def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
-    """The ingestion loop: joined features and labels into the store; offsets committed after the store."""
-    from confluent_kafka import Consumer, KafkaException, Producer
-
-    from streams.deadletter import Origin, dead_letter
-    from streams.kafka import consumer_config, producer_config, record_limits
-
-    limit = record_limits(s.limits.max_message_bytes).dead_letter
-    c = Consumer(consumer_config(s.kafka, s.trainer.group_id))
-    p = Producer(producer_config(s.kafka, max_record_bytes=limit))
-
-    def send_dead_letter(key: bytes | None, raw: bytes, headers: list[tuple[str, bytes]], origin: Origin, reason: Reason,
-                         error: str) -> None:
-        rec, _ = dead_letter(s.topics.dlq, key, raw, headers, origin, reason.value, "feedback", error, limit)
-        p.produce(rec.topic, rec.value, key=rec.key, headers=rec.headers)
-
-    c.subscribe([s.topics.joined, s.topics.feedback])
-    last_house = time.monotonic()
-    dirty = False
-    try:
-        while not stop.is_set():
-            msg = c.poll(0.2)
-            if msg is not None and msg.error() is None:
-                headers = list(msg.headers() or [])
-                if msg.topic() == s.topics.joined:
-                    trainer.on_joined(msg.value() or b"")
-                else:
-                    src_headers = [*headers, ("mmcl.source_topic", msg.topic().encode()),
-                                   ("mmcl.source_partition", str(msg.partition()).encode()),
-                                   ("mmcl.source_offset", str(msg.offset()).encode())]
-                    bad = trainer.on_label(msg.value() or b"", src_headers)
-                    if bad is not None:
-                        send_dead_letter(msg.key(), msg.value() or b"", headers,
-                                         Origin(msg.topic(), msg.partition(), msg.offset()), *bad)
-                dirty = True
-            if time.monotonic() - last_house >= 1.0:
-                last_house = time.monotonic()
-                for _utt, raw, hdrs in trainer.housekeeping():
-                    base = [h for h in hdrs if not h[0].startswith("mmcl.source_")]
-                    info = {k: v.decode() for k, v in hdrs if k.startswith("mmcl.source_")}
-                    origin = Origin(info.get("mmcl.source_topic", s.topics.feedback),
-                                    int(info.get("mmcl.source_partition", -1)), int(info.get("mmcl.source_offset", -1)))
-                    send_dead_letter(None, raw, base, origin, Reason.UNMATCHED,
-                                     f"no joined features within {s.trainer.match_grace_s:g} s (never seen, or expired)")
-                if p.flush(30) != 0:
-                    raise ConfigError("could not write to the dead-letter topic")
-                if dirty:
-                    with contextlib.suppress(KafkaException):  # nothing consumed since the last commit
-                        c.commit(asynchronous=False)
-                    dirty = False
-                why = trainer.due()
-                if why:
-                    log.info("retraining: %s", why)
-                    trainer.start_run(why)
-                trainer.metrics.last_check.set(time.time())
-    finally:
-        c.close()
-
-
-@contextlib.contextmanager
-def single_instance(s: Settings) -> Iterator[threading.Event]:
-    """The state folder's lock, and with the registry in Redis a lease there too (trainers on other machines).
-    Yields an event set if the lease is lost: the trainer must stop then."""
-    lock = SingleInstance(s.state_dir / "trainer" / "trainer.lock")
-    lock.acquire()
-    lease = None
-    try:
-        if s.registry.backend == "redis":
-            import redis
-
-            from streams.redis_store import redis_kwargs
-
-            client = redis.Redis.from_url((s.registry.redis_url or s.redis.url).get_secret_value(), **redis_kwargs(s.redis))
-            lease = RedisLease(client, f"{s.registry.prefix}:trainer-lease")
-            lease.acquire()
-        yield lease.lost if lease else threading.Event()
-    finally:
-        if lease is not None:
-            lease.release()
-        lock.release()
-
-
-def run_trainer(s: Settings) -> int:
-    import asyncio
-    import signal
-
-    import torch
-
-    from streams.kafka import ensure_topics
-    from streams.models import open_registry
-
-    logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # a run trains for minutes next to workers that answer in milliseconds: fewer threads, lower priority
-    torch.set_num_threads(s.trainer.threads)
-    os.nice(s.trainer.nice)
-    with single_instance(s) as lost:
-        ensure_topics(s.kafka, s.topics, max_message_bytes=s.limits.max_message_bytes)
-        trainer = Trainer(s, open_registry(s))
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        threading.Thread(target=lambda: (lost.wait(), stop.set()), daemon=True).start()
-        loop = asyncio.new_event_loop()
-        threading.Thread(target=_serve_metrics, args=(loop, trainer, s), daemon=True).start()
-        log.info("trainer up: %d labelled examples; metrics on http://%s:%d/metrics", trainer.store.size(),
-                 s.metrics.host, s.trainer.metrics_port)
-        try:
-            consume(s, trainer, stop)
-        finally:
-            trainer.join(timeout=5)  # a run in progress is abandoned: it changed nothing yet
-            trainer.store.close()
-    return 0
-
-
-def _serve_metrics(loop: Any, trainer: Trainer, s: Settings) -> None:
-    import asyncio
-
-    from streams.http import start_http
-
-    asyncio.set_event_loop(loop)
-
-    def status() -> dict[str, Any]:
-        return {"ready": True, "training_set": trainer.store.size(), "training": trainer.training}
-
-    loop.run_until_complete(start_http(trainer.metrics, status, s.metrics.host, s.trainer.metrics_port))  # type: ignore[arg-type]
-    loop.run_forever()

@@ -3,8 +3,6 @@ the worker, a simulated call center, and a live terminal view until Ctrl-C (or -
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -14,17 +12,20 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmcl.data import Dataset, load_dataset, save_dataset
 from mmcl.data.synth import SynthSpec, make_synthetic
 from mmcl.errors import ConfigError
-from streams.embedded import free_port, port_open, stop_pid
-from streams.redis_store import ALERTS, FEED, call_key, sync_client
-from streams.runtime import DEMO_MODEL, up
+from streams.local import simulate
+from streams.local.embedded import RUNTIME_FILE, Service, free_port, load_runtime, port_open, save_runtime, stop_pid
+from streams.local.runtime import DEMO_MODEL, up
+from streams.local.simulate import SimSpec
 from streams.settings import Settings
+from streams.sinks.redis_store import ALERTS, FEED, call_key, sync_client
 
 DEMO_DATA = "demo-data.npz"
 DEMO_TRAINER = {"MMCL_TRAINER__RETRAIN_AFTER_LABELS": "300", "MMCL_TRAINER__MIN_EXAMPLES": "100"}
@@ -166,108 +167,154 @@ def render(s: Settings, client: Any, sc: Scrape, rate: float, sent: int, elapsed
     return "\n".join(lines)
 
 
-def run_demo(s: Settings, a: argparse.Namespace) -> int:
-    from streams import simulate
-    from streams.cli import sim_spec
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `mmcl demo` was asked for."""
 
+    spec: SimSpec  # the simulated call center
+    checkpoint: Path | None = None  # the model to serve (default: the demo's own, trained once)
+    duration_s: float | None = None  # stop after this long (default: at Ctrl-C)
+    keep: bool = False  # leave the embedded broker and Redis running afterwards
+    trainer: bool = True  # run the trainer beside the worker
+
+
+@dataclass
+class _Running:
+    """What the demo started, so that it can stop all of it."""
+
+    started: dict[str, Service] = field(default_factory=dict)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    producer: threading.Thread | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> int:
+    """The whole demo; stops everything it started, also on Ctrl-C or an error."""
     t_start = time.monotonic()
     print("starting the embedded broker and Redis where needed ...")
-    res = up(s)
-    s = res.settings
-    started = dict(res.started)
-    worker: subprocess.Popen[bytes] | None = None
-    trainer: subprocess.Popen[bytes] | None = None
-    trainer_port: int | None = None
-    stop = threading.Event()
-    producer: threading.Thread | None = None
+    res = up(settings)
+    settings = res.settings
+    running = _Running(started=dict(res.started))
     try:
-        checkpoint = a.checkpoint or demo_model(s.state_dir)
-        split = demo_dataset(s.state_dir).splits["test"]
-        port = s.metrics.port if not port_open("127.0.0.1", s.metrics.port, 0.2) else free_port()
-        env = {**os.environ, "MMCL_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
-               "MMCL_REDIS__URL": s.redis.url.get_secret_value(), "MMCL_MODEL__CHECKPOINT": str(checkpoint),
-               "MMCL_METRICS__PORT": str(port),
-               "MMCL_STATE_DIR": str(s.state_dir)}
-        log_path = s.state_dir / "logs" / "worker.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as logf:
-            worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=logf,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        checkpoint = options.checkpoint or demo_model(settings.state_dir)
+        port = settings.metrics.port if not port_open("127.0.0.1", settings.metrics.port, 0.2) else free_port()
+        # the children follow the local profile `up` just recorded
+        env = {**os.environ, "MMCL_RUNTIME": "local", "MMCL_MODEL__CHECKPOINT": str(checkpoint),
+               "MMCL_METRICS__PORT": str(port), "MMCL_STATE_DIR": str(settings.state_dir)}
+        worker, log_path = _spawn_logged(settings, "worker", env, running)
         print(f"worker starting (log {log_path}) ...")
         wait_ready(port, worker, 90)
-        if not a.no_trainer:
-            trainer_port = free_port()
-            tenv = {**env, "MMCL_TRAINER__METRICS_PORT": str(trainer_port), "MMCL_TRAINER__EPOCHS": "4",
-                    "MMCL_TRAINER__ACT_REWARD": "false", "MMCL_TRAINER__MATCH_GRACE_S": "30",
-                    **{k: v for k, v in DEMO_TRAINER.items() if k not in os.environ}}
-            tlog = s.state_dir / "logs" / "trainer.log"
-            with tlog.open("ab") as logf:
-                trainer = subprocess.Popen([sys.executable, "-m", "streams.cli", "trainer"], env=tenv, stdout=logf,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            print(f"trainer starting (log {tlog}): retrains after {tenv['MMCL_TRAINER__RETRAIN_AFTER_LABELS']} labels")
-        if a.limit is None:
-            a.limit = 10**9  # the split's utterances over and over (new ids each time) until Ctrl-C / --duration
-        spec = dataclasses.replace(sim_spec(a, run_id=f"d{int(time.time()) % 100000}-"), record_sent=False)
+        trainer_port = _start_trainer(settings, env, running) if options.trainer else None
         stats_box: dict[str, Any] = {}
-        sim_stats = simulate.SimStats()
+        split = demo_dataset(settings.state_dir).splits["test"]
 
         def produce() -> None:
-            stats_box["stats"] = simulate.run(s, split, spec, stop, on_progress=lambda st: stats_box.update(live=st))
+            stats_box["stats"] = simulate.run(settings, split, options.spec, running.stop,
+                                              on_progress=lambda st: stats_box.update(live=st))
 
-        producer = threading.Thread(target=produce, name="mmcl-demo-producer", daemon=True)
-        producer.start()
-        client = sync_client(s.redis)
-        tty = sys.stdout.isatty()
-        t0, last_pred, last_t, last_print, rate = time.monotonic(), 0.0, time.monotonic(), 0.0, 0.0
-        end = t0 + a.duration if a.duration else None
-        while (end is None or time.monotonic() < end) and worker.poll() is None:
-            time.sleep(1.0)
-            sc, now = scrape(port, trainer_port), time.monotonic()
-            rate = (sc.predictions - last_pred) / max(now - last_t, 1e-6)
-            last_pred, last_t = sc.predictions, now
-            sent = stats_box.get("live", sim_stats).utterances
-            if tty:
-                sys.stdout.write("\x1b[H\x1b[2J" + render(s, client, sc, rate, sent, now - t0) + "\n\nCtrl-C to stop\n")
-                sys.stdout.flush()
-            elif now - last_print >= 5:
-                last_print = now
-                print(f"{now - t0:5.0f} s: sent {sent}, results {int(sc.predictions)}, {rate:.1f} utt/s, p95 "
-                      f"{'-' if sc.p95_s is None else f'{sc.p95_s * 1000:.0f} ms'}", flush=True)
+        running.producer = threading.Thread(target=produce, name="mmcl-demo-producer", daemon=True)
+        running.producer.start()
+        view = LiveView(settings, port, trainer_port, lambda: stats_box.get("live", simulate.SimStats()).utterances)
+        view.run(options.duration_s, worker)
         if worker.poll() is not None:
             raise ConfigError(f"the worker exited with code {worker.returncode}; see {log_path}")
-        sc = scrape(port, trainer_port)
-        if not tty:  # a log has no live view: leave one snapshot of it
-            print("\n" + render(s, client, sc, rate, stats_box.get("live", sim_stats).utterances, time.monotonic() - t0))
-        print(f"\nresults: {int(sc.predictions)} predictions, p95 latency "
-              f"{'-' if sc.p95_s is None else f'{sc.p95_s * 1000:.0f} ms'}; metrics were on http://127.0.0.1:{port}/metrics")
+        view.summary()
         return 0
     except KeyboardInterrupt:
         print("\nstopping ...")
         return 0
     finally:
-        stop.set()
-        if producer is not None:
-            producer.join(30)
-        for proc in (trainer, worker):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        if not a.keep:
-            for svc in started.values():
-                stop_pid(svc.pid)
-            if started:
-                from streams.embedded import RUNTIME_FILE, load_runtime, save_runtime
+        _stop_all(settings, running, options.keep)
+        print(f"demo stopped after {time.monotonic() - t_start:.0f} s"
+              + (" (broker and Redis left running: mmcl down)" if options.keep and running.started else ""))
 
-                left = {k: v for k, v in load_runtime(s.state_dir).items() if k not in started}
-                if left:
-                    save_runtime(s.state_dir, left)
-                else:
-                    (s.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
-        print(f"demo stopped after {time.monotonic() - t_start:.0f} s" + (" (broker and Redis left running: mmcl down)"
-                                                                          if a.keep and started else ""))
+
+def _spawn_logged(settings: Settings, command: str, env: dict[str, str],
+                  running: _Running) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = settings.state_dir / "logs" / f"{command}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", command], env=env, stdout=logf,  # noqa: S603
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    running.processes.append(proc)
+    return proc, log_path
+
+
+def _start_trainer(settings: Settings, env: dict[str, str], running: _Running) -> int:
+    """Start the trainer with the demo's quick settings. -> its metrics port."""
+    trainer_port = free_port()
+    tenv = {**env, "MMCL_TRAINER__METRICS_PORT": str(trainer_port), "MMCL_TRAINER__EPOCHS": "4",
+            "MMCL_TRAINER__ACT_REWARD": "false", "MMCL_TRAINER__MATCH_GRACE_S": "30",
+            **{k: v for k, v in DEMO_TRAINER.items() if k not in os.environ}}
+    _, log_path = _spawn_logged(settings, "trainer", tenv, running)
+    print(f"trainer starting (log {log_path}): retrains after {tenv['MMCL_TRAINER__RETRAIN_AFTER_LABELS']} labels")
+    return trainer_port
+
+
+def _stop_all(settings: Settings, running: _Running, keep: bool) -> None:
+    running.stop.set()
+    if running.producer is not None:
+        running.producer.join(30)
+    for proc in reversed(running.processes):  # the trainer first, then the worker
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if keep or not running.started:
+        return
+    for svc in running.started.values():
+        stop_pid(svc.pid)
+    left = {k: v for k, v in load_runtime(settings.state_dir).items() if k not in running.started}
+    if left:
+        save_runtime(settings.state_dir, left)
+    else:
+        (settings.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
+
+
+class LiveView:
+    """The demo's terminal view, refreshed every second from Redis and the worker's and trainer's /metrics."""
+
+    def __init__(self, settings: Settings, port: int, trainer_port: int | None, sent: Callable[[], int]) -> None:
+        self.settings, self.port, self.trainer_port, self.sent = settings, port, trainer_port, sent
+        self.client = sync_client(settings.redis)
+        self.t0 = time.monotonic()
+        self.rate = 0.0
+
+    def run(self, duration_s: float | None, worker: subprocess.Popen[bytes]) -> None:
+        """Refresh until `duration_s` passes or the worker exits."""
+        tty = sys.stdout.isatty()
+        last_pred, last_t, last_print = 0.0, time.monotonic(), 0.0
+        end = self.t0 + duration_s if duration_s else None
+        while (end is None or time.monotonic() < end) and worker.poll() is None:
+            time.sleep(1.0)
+            sc, now = scrape(self.port, self.trainer_port), time.monotonic()
+            self.rate = (sc.predictions - last_pred) / max(now - last_t, 1e-6)
+            last_pred, last_t = sc.predictions, now
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J" + self.render(sc, now) + "\n\nCtrl-C to stop\n")
+                sys.stdout.flush()
+            elif now - last_print >= 5:
+                last_print = now
+                print(f"{now - self.t0:5.0f} s: sent {self.sent()}, results {int(sc.predictions)}, {self.rate:.1f} "
+                      f"utt/s, p95 {_ms(sc.p95_s)}", flush=True)
+
+    def render(self, sc: Scrape, now: float) -> str:
+        """One screen of the view."""
+        return render(self.settings, self.client, sc, self.rate, self.sent(), now - self.t0)
+
+    def summary(self) -> None:
+        """The last numbers (and, in a log that had no live view, one snapshot of it)."""
+        sc = scrape(self.port, self.trainer_port)
+        if not sys.stdout.isatty():
+            print("\n" + self.render(sc, time.monotonic()))
+        print(f"\nresults: {int(sc.predictions)} predictions, p95 latency {_ms(sc.p95_s)}; metrics were on "
+              f"http://127.0.0.1:{self.port}/metrics")
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], deadline_s: float) -> None:

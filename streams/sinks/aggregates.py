@@ -1,19 +1,21 @@
-"""Per-call aggregates: the reference fold in Python. streams/lua/write_utterance.lua does the same in Redis.
+"""The rule of a call's aggregates and alerts, as streams/sinks/lua/write_utterance.lua applies it in Redis.
 
-Order is the order results are written (the call's timeline stream), so a fold over the timeline reproduces the
-call hash exactly; tests check that. Fields, for the call ("all") and per speaker role ("customer:count", ...):
-count, sum, mean, min, max, last, ewma; per role also start_mean (first k), recent_mean (last k),
-shift = recent_mean - start_mean, neg (last m negatives as a 0/1 string) and alert (1 while raised).
+Fields, for the call ("all") and per speaker role ("customer:count", ...): count, sum, mean, min, max, last, ewma;
+per role also start_mean (first k), recent_mean (last k), shift = recent_mean - start_mean, neg (last m negatives
+as a 0/1 string) and alert (1 while raised). The tests hold a Python fold of the same rule as their oracle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
+
+from streams.settings import Settings
 
 
 @dataclass(frozen=True)
 class AggregateRule:
+    """The parameters of the aggregates and the alert rule, passed to the Redis script with every write."""
+
     ewma_alpha: float
     shift_window: int
     alert_roles: tuple[str, ...]
@@ -23,51 +25,12 @@ class AggregateRule:
 
     @property
     def name(self) -> str:
+        """The alert rule in words, as an Alert message names it."""
         return f"negative (< {self.negative_below:g}) in {self.n} of the last {self.m}"
 
 
-def fold(entries: Iterable[tuple[str, float]], rule: AggregateRule) -> tuple[dict[str, float | str], list[int]]:
-    """(speaker, score) in write order -> (call hash as Redis would hold it, indices of entries that raised an alert)."""
-    h: dict[str, float | str] = {}
-    alerts: list[int] = []
-    for i, (speaker, score) in enumerate(entries):
-        for p in ("all", speaker):
-            _update(h, p, score, rule.ewma_alpha)
-        start_n = int(h.get(f"{speaker}:start_n", 0))
-        if start_n < rule.shift_window:
-            h[f"{speaker}:start_n"] = start_n + 1
-            h[f"{speaker}:start_sum"] = float(h.get(f"{speaker}:start_sum", 0.0)) + score
-        recent = _floats(h.get(f"{speaker}:recent", ""))[-(rule.shift_window - 1):] if rule.shift_window > 1 else []
-        recent.append(score)
-        h[f"{speaker}:recent"] = ",".join(_fmt(x) for x in recent)
-        start_mean = float(h[f"{speaker}:start_sum"]) / int(h[f"{speaker}:start_n"])
-        recent_mean = sum(recent) / len(recent)
-        h[f"{speaker}:start_mean"], h[f"{speaker}:recent_mean"] = start_mean, recent_mean
-        h[f"{speaker}:shift"] = recent_mean - start_mean
-        neg = (str(h.get(f"{speaker}:neg", "")) + ("1" if score < rule.negative_below else "0"))[-rule.m:]
-        h[f"{speaker}:neg"] = neg
-        if speaker in rule.alert_roles:
-            hot = len(neg) >= rule.n and neg.count("1") >= rule.n
-            if hot and h.get(f"{speaker}:alert", "0") != "1":
-                alerts.append(i)
-                h[f"{speaker}:alerts"] = int(h.get(f"{speaker}:alerts", 0)) + 1
-            h[f"{speaker}:alert"] = "1" if hot else "0"
-    return h, alerts
-
-
-def _update(h: dict[str, float | str], p: str, score: float, alpha: float) -> None:
-    n = int(h.get(f"{p}:count", 0)) + 1
-    s = float(h.get(f"{p}:sum", 0.0)) + score
-    h[f"{p}:count"], h[f"{p}:sum"], h[f"{p}:mean"] = n, s, s / n
-    h[f"{p}:min"] = min(float(h.get(f"{p}:min", score)), score)
-    h[f"{p}:max"] = max(float(h.get(f"{p}:max", score)), score)
-    h[f"{p}:last"] = score
-    h[f"{p}:ewma"] = score if n == 1 else alpha * score + (1 - alpha) * float(h[f"{p}:ewma"])
-
-
-def _floats(text: str | float) -> list[float]:
-    return [float(x) for x in str(text).split(",") if x]
-
-
-def _fmt(x: float) -> str:
-    return repr(float(x))
+def aggregate_rule(settings: Settings) -> AggregateRule:
+    """The rule the settings (MMCL_OUTPUT__*, MMCL_ALERT__*) describe."""
+    alert = settings.alert
+    return AggregateRule(settings.output.ewma_alpha, settings.output.shift_window, tuple(alert.roles),
+                         alert.negative_below, alert.n, alert.m)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from enum import StrEnum
 
 from streams.kafka import record_size
 
@@ -18,6 +19,27 @@ Headers = list[tuple[str, bytes]]
 OURS = "mmcl."
 FOREIGN = "producer."  # prefix for a producer's own headers that use ours
 ERROR_BYTES = 1000  # an error text longer than this is cut: it is for people, and it counts against the limit
+
+
+class Reason(StrEnum):
+    """Dead-letter reasons: a closed set, so the metric's label values stay bounded."""
+
+    OVERSIZE = "oversize"
+    NOT_JSON = "not_json"
+    SCHEMA = "schema"
+    BAD_ID = "bad_id"
+    UNKNOWN_MODALITY = "unknown_modality"
+    MODALITY_MISMATCH = "modality_mismatch"
+    DIMS = "dims"
+    NON_FINITE = "non_finite"
+    PROFILE_MISMATCH = "profile_mismatch"
+    INCOMPLETE = "incomplete"
+    LATE = "late"
+    SPEAKER_CONFLICT = "speaker_conflict"
+    INFERENCE_ERROR = "inference_error"
+    UNWRITABLE = "unwritable"
+    INVALID_LABEL = "invalid_label"
+    UNMATCHED = "unmatched"
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from streams.deadletter import OutRecord
 from streams.errors import ServiceError, TransientError, from_kafka_error
 from streams.kafka import producer_config
 from streams.settings import KafkaSettings
+from streams.sinks.deadletter import OutRecord
 
 log = logging.getLogger(__name__)
 Outcome = ServiceError | None  # None: the broker acknowledged the record

@@ -3,6 +3,7 @@ U = utterance id; the braces are a Redis Cluster hash tag so one call's keys sha
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from dataclasses import dataclass
@@ -12,13 +13,18 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from streams.aggregates import AggregateRule
 from streams.errors import ServiceError, SinkRefused, classify, from_redis_error
 from streams.messages import Prediction
 from streams.settings import OutputSettings, RedisSettings
+from streams.sinks.aggregates import AggregateRule
 
 FEED, ALERTS = "mmcl:feed", "mmcl:alerts"
-WRITE_UTTERANCE = files("streams").joinpath("lua/write_utterance.lua").read_text()
+
+
+@functools.cache
+def write_script() -> str:
+    """The Lua script that writes one utterance's result (read once, on first use)."""
+    return files("streams.sinks").joinpath("lua/write_utterance.lua").read_text()
 
 
 def utt_key(c: str, u: str) -> str:
@@ -105,7 +111,7 @@ class ResultWriter:
 
     def __init__(self, client: aioredis.Redis, out: OutputSettings, rule: AggregateRule) -> None:
         self.client, self.out, self.rule = client, out, rule
-        self.script = client.register_script(WRITE_UTTERANCE)
+        self.script = client.register_script(write_script())
 
     async def write(self, preds: list[Prediction], now_ms: int) -> list[Written | ServiceError]:
         """-> per prediction: what happened, or why it was not written (a script error for that utterance, e.g. a
@@ -156,7 +162,7 @@ def check_access(client: redis.Redis, out: OutputSettings, rule: AggregateRule) 
     p = Prediction(utterance_id="u", call_id=probe, speaker="unknown", score=0.0, label="neutral", modalities=["text"],
                    model_version="probe", latency_ms=0.0, produced_at=0, predicted_at=0)
     try:
-        client.register_script(WRITE_UTTERANCE)(
+        client.register_script(write_script())(
             keys=keys, args=[json.dumps(hash_fields(p)), "0.0", p.speaker, 60, 60, 10, 10, 10, repr(out.ewma_alpha),
                              out.shift_window, "0", repr(rule.negative_below), rule.n, rule.m, 0, rule.name])
         client.delete(*keys)

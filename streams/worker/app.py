@@ -24,8 +24,9 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.kafka import ssl_context
-from streams.pipeline import Pipeline, Source
 from streams.settings import Settings
+from streams.worker.pipeline import Pipeline
+from streams.worker.records import Source
 
 log = logging.getLogger(__name__)
 

@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 from pydantic import ValidationError
 
+from mmcl.predictor import Predictor
 from streams.messages import FeatureMessage
-from streams.settings import WIRE_MODALITIES, LimitSettings
-
-
-class Reason(StrEnum):
-    """Dead-letter reasons: a closed set, so the metric's label values stay bounded."""
-
-    OVERSIZE = "oversize"
-    NOT_JSON = "not_json"
-    SCHEMA = "schema"
-    BAD_ID = "bad_id"
-    UNKNOWN_MODALITY = "unknown_modality"
-    MODALITY_MISMATCH = "modality_mismatch"
-    DIMS = "dims"
-    NON_FINITE = "non_finite"
-    PROFILE_MISMATCH = "profile_mismatch"
-    INCOMPLETE = "incomplete"
-    LATE = "late"
-    SPEAKER_CONFLICT = "speaker_conflict"
-    INFERENCE_ERROR = "inference_error"
-    UNWRITABLE = "unwritable"
-    INVALID_LABEL = "invalid_label"
-    UNMATCHED = "unmatched"
+from streams.settings import WIRE_MODALITIES, LimitSettings, model_modality
+from streams.sinks.deadletter import Reason
 
 
 @dataclass(frozen=True)
@@ -109,3 +89,10 @@ def _schema_rejection(e: ValidationError) -> Rejection:
             return Rejection(Reason.BAD_ID, f"{err['loc'][0]}: {err['msg']}"[:200])
     where = ".".join(str(p) for p in first["loc"])
     return Rejection(Reason.SCHEMA, f"{where}: {first['msg']}"[:200])
+
+
+def profile_of(predictor: Predictor) -> ModelProfile:
+    dims = dict(zip(WIRE_MODALITIES, predictor.input_dims, strict=True))
+    ids = predictor.checkpoint.profile.extractor_ids
+    extractor_ids = {w: ids[k] for w in WIRE_MODALITIES for k in (w, model_modality(w)) if k in ids}
+    return ModelProfile(dims, extractor_ids)

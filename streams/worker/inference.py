@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmcl.predictor import PredictionBatch, Predictor
-from streams.batching import STOP, collect_batch
-from streams.join import Joined
 from streams.settings import model_modality
+from streams.worker.batching import STOP, collect_batch
+from streams.worker.join import Joined
 
 log = logging.getLogger(__name__)
 

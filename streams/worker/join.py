@@ -12,7 +12,7 @@ quiet for the timeout while the utterance waited at least as long. Deciding on a
 whole backlogs as incomplete whenever the worker is behind (after a restart, a burst, an outage), because the
 three topics are not read at the same pace. `clock` is live time: the worker stops it while it is not taking
 messages (back-pressure, a rebalance), so a pause does not make partitions look quiet. Producer clocks are kept
-honest by streams.event_time, and `max_wait_s` of live time decides any utterance whatever the clocks say.
+honest by streams.worker.event_time, and `max_wait_s` of live time decides any utterance whatever the clocks say.
 
 A part whose utterance was already emitted is `redelivered` when its modality was used (a re-read after a
 rebalance or restart, a producer's retry: acknowledged, not dead-lettered) and `late` when it was not. What the
@@ -29,8 +29,9 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.decode import Part, Reason
-from streams.event_time import ClockGuard, Stamped
+from streams.sinks.deadletter import Reason
+from streams.worker.decode import Part
+from streams.worker.event_time import ClockGuard, Stamped
 
 JoinKey = tuple[str, str]
 

@@ -15,58 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from mmcl.predictor import Predictor
-from streams.acks import OrderedAcker
-from streams.aggregates import AggregateRule
-from streams.deadletter import Headers, Origin, OutRecord, dead_letter, stripped
-from streams.decode import ModelProfile, Reason, Rejection, decode_part
 from streams.errors import RecordRefused, ServiceError, ShuttingDown, SinkRefused, TransientError
-from streams.inference import BatchResult, InferenceThread
-from streams.join import Dropped, Ignored, Joined, Joiner, LiveClock, Outcome, Redelivered
 from streams.kafka import RecordLimits
-from streams.messages import SCHEMA_VERSION, Prediction, now_ms
+from streams.messages import Prediction, now_ms
 from streams.metrics import Metrics
-from streams.redis_store import ResultWriter, Written
-from streams.settings import WIRE_MODALITIES, Settings, model_modality
+from streams.settings import WIRE_MODALITIES, Settings
+from streams.sinks.deadletter import Origin, OutRecord, Reason, dead_letter, stripped
+from streams.sinks.redis_store import ResultWriter, Written
+from streams.worker.acks import OrderedAcker
+from streams.worker.decode import Rejection, decode_part, profile_of
+from streams.worker.inference import BatchResult, InferenceThread
+from streams.worker.join import Dropped, Ignored, Joiner, LiveClock, Outcome, Redelivered
+from streams.worker.records import Publisher, Source, joined_record, predictions_of
+from streams.worker.retry import Retry, settle
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Publisher(Protocol):
-    async def send_many(self, records: Sequence[OutRecord]) -> list[ServiceError | None]:
-        """Publish; per record None (acknowledged by the broker) or why not. Never raises for a record."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a part came from: enough to dead-letter it and to ack it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
-    handle: Any  # the consumer's own message/event object, given back to `ack`
-
-    @property
-    def tp(self) -> tuple[str, int]:
-        return (self.topic, self.partition)
-
-
-def profile_of(predictor: Predictor) -> ModelProfile:
-    dims = dict(zip(WIRE_MODALITIES, predictor.input_dims, strict=True))
-    ids = predictor.checkpoint.profile.extractor_ids
-    extractor_ids = {w: ids[k] for w in WIRE_MODALITIES for k in (w, model_modality(w)) if k in ids}
-    return ModelProfile(dims, extractor_ids)
 
 
 class Pipeline:
@@ -75,7 +45,7 @@ class Pipeline:
                  on_fatal: Callable[[str], None] = lambda why: None, clock: Callable[[], float] = time.monotonic,
                  wall_ms: Callable[[], int] = now_ms) -> None:
         # the writer's redis.asyncio client must be made on the loop that uses it, so it is made in start()
-        self.s, self.predictor, self.metrics, self.publisher = settings, predictor, metrics, publisher
+        self.settings, self.predictor, self.metrics, self.publisher = settings, predictor, metrics, publisher
         self.limits = limits
         self._make_writer = make_writer
         self._on_fatal = on_fatal
@@ -98,14 +68,14 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight = 0  # utterances handed to the inference thread and not yet written
         self._idle: asyncio.Event | None = None  # set while _inflight == 0
-        self._abort: asyncio.Event | None = None  # set when a shutdown's grace time is over: writes give up
+        self.abort: asyncio.Event | None = None  # set when a shutdown's grace time is over: writes give up
         self.owned: set[tuple[str, int]] = set()
         self._rebalancing = False
         self.stopping = False
         self.fatal: str | None = None
         self.assigned = False
         self.redis_ok = True
-        self._failing = 0  # writes being retried right now (sink and agent may both be)
+        self.failing = 0  # writes being retried right now (sink and agent may both be)
         self.written = 0  # utterances written (new or re-delivered), for tests and the demo
         self._describe_model(predictor)
 
@@ -122,13 +92,13 @@ class Pipeline:
     # lifecycle -----------------------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._idle, self._abort = asyncio.Event(), asyncio.Event()
+        self._idle, self.abort = asyncio.Event(), asyncio.Event()
         self._idle.set()
         self.writer = self._make_writer()
         self._inference.start()
         self._tasks = [asyncio.create_task(self._sink_loop(), name="mmcl-sink"),
                        asyncio.create_task(self._expire_loop(), name="mmcl-join-deadlines")]
-        self._publish_state()
+        self.publish_state()
 
     def begin_shutdown(self) -> None:
         """Stop taking messages and stop deciding pending utterances (their parts stay unacknowledged: the next
@@ -139,7 +109,7 @@ class Pipeline:
         self.live.pause()  # never resumed: nothing pending may time out while the worker winds down
         for t in self._tasks[1:]:
             t.cancel()
-        self._publish_state()
+        self.publish_state()
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait up to timeout_s for the utterances in flight to be written (and so acked); then abandon the rest and
@@ -157,8 +127,8 @@ class Pipeline:
         return finished
 
     async def stop(self) -> None:
-        if self._abort is not None:
-            self._abort.set()
+        if self.abort is not None:
+            self.abort.set()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -168,7 +138,7 @@ class Pipeline:
 
     @property
     def ready(self) -> bool:
-        return (self.assigned and self.redis_ok and not self._failing and self._loop is not None and not self.stopping
+        return (self.assigned and self.redis_ok and not self.failing and self._loop is not None and not self.stopping
                 and self.fatal is None)
 
     def on_assigned(self, tps: set[tuple[str, int]]) -> None:
@@ -178,7 +148,7 @@ class Pipeline:
             self._rebalancing = False
             self.live.resume()
         self.assigned = True
-        self._publish_state()
+        self.publish_state()
 
     async def on_revoked(self, tps: set[tuple[str, int]], commit: Callable[[], Awaitable[Any]]) -> None:
         """Partitions going to another owner (or coming back re-read from their commit). Utterances in flight get a
@@ -190,7 +160,7 @@ class Pipeline:
             self.live.pause()  # until on_assigned: quiet partitions during a rebalance are not evidence
         if tps and self._idle is not None and not self.stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self.s.worker.shutdown_timeout_s)
+                await asyncio.wait_for(self._idle.wait(), self.settings.worker.shutdown_timeout_s)
             with contextlib.suppress(Exception):  # a failed commit only means more is re-read
                 await commit()
         self.owned -= tps
@@ -219,7 +189,7 @@ class Pipeline:
         modality = self.topic_modality.get(src.topic, "unknown")
         self.metrics.consumed.labels(modality).inc()
         self.metrics.last_event.labels(src.topic).set(time.time())
-        part = decode_part(src.value, modality, self.s.limits, self.profile)
+        part = decode_part(src.value, modality, self.settings.limits, self.profile)
         if isinstance(part, Rejection):
             await self._dead_letter([src], part.reason, "decode", part.error)
             return
@@ -286,7 +256,7 @@ class Pipeline:
             await self._dead_letter(late, Reason.LATE, "join", "part of an utterance whose result was written without it")
 
     async def _expire_loop(self) -> None:
-        tick = min(0.05, self.s.join.timeout_s / 4)
+        tick = min(0.05, self.settings.join.timeout_s / 4)
         try:
             while True:
                 await asyncio.sleep(tick)
@@ -336,7 +306,7 @@ class Pipeline:
         m.batch_size.observe(len(result.items))
         m.inference_seconds.observe(result.seconds)
         t = now_ms()
-        preds = self._predictions(result, t)
+        preds = predictions_of(result, self.label_names, t)
         written = await self._write_results(preds, t)
         written_at = time.time()
         records: list[tuple[OutRecord, str]] = []  # with the output's name, for the refusal metric
@@ -346,13 +316,14 @@ class Pipeline:
                 continue
             shown = w.stored or p  # a re-delivery publishes what Redis holds, not a second opinion
             key = (p.call_id or p.utterance_id).encode()
-            records.append((OutRecord(self.s.topics.predictions, key, shown.model_dump_json().encode(), []), "predictions"))
+            topics = self.settings.topics
+            records.append((OutRecord(topics.predictions, key, shown.model_dump_json().encode(), []), "predictions"))
             if w.alert:
-                records.append((OutRecord(self.s.topics.alerts, key, w.alert.encode(), []), "alerts"))
+                records.append((OutRecord(self.settings.topics.alerts, key, w.alert.encode(), []), "alerts"))
             # a re-delivered utterance's joined record is written again only when it holds the same parts (the
             # topic is compacted by utterance: a partial re-join must not replace what the model first saw)
-            if self.s.trainer.keep_joined and (w.new or set(shown.modalities) == set(item.parts)):
-                records.append((OutRecord(self.s.topics.joined, p.utterance_id.encode(), joined_record(item, shown), []),
+            if self.settings.trainer.keep_joined and (w.new or set(shown.modalities) == set(item.parts)):
+                records.append((OutRecord(self.settings.topics.joined, p.utterance_id.encode(), joined_record(item, shown), []),
                                 "joined"))
         outcomes = await self._publish([r for r, _ in records], "kafka")
         for (rec, output), o in zip(records, outcomes, strict=True):
@@ -382,7 +353,7 @@ class Pipeline:
         assert writer is not None
         done: dict[int, Written | RecordRefused] = {}
         todo = list(range(len(preds)))
-        async with _Retry(self, "redis", redis_write=True) as retry:
+        async with Retry(self, "redis", redis_write=True) as retry:
             while todo:
                 t0 = time.perf_counter()
                 try:
@@ -404,12 +375,12 @@ class Pipeline:
         out: list[ServiceError | None] = [None] * len(records)
         todo = []
         for i, rec in enumerate(records):
-            limit = self.limits.for_topic(self.s.topics, rec.topic)
+            limit = self.limits.for_topic(self.settings.topics, rec.topic)
             if rec.size > limit:
                 out[i] = RecordRefused("too_large", f"{rec.size} bytes > {rec.topic}'s limit of {limit}")
             else:
                 todo.append(i)
-        async with _Retry(self, what) as retry:
+        async with Retry(self, what) as retry:
             while todo:
                 outs = await self._abortable(self.publisher.send_many([records[i] for i in todo]))
                 todo, failed = settle(todo, outs, out)
@@ -417,28 +388,10 @@ class Pipeline:
                     await retry.failed(TransientError(f"{len(todo)} record(s) not delivered ({failed})"))
         return out
 
-    def _predictions(self, result: BatchResult, t: int) -> list[Prediction]:
-        pb = result.predictions
-        assert pb is not None
-        out = []
-        for i, item in enumerate(result.items):
-            probs = None if pb.probabilities is None or pb.probabilities.ndim != 2 or \
-                pb.probabilities.shape[1] != len(self.label_names) else \
-                {n: float(v) for n, v in zip(self.label_names, pb.probabilities[i], strict=True)}
-            weights = None if pb.modality_weights is None else \
-                {w: float(pb.modality_weights[i, j]) for j, w in enumerate(WIRE_MODALITIES)}
-            present = [w for j, w in enumerate(WIRE_MODALITIES) if pb.modality_mask[i, j]]
-            out.append(Prediction(
-                utterance_id=item.utterance_id, call_id=item.call_id, speaker=item.speaker,  # type: ignore[arg-type]
-                score=float(pb.scores[i]), label=pb.labels[i], probabilities=probs, modality_weights=weights,
-                modalities=present, masked=list(item.masked), model_version=pb.model_version,  # type: ignore[arg-type]
-                latency_ms=float(max(0, t - item.event_at)), produced_at=item.produced_at, predicted_at=t))
-        return out
-
     # retries ---------------------------------------------------------------------------------------------------
     async def _retrying(self, what: str, op: Callable[[], Awaitable[T]], redis_write: bool = False) -> T:
         """`op` until it does not fail transiently (its other errors go to the caller)."""
-        async with _Retry(self, what, redis_write) as retry:
+        async with Retry(self, what, redis_write) as retry:
             while True:
                 try:
                     return await self._abortable(op())
@@ -447,11 +400,11 @@ class Pipeline:
 
     async def _abortable(self, aw: Awaitable[T]) -> T:
         """Await `aw`, unless the shutdown's grace time ends first (then ShuttingDown; nothing is acked)."""
-        assert self._abort is not None
-        if self._abort.is_set():
+        assert self.abort is not None
+        if self.abort.is_set():
             raise ShuttingDown("the worker is stopping")
         task = asyncio.ensure_future(aw)
-        stop = asyncio.ensure_future(self._abort.wait())
+        stop = asyncio.ensure_future(self.abort.wait())
         try:
             await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -466,11 +419,11 @@ class Pipeline:
         if self.fatal is None:
             self.fatal = why
             log.error("%s; stopping (nothing unwritten was committed)", why)
-            self._publish_state()
+            self.publish_state()
             self._on_fatal(why)
 
-    def _publish_state(self) -> None:
-        self.metrics.paused.set(1 if self._failing else 0)
+    def publish_state(self) -> None:
+        self.metrics.paused.set(1 if self.failing else 0)
         self.metrics.ready.set(1 if self.ready else 0)
 
     # dead letters and acks -----------------------------------------------------------------------------------
@@ -481,7 +434,7 @@ class Pipeline:
             return
         records = []
         for src in sources:
-            rec, cut = dead_letter(self.s.topics.dlq, src.key, src.value, src.headers,
+            rec, cut = dead_letter(self.settings.topics.dlq, src.key, src.value, src.headers,
                                    Origin(src.topic, src.partition, src.offset), reason.value, stage, error,
                                    self.limits.dead_letter)
             if cut:
@@ -506,70 +459,4 @@ class Pipeline:
             self.acker.done(src.tp, src.offset)
 
 
-class _Retry:
-    """One write's retries: back-off doubling from RETRY_INITIAL_S to RETRY_MAX_S; while it fails, consumption
-    pauses (no slot frees), readiness is off and the join's clock stands still."""
-
-    def __init__(self, pipeline: Pipeline, what: str, redis_write: bool = False) -> None:
-        self.p, self.what, self.redis_write = pipeline, what, redis_write
-        self.delay = pipeline.s.redis.retry_initial_s
-        self.failing = False
-
-    async def __aenter__(self) -> _Retry:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.failing:
-            self.p._failing -= 1
-            self.p.live.resume()
-            self.p._publish_state()
-
-    async def failed(self, e: ServiceError) -> None:
-        p = self.p
-        (p.metrics.redis_errors if self.redis_write else p.metrics.kafka_errors).inc()
-        if not self.failing:  # the agent is about to stall on this: parts not arriving is not news
-            self.failing = True
-            p._failing += 1
-            p.live.pause()
-        if self.redis_write:
-            p.redis_ok = False
-        p._publish_state()
-        log.warning("%s write failed (%s); retrying in %.2f s", self.what, e, self.delay)
-        assert p._abort is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(p._abort.wait(), self.delay)
-        if p._abort.is_set():
-            raise ShuttingDown(f"the worker is stopping; {self.what} write abandoned")
-        self.delay = min(self.delay * 2, p.s.redis.retry_max_s)
-
-
-def settle(todo: list[int], outcomes: Sequence[Any], into: Any) -> tuple[list[int], TransientError | None]:
-    """One attempt's per-record outcomes: a sink that refused us is raised; transient failures are returned to be
-    tried again (with the first of them); the rest, written or refused for good, are stored in `into` by index."""
-    again, first = [], None
-    for i, o in zip(todo, outcomes, strict=True):
-        if isinstance(o, SinkRefused):
-            raise o
-        if isinstance(o, TransientError):
-            again.append(i)
-            first = first or o
-        else:
-            into[i] = o
-    return again, first
-
-
-def joined_record(item: Joined, p: Prediction) -> bytes:
-    """A JoinedFeatures message with the parts' original bytes spliced in: re-encoding ~200 kB of arrays per
-    utterance cost ~2 ms of CPU, as much as scoring it. Each part was validated as a FeatureMessage on the way in."""
-    head = {"schema_version": SCHEMA_VERSION, "utterance_id": p.utterance_id, "call_id": p.call_id,
-            "speaker": p.speaker, "produced_at": item.produced_at, "model_version": p.model_version, "score": p.score}
-    parts = b",".join(json.dumps(m).encode() + b":" + part.raw for m, part in item.parts.items())
-    return json.dumps(head).encode()[:-1] + b',"parts":{' + parts + b"}}"
-
-
-def aggregate_rule(s: Settings) -> AggregateRule:
-    a = s.alert
-    return AggregateRule(s.output.ewma_alpha, s.output.shift_window, tuple(a.roles), a.negative_below, a.n, a.m)
-
-
-__all__ = ["Pipeline", "Publisher", "Source", "aggregate_rule", "joined_record", "profile_of"]
+__all__ = ["Pipeline"]

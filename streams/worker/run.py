@@ -13,10 +13,10 @@ from typing import Any
 
 from streams.errors import SinkRefused
 from streams.kafka import check_copartitioned, check_outputs, ensure_topics, output_topics, partition_counts
-from streams.lag import LagGauges, LagProbe, follow_lag
+from streams.learning.follower import ModelFollower, initial_predictor, open_registry
 from streams.metrics import Metrics
-from streams.models import ModelFollower, initial_predictor, open_registry
 from streams.settings import Settings
+from streams.worker.lag import LagGauges, LagProbe, follow_lag
 
 log = logging.getLogger("mmcl.worker")
 
@@ -24,11 +24,12 @@ log = logging.getLogger("mmcl.worker")
 def run_worker(s: Settings, create_topics: bool = False) -> int:
     import faust
 
-    from streams.faust_app import attach_pipeline, build_app
-    from streams.http import start_http
-    from streams.pipeline import Pipeline, aggregate_rule
-    from streams.publisher import KafkaPublisher
-    from streams.redis_store import ResultWriter, async_client, check_access, sync_client
+    from streams.health import start_http
+    from streams.sinks.aggregates import aggregate_rule
+    from streams.sinks.publisher import KafkaPublisher
+    from streams.sinks.redis_store import ResultWriter, async_client, check_access, sync_client
+    from streams.worker.app import attach_pipeline, build_app
+    from streams.worker.pipeline import Pipeline
 
     logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if create_topics:

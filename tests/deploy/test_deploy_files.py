@@ -16,8 +16,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from streams.cli import build_parser
-from streams.http import PATHS
+from streams.cli.main import build_parser
+from streams.health import PATHS
 from streams.settings import ENV_PREFIX, Settings, env_field, load_settings
 
 from . import files as f

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def mmcl(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "mmcl.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 
@@ -132,7 +132,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_checkpoint(workdir: Path) -> No
     run = workdir / "interrupted"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mmcl.cli", "train", "--data", "small.npz", "--out", str(run), "--epochs", "10000",
+        [sys.executable, "-m", "streams.cli", "train", "--data", "small.npz", "--out", str(run), "--epochs", "10000",
          "--early-stop-patience", "10000", "--d-model", "16", "--ff-dim", "32", "--batch-size", "16"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     history = run / "history.jsonl"

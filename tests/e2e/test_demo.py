@@ -10,8 +10,8 @@ from pathlib import Path
 
 import redis
 
-from streams.embedded import free_port, pid_alive
-from streams.redis_store import FEED, call_key
+from streams.local.embedded import free_port, pid_alive
+from streams.sinks.redis_store import FEED, call_key
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from streams.embedded import free_port, pid_alive
+from streams.local.embedded import free_port, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 MMCL = str(ROOT / ".venv" / "bin" / "mmcl")

@@ -19,7 +19,7 @@ from extractors.base import ExtractionError
 from extractors.profile import resolve
 from extractors.utterance import FeatureMaker, Utterance, read_manifest
 from mmcl.errors import ConfigError
-from streams.media import JsonlSink, stream_call
+from streams.local.media import JsonlSink, stream_call
 from streams.messages import FeatureMessage
 from tests.e2e.test_cli import assert_one_line_error, mmcl
 from tests.media import call_folder, face_frames, face_video, frames_dir, speech

@@ -23,8 +23,8 @@ import redis
 from mmcl.checkpoint import FeatureProfile, save_checkpoint
 from mmcl.config import ModelConfig
 from mmcl.model import build_model
-from streams.embedded import Service, free_port, start_kafka, start_redis
 from streams.kafka import ensure_topics, producer_config
+from streams.local.embedded import Service, free_port, start_kafka, start_redis
 from streams.messages import EncodedArray, FeatureMessage
 from streams.settings import KafkaSettings, TopicSettings
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from mmcl.data.synth import SynthSpec, make_synthetic
-from streams import simulate
-from streams.embedded import start_redis
 from streams.kafka import ensure_topics
-from streams.redis_store import call_key, timeline_key, utt_key
+from streams.local import simulate
+from streams.local.embedded import start_redis
 from streams.settings import KafkaSettings, Settings, TopicSettings
+from streams.sinks.redis_store import call_key, timeline_key, utt_key
 
 from .conftest import DIMS, SEQ_LEN, Stack, covering_run_id, wait_for
 

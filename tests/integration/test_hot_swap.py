@@ -10,11 +10,11 @@ import threading
 from pathlib import Path
 
 from mmcl.data.synth import SynthSpec, make_synthetic
-from streams import simulate
-from streams.models import announce
-from streams.redis_store import FEED
-from streams.registry import DirRegistry
+from streams.learning.follower import announce
+from streams.learning.registry import DirRegistry
+from streams.local import simulate
 from streams.settings import KafkaSettings, Settings
+from streams.sinks.redis_store import FEED
 
 from .conftest import DIMS, SEQ_LEN, Stack, make_checkpoint, wait_for
 from .test_delivery import assert_counted_once, results_complete

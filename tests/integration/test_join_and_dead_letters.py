@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streams.redis_store import call_key, utt_key
+from streams.sinks.redis_store import call_key, utt_key
 
 from .conftest import DIMS, Stack, features, part, wait_for
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams.embedded import start_redis
 from streams.kafka import ensure_topics
-from streams.lag import LagProbe
+from streams.local.embedded import start_redis
 from streams.settings import KafkaSettings
+from streams.worker.lag import LagProbe
 
 from .conftest import Stack, part, wait_for
 

@@ -16,10 +16,10 @@ import pytest
 from mmcl.checkpoint import FeatureProfile, save_checkpoint
 from mmcl.config import ModelConfig
 from mmcl.model import build_model
-from streams.embedded import Service
 from streams.kafka import ensure_topics
-from streams.redis_store import read_call, utt_key
+from streams.local.embedded import Service
 from streams.settings import KafkaSettings
+from streams.sinks.redis_store import read_call, utt_key
 from tests.media import call_folder
 
 from .conftest import Stack, wait_for

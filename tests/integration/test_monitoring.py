@@ -25,8 +25,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.embedded import free_port
-from streams.http import PATHS
+from streams.health import PATHS
+from streams.local.embedded import free_port
 from streams.messages import FeedbackLabel
 from tests.deploy import files as deploy
 

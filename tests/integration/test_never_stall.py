@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import redis
 
-from streams.embedded import Service, free_port, redis_binary
 from streams.kafka import ensure_topics
-from streams.redis_store import call_key, utt_key
+from streams.local.embedded import Service, free_port, redis_binary
 from streams.settings import KafkaSettings
+from streams.sinks.redis_store import call_key, utt_key
 
 from .conftest import DIMS, Stack, features, keys_on, part, wait_for
 
@@ -173,7 +173,7 @@ def test_producer_clocks_ahead_or_behind_cost_no_one_their_utterances(stack: Sta
 
 # 5. SIGTERM while a write is being retried ----------------------------------------------------------------------
 def test_sigterm_while_redis_is_down_stops_within_the_grace_time_and_loses_nothing(stack: Stack, tmp_path: Path) -> None:
-    from streams.embedded import start_redis
+    from streams.local.embedded import start_redis
 
     own = start_redis(tmp_path)
     st = local_stack(stack, "term", own)

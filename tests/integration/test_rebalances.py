@@ -7,8 +7,8 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from streams import simulate
 from streams.kafka import ensure_topics
+from streams.local import simulate
 from streams.settings import KafkaSettings
 
 from .conftest import Stack, covering_run_id, wait_for

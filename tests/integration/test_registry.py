@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from streams.embedded import Service
-from streams.registry import DirRegistry, RedisRegistry, Registry, RegistryError
+from streams.learning.registry import DirRegistry, RedisRegistry, Registry, RegistryError
+from streams.local.embedded import Service
 
 from .conftest import make_checkpoint
 
@@ -92,7 +92,7 @@ def test_concurrent_promotions_keep_a_consistent_history(registry: Registry, tmp
 
 def test_one_trainer_lease_across_machines(redis_service: Service, tmp_path: Path) -> None:
     from mmcl.errors import ConfigError
-    from streams.trainer import RedisLease
+    from streams.learning.trainer import RedisLease
 
     client = redis.Redis.from_url(redis_service.url)
     key = f"test:{tmp_path.name}:lease"

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from mmcl.predictor import Predictor
-from streams.aggregates import AggregateRule, fold
-from streams.redis_store import call_key, timeline_key, utt_key
 from streams.settings import AlertSettings, OutputSettings
+from streams.sinks.aggregates import AggregateRule
+from streams.sinks.redis_store import call_key, timeline_key, utt_key
+from tests.aggregates_oracle import fold
 
 from .conftest import DEVICE, Stack, features, make_checkpoint, part, wait_for
 

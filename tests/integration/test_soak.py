@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 
 from mmcl.data.synth import SynthSpec, make_synthetic
-from streams import simulate
-from streams.aggregates import fold
-from streams.embedded import start_redis
 from streams.kafka import ensure_topics
-from streams.pipeline import aggregate_rule
-from streams.redis_store import FEED, call_key, timeline_key, utt_key
-from streams.registry import DirRegistry
+from streams.learning.registry import DirRegistry
+from streams.local import simulate
+from streams.local.embedded import start_redis
 from streams.settings import KafkaSettings, Settings
+from streams.sinks.aggregates import aggregate_rule
+from streams.sinks.redis_store import FEED, call_key, timeline_key, utt_key
+from tests.aggregates_oracle import fold
 
 from .conftest import DIMS, SEQ_LEN, Stack, Worker, covering_run_id, features, make_checkpoint, part, wait_for
 

@@ -18,13 +18,13 @@ import pytest
 from mmcl.config import ModelConfig, TaskConfig, TrainConfig
 from mmcl.data.synth import SynthSpec, make_synthetic
 from mmcl.train import train
-from streams import simulate
-from streams.embedded import free_port
 from streams.kafka import ensure_topics
+from streams.learning.registry import DirRegistry
+from streams.local import simulate
+from streams.local.embedded import free_port
 from streams.messages import FeedbackLabel
-from streams.redis_store import FEED
-from streams.registry import DirRegistry
 from streams.settings import KafkaSettings, Settings
+from streams.sinks.redis_store import FEED
 
 from .conftest import DIMS, SEQ_LEN, Stack, Worker, make_checkpoint, wait_for
 from .test_delivery import results_complete

@@ -9,10 +9,10 @@ import pytest
 import redis
 from confluent_kafka import KafkaError
 
-from streams.deadletter import Origin, dead_letter, stripped
 from streams.errors import RecordRefused, SinkRefused, TransientError, classify, from_kafka_error, from_redis_error
 from streams.kafka import HEADERS_ROOM, producer_config, record_limits, record_size, topic_specs
 from streams.settings import KafkaSettings, TopicSettings
+from streams.sinks.deadletter import Origin, dead_letter, stripped
 
 ORIGIN = Origin("p.features.text", 3, 1234)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.decode import Part, Reason
-from streams.event_time import ClockGuard
-from streams.join import Dropped, Joined, Joiner, Outcome
 from streams.settings import JoinSettings, PolicySettings
+from streams.sinks.deadletter import Reason
+from streams.worker.decode import Part
+from streams.worker.event_time import ClockGuard
+from streams.worker.join import Dropped, Joined, Joiner, Outcome
 
 YEAR_MS = 365 * 24 * 3600 * 1000
 

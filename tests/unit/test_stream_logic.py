@@ -10,13 +10,15 @@ import threading
 import numpy as np
 import pytest
 
-from streams.acks import OrderedAcker
-from streams.aggregates import AggregateRule, fold
-from streams.batching import STOP, collect_batch
-from streams.decode import ModelProfile, Part, Reason, Rejection, decode_part
-from streams.join import Dropped, Ignored, Joined, Joiner, LiveClock, Redelivered
 from streams.messages import EncodedArray, FeatureMessage
 from streams.settings import LimitSettings, PolicySettings
+from streams.sinks.aggregates import AggregateRule
+from streams.sinks.deadletter import Reason
+from streams.worker.acks import OrderedAcker
+from streams.worker.batching import STOP, collect_batch
+from streams.worker.decode import ModelProfile, Part, Rejection, decode_part
+from streams.worker.join import Dropped, Ignored, Joined, Joiner, LiveClock, Redelivered
+from tests.aggregates_oracle import fold
 
 PROFILE = ModelProfile({"text": 4, "audio": 3, "visual": 2}, {"text": "minilm-384"})
 LIMITS = LimitSettings(max_message_bytes=64 * 1024, max_frames=50, max_dim=16)

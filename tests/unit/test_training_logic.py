@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from streams.learning.store import Example, TrainingStore
+from streams.learning.trainer import split_by_time, to_split
 from streams.messages import EncodedArray, FeatureMessage, FeedbackLabel, JoinedFeatures
-from streams.trainer import split_by_time, to_split
-from streams.training_store import Example, TrainingStore
 
 
 def ex(i: int, t: int = 3) -> Example:
@@ -72,11 +72,11 @@ def test_store_matches_replaces_bounds_and_survives_a_restart(tmp_path: Path) ->
 
 
 def test_the_workers_spliced_joined_record_is_a_valid_message() -> None:
-    from streams.decode import ModelProfile, Part, decode_part
-    from streams.join import Joined
     from streams.messages import Prediction
-    from streams.pipeline import joined_record
     from streams.settings import LimitSettings
+    from streams.worker.decode import ModelProfile, Part, decode_part
+    from streams.worker.join import Joined
+    from streams.worker.records import joined_record
 
     raws = {m: FeatureMessage(utterance_id="u1", call_id="c1", speaker="customer", modality=m, produced_at=5,
                               features=EncodedArray.from_numpy(np.full((3, d), 0.5, np.float32))).model_dump_json().encode()
@@ -93,9 +93,9 @@ def test_the_workers_spliced_joined_record_is_a_valid_message() -> None:
 
 
 def test_retraining_is_due_after_n_new_labels_or_on_schedule_from_the_first_start(tmp_path: Path) -> None:
-    from streams.registry import DirRegistry
+    from streams.learning.registry import DirRegistry
+    from streams.learning.trainer import Trainer
     from streams.settings import Settings, TrainerSettings
-    from streams.trainer import Trainer
 
     s = Settings(state_dir=tmp_path, trainer=TrainerSettings(min_examples=10, retrain_after_labels=30,
                                                            retrain_every_s=3600))
