@@ -99,7 +99,8 @@ def end_to_end(media: dict[str, Path], n: int) -> dict[str, Any]:
     from streams.local.demo import wait_ready
     from streams.local.embedded import free_port, start_kafka, start_redis
     from streams.local.media import KafkaSink, stream_call
-    from streams.settings import KafkaSettings, Settings, TopicSettings
+    from streams.local.runtime import embedded_kafka, embedded_kafka_env
+    from streams.settings import Settings, TopicSettings
     from streams.sinks.redis_store import FEED, utt_key
 
     state = Path(tempfile.mkdtemp(prefix="mmcl-bench-extract-"))
@@ -112,13 +113,13 @@ def end_to_end(media: dict[str, Path], n: int) -> dict[str, Any]:
                                FeatureProfile(cfg.input_dims, {"text": "minilm-384", "audio": "librosa-42",
                                                                "vision": "mediapipe-fer-19"}), {})
         prefix = f"x{uuid.uuid4().hex[:6]}"
-        s = Settings(kafka=KafkaSettings(bootstrap_servers=kafka.url), topics=TopicSettings(prefix=prefix))
+        s = Settings(kafka=embedded_kafka(kafka.url), topics=TopicSettings(prefix=prefix))
         ensure_topics(s.kafka, s.topics)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MMCL_")}
         env.update({"MMCL_KAFKA__BOOTSTRAP_SERVERS": kafka.url, "MMCL_REDIS__URL": redis_svc.url,
                     "MMCL_TOPICS__PREFIX": prefix, "MMCL_KAFKA__GROUP_ID": f"{prefix}-g", "MMCL_STATE_DIR": str(state),
-                    "MMCL_MODEL__CHECKPOINT": str(ckpt), "MMCL_METRICS__PORT": str(port)})
+                    "MMCL_MODEL__CHECKPOINT": str(ckpt), "MMCL_METRICS__PORT": str(port), **embedded_kafka_env()})
         with (state / "worker.log").open("w") as log:
             worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,
                                       stderr=subprocess.STDOUT)

@@ -108,13 +108,15 @@ class Harness:
         self.redis_svc.stop()
 
     def settings(self, prefix: str) -> Any:
-        from streams.settings import KafkaSettings, Settings, TopicSettings
+        from streams.local.runtime import embedded_kafka
+        from streams.settings import Settings, TopicSettings
 
-        return Settings(kafka=KafkaSettings(bootstrap_servers=self.kafka.url), topics=TopicSettings(prefix=prefix))
+        return Settings(kafka=embedded_kafka(self.kafka.url), topics=TopicSettings(prefix=prefix))
 
     def start(self, kind: str, prefix: str, **extra_env: str) -> subprocess.Popen[str]:
         from streams.kafka import ensure_topics
         from streams.local.embedded import free_port
+        from streams.local.runtime import embedded_kafka_env
 
         s = self.settings(prefix)
         ensure_topics(s.kafka, s.topics)
@@ -125,7 +127,8 @@ class Harness:
                         "MMCL_TOPICS__PREFIX": prefix, "MMCL_KAFKA__GROUP_ID": f"{prefix}-g",
                         "MMCL_MODEL__CHECKPOINT": str(self.checkpoint), "MMCL_METRICS__PORT": str(self.port),
                         "MMCL_POLICY__AGENT": '["text","audio","visual"]', "MMCL_STATE_DIR": str(self.state),
-                        "MMCL_KAFKA__SESSION_TIMEOUT_S": "3", "MMCL_MODEL__DEVICE": self.device})
+                        **embedded_kafka_env(), "MMCL_KAFKA__SESSION_TIMEOUT_S": "3",
+                        "MMCL_MODEL__DEVICE": self.device})
             env.update(extra_env)
             cmd = [sys.executable, "-m", "streams.cli", "worker"]
         else:

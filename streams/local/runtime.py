@@ -14,7 +14,7 @@ from typing import Any
 from mmcl.errors import ConfigError
 from streams.kafka import ensure_topics
 from streams.local.embedded import Service, load_runtime, save_runtime, start_kafka, start_redis
-from streams.settings import SecretUrl, Settings
+from streams.settings import KafkaSettings, SecretUrl, Settings
 
 DEMO_MODEL = "demo-model"
 
@@ -29,6 +29,11 @@ EMBEDDED_KAFKA_TIMINGS: dict[str, float | int] = {"session_timeout_s": 6.0, "hea
 def embedded_kafka_env() -> dict[str, str]:
     """EMBEDDED_KAFKA_TIMINGS as MMCL_* variables, for a process pointed at the embedded broker by hand."""
     return {f"MMCL_KAFKA__{name.upper()}": str(value) for name, value in EMBEDDED_KAFKA_TIMINGS.items()}
+
+
+def embedded_kafka(bootstrap_servers: str) -> KafkaSettings:
+    """Client settings for an embedded broker at `bootstrap_servers`: its timings, everything else the defaults."""
+    return KafkaSettings(bootstrap_servers=bootstrap_servers, **EMBEDDED_KAFKA_TIMINGS)
 
 
 def follow_local(settings: Settings) -> Settings:

@@ -91,6 +91,7 @@ def build_app(s: Settings) -> StreamApp:
         web_enabled=False,
         autodiscover=False,
         store="memory://",
+        datadir=str(s.state_dir / "faust" / k.group_id),  # Faust's default: ./<group>-data, wherever it was started
     )
     app.conf.mmcl_fetch_max_wait_ms = k.fetch_max_wait_ms  # type: ignore[attr-defined]
     return app

@@ -35,7 +35,7 @@ def test_demo_leaves_results_in_redis_and_counts_predictions(tmp_path: Path) -> 
         call = feed[0][1]["call_id"]
         agg = client.hgetall(call_key(call))
         assert int(agg["all:count"]) >= 1 and ("customer:ewma" in agg or "agent:ewma" in agg)
-        shown = subprocess.run([str(ROOT / ".venv" / "bin" / "mmcl"), "results", call], cwd=ROOT, env=env,
+        shown = subprocess.run([str(ROOT / ".venv" / "bin" / "mmcl"), "--local", "results", call], cwd=ROOT, env=env,
                                capture_output=True, text=True, timeout=60, check=True).stdout
         assert call in shown and "utterances" in shown
     finally:

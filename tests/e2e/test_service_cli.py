@@ -31,11 +31,19 @@ def test_up_config_produce_down(tmp_path: Path) -> None:
         assert runtime["kafka"]["url"] in up.stdout and "cli.features.text" in up.stdout
         again = run(env, "up")  # idempotent: finds them running
         assert again.returncode == 0 and again.stdout.count("[already up]") == 2
-        shown = json.loads(run(env, "config", "show").stdout)
-        assert shown["kafka"]["bootstrap_servers"] == runtime["kafka"]["url"]  # the configured one does not answer
+        # the configured broker does not answer: without the local profile a command still uses it, and says so
+        configured = run(env, "config", "show")
+        assert json.loads(configured.stdout)["kafka"]["bootstrap_servers"] == configured_kafka
+        assert f"broker {configured_kafka}" in configured.stderr and "(configured)" in configured.stderr
+        assert "s3cret" not in configured.stderr
+        local = run(env, "--local", "config", "show")
+        shown = json.loads(local.stdout)
+        assert shown["kafka"]["bootstrap_servers"] == runtime["kafka"]["url"]
+        assert shown["kafka"]["fetch_max_wait_ms"] == 50 and shown["runtime"] == "local"  # the embedded broker's timings
+        assert f"broker {runtime['kafka']['url']}" in local.stderr and "local profile" in local.stderr
         assert "s3cret" not in json.dumps(shown) and "r3gistry" not in json.dumps(shown)  # it printed the registry's
         assert shown["registry"]["redis_url"] == "redis://registry:***@127.0.0.1:1/0"
-        sent = run(env, "produce", "--limit", "6", "--rate", "100", "--calls", "2", "--missing-visual", "0",
+        sent = run(env, "--local", "produce", "--limit", "6", "--rate", "100", "--calls", "2", "--missing-visual", "0",
                    "--label-share", "1", "--label-delay", "0.1")
         assert sent.returncode == 0, sent.stderr
         assert "sent 6 utterances (18 messages, 2 calls" in sent.stdout and "6 labels" in sent.stdout
@@ -64,7 +72,7 @@ def test_topics_create_and_model_demo_for_the_deployment_init_steps(tmp_path: Pa
     assert up.returncode == 0, up.stderr
     try:
         kafka = json.loads((tmp_path / "state" / "runtime.json").read_text())["kafka"]["url"]
-        made = run(env, "topics", "create")  # `up` made them: the init step finds them and says so
+        made = run(env, "--local", "topics", "create")  # `up` made them: the init step finds them and says so
         assert made.returncode == 0, made.stderr
         assert "exists   init.dlq  partitions=3" in made.stdout and "init.model-updates  partitions=1" in made.stdout
         assert "warning: MMCL_TOPICS__BOGUS is not a setting" in made.stderr
@@ -72,12 +80,12 @@ def test_topics_create_and_model_demo_for_the_deployment_init_steps(tmp_path: Pa
         res = ConfigResource(ConfigResource.Type.TOPIC, "init.dlq")
         conf = {k: v.value for k, v in admin.describe_configs([res])[res].result(10).items()}
         assert conf["retention.ms"] == str(5 * 3600 * 1000)
-        first = run(env, "model", "demo")
+        first = run(env, "--local", "model", "demo")
         assert first.returncode == 0, first.stderr
         assert "promoted" in first.stdout
         version = first.stdout.split("published ", 1)[1].split()[0]
-        second = run(env, "model", "demo")  # the registry has a current version: publish only, never demote it
+        second = run(env, "--local", "model", "demo")  # the registry has a current version: publish only, never demote it
         assert second.returncode == 0 and "without promoting" in second.stdout
-        assert f"* {version}" in run(env, "model", "list").stdout
+        assert f"* {version}" in run(env, "--local", "model", "list").stdout
     finally:
         run(env, "down")

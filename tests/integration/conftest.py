@@ -25,8 +25,9 @@ from mmcl.config import ModelConfig
 from mmcl.model import build_model
 from streams.kafka import ensure_topics, producer_config
 from streams.local.embedded import Service, free_port, start_kafka, start_redis
+from streams.local.runtime import embedded_kafka, embedded_kafka_env
 from streams.messages import EncodedArray, FeatureMessage
-from streams.settings import KafkaSettings, TopicSettings
+from streams.settings import TopicSettings
 
 DIMS = {"text": 24, "audio": 5, "visual": 8}
 SEQ_LEN = 12
@@ -103,7 +104,8 @@ class Stack:
             "MMCL_KAFKA__BOOTSTRAP_SERVERS": self.kafka.url, "MMCL_REDIS__URL": self.redis_svc.url,
             "MMCL_TOPICS__PREFIX": self.prefix, "MMCL_KAFKA__GROUP_ID": f"{self.prefix}-workers",
             "MMCL_MODEL__CHECKPOINT": str(self.checkpoint), "MMCL_STATE_DIR": str(self.state_dir),
-            "MMCL_KAFKA__SESSION_TIMEOUT_S": "3", "MMCL_JOIN__TIMEOUT_S": "1.0", "MMCL_LOG_LEVEL": "info",
+            **embedded_kafka_env(), "MMCL_KAFKA__SESSION_TIMEOUT_S": "3", "MMCL_JOIN__TIMEOUT_S": "1.0",
+            "MMCL_LOG_LEVEL": "info",
             "MMCL_MODEL__DEVICE": DEVICE, "MMCL_REGISTRY__PATH": str(self.state_dir / f"registry-{self.prefix}"),
         })
         env.update(extra)
@@ -123,7 +125,7 @@ class Stack:
     def producer(self, max_record_bytes: int | None = None) -> Any:
         from confluent_kafka import Producer
 
-        conf = producer_config(KafkaSettings(bootstrap_servers=self.kafka.url))
+        conf = producer_config(embedded_kafka(self.kafka.url))
         if max_record_bytes is not None:  # librdkafka refuses records over 1,000,000 bytes by default
             conf["message.max.bytes"] = max_record_bytes
         return Producer(conf)
@@ -254,7 +256,7 @@ class Worker:
 def stack(kafka: Service, redis_service: Service, checkpoint: Path, state_dir: Path) -> Iterator[Stack]:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     st = Stack(kafka, redis_service, checkpoint, state_dir, prefix)
-    ensure_topics(KafkaSettings(bootstrap_servers=kafka.url), st.topics)
+    ensure_topics(embedded_kafka(kafka.url), st.topics)
     yield st
     for w in st.workers:
         w.stop()

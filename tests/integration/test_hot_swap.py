@@ -13,7 +13,8 @@ from mmcl.data.synth import SynthSpec, make_synthetic
 from streams.learning.follower import announce
 from streams.learning.registry import DirRegistry
 from streams.local import simulate
-from streams.settings import KafkaSettings, Settings
+from streams.local.runtime import embedded_kafka
+from streams.settings import Settings
 from streams.sinks.redis_store import FEED
 
 from .conftest import DIMS, SEQ_LEN, Stack, make_checkpoint, wait_for
@@ -33,7 +34,7 @@ def mmcl(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_promote_rollback_and_a_corrupt_version_under_load(stack: Stack, tmp_path: Path) -> None:
-    s = Settings(kafka=KafkaSettings(bootstrap_servers=stack.kafka.url), topics=stack.topics)
+    s = Settings(kafka=embedded_kafka(stack.kafka.url), topics=stack.topics)
     reg = DirRegistry(stack.state_dir / f"registry-{stack.prefix}")
     a = reg.publish(make_checkpoint(tmp_path / "a", seed=10)).version
     reg.promote(a)

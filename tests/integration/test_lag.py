@@ -10,14 +10,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.kafka import ensure_topics
 from streams.local.embedded import start_redis
-from streams.settings import KafkaSettings
+from streams.local.runtime import embedded_kafka
 from streams.worker.lag import LagProbe
 
 from .conftest import Stack, part, wait_for
 
 
 def test_probe_reports_end_minus_committed_per_partition(stack: Stack) -> None:
-    k = KafkaSettings(bootstrap_servers=stack.kafka.url)
+    k = embedded_kafka(stack.kafka.url)
     topic, group = stack.topics.feedback, f"{stack.prefix}-lag-probe"
     p = Producer({"bootstrap.servers": stack.kafka.url})
     for i in range(10):
@@ -48,7 +48,7 @@ def send(local: Stack, producer: Producer, wave: str, n: int) -> None:
 def test_lag_grows_while_the_worker_is_stuck_and_drains_after(stack: Stack, tmp_path: Path) -> None:
     own = start_redis(tmp_path)  # this test stops its Redis: not the shared one
     local = Stack(stack.kafka, own, stack.checkpoint, stack.state_dir, f"{stack.prefix}lag")
-    ensure_topics(KafkaSettings(bootstrap_servers=stack.kafka.url), local.topics)
+    ensure_topics(embedded_kafka(stack.kafka.url), local.topics)
     try:
         w = local.start_worker(MMCL_METRICS__LAG_INTERVAL_S="0.3", MMCL_BATCH__QUEUE_SIZE="2",
                                MMCL_REDIS__SOCKET_TIMEOUT_S="0.5", MMCL_REDIS__RETRY_MAX_S="0.5")

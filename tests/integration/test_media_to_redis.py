@@ -18,7 +18,7 @@ from mmcl.config import ModelConfig
 from mmcl.model import build_model
 from streams.kafka import ensure_topics
 from streams.local.embedded import Service
-from streams.settings import KafkaSettings
+from streams.local.runtime import embedded_kafka
 from streams.sinks.redis_store import read_call, utt_key
 from tests.media import call_folder
 
@@ -37,7 +37,7 @@ def media_stack(kafka: Service, redis_service: Service, state_dir: Path,
     ckpt = save_checkpoint(tmp_path_factory.mktemp("media-model") / "ckpt", build_model(cfg).eval(), cfg,
                            FeatureProfile(cfg.input_dims, IDS), {"seed": 0})
     st = Stack(kafka, redis_service, ckpt, state_dir, f"m{uuid.uuid4().hex[:8]}")
-    ensure_topics(KafkaSettings(bootstrap_servers=kafka.url), st.topics)
+    ensure_topics(embedded_kafka(kafka.url), st.topics)
     yield st
     for w in st.workers:
         w.stop()

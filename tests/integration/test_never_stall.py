@@ -19,7 +19,7 @@ import redis
 
 from streams.kafka import ensure_topics
 from streams.local.embedded import Service, free_port, redis_binary
-from streams.settings import KafkaSettings
+from streams.local.runtime import embedded_kafka
 from streams.sinks.redis_store import call_key, utt_key
 
 from .conftest import DIMS, Stack, features, keys_on, part, wait_for
@@ -32,7 +32,7 @@ LOCAL: list[Stack] = []  # every stack a test made: its workers are stopped when
 
 def local_stack(stack: Stack, suffix: str, redis_svc: Service | None = None) -> Stack:
     st = Stack(stack.kafka, redis_svc or stack.redis_svc, stack.checkpoint, stack.state_dir, f"{stack.prefix}{suffix}")
-    ensure_topics(KafkaSettings(bootstrap_servers=stack.kafka.url), st.topics)
+    ensure_topics(embedded_kafka(stack.kafka.url), st.topics)
     LOCAL.append(st)
     return st
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from streams.kafka import ensure_topics
 from streams.local import simulate
-from streams.settings import KafkaSettings
+from streams.local.runtime import embedded_kafka
 
 from .conftest import Stack, covering_run_id, wait_for
 from .test_delivery import assert_delivered_once_without_dead_letters, feed_in_background
@@ -17,7 +17,7 @@ from .test_delivery import assert_delivered_once_without_dead_letters, feed_in_b
 
 def test_workers_joining_dying_and_restarting_dead_letter_nothing(stack: Stack) -> None:
     st = Stack(stack.kafka, stack.redis_svc, stack.checkpoint, stack.state_dir, f"{stack.prefix}rb")
-    ensure_topics(KafkaSettings(bootstrap_servers=stack.kafka.url), st.topics)
+    ensure_topics(embedded_kafka(stack.kafka.url), st.topics)
     try:
         first = st.start_worker()
         # every utterance complete (no missing visual): any dead letter or incomplete join is a bug

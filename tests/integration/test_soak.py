@@ -24,7 +24,8 @@ from streams.kafka import ensure_topics
 from streams.learning.registry import DirRegistry
 from streams.local import simulate
 from streams.local.embedded import start_redis
-from streams.settings import KafkaSettings, Settings
+from streams.local.runtime import embedded_kafka
+from streams.settings import Settings
 from streams.sinks.aggregates import aggregate_rule
 from streams.sinks.redis_store import FEED, call_key, timeline_key, utt_key
 from tests.aggregates_oracle import fold
@@ -131,7 +132,7 @@ def test_soak(stack: Stack, tmp_path: Path) -> None:
     started = time.monotonic()
     own = start_redis(tmp_path)
     st = Stack(stack.kafka, own, make_checkpoint(tmp_path / "a", seed=20), stack.state_dir, f"{stack.prefix}soak")
-    ensure_topics(KafkaSettings(bootstrap_servers=stack.kafka.url), st.topics)
+    ensure_topics(embedded_kafka(stack.kafka.url), st.topics)
     reg = DirRegistry(stack.state_dir / f"registry-{st.prefix}")
     first_model = reg.publish(st.checkpoint).version
     reg.promote(first_model)

@@ -1,0 +1,145 @@
+"""The package map as rules: what each package may import, no import cycles, modules of a readable size."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("mmcl", "streams", "extractors")
+MAX_MODULE_LINES = 500
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every project module `name` imports, at any depth of its code (a function's import counts too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # `from pkg import mod` imports the module pkg.mod; `from mod import name` imports mod
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t.split(".")[0] in PACKAGES}
+    return found - {name}
+
+
+GRAPH = {name: imports_of(name, path, project_modules()) for name, path in project_modules().items()}
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+# (importer package, packages it must not import, why)
+RULES = [
+    ("mmcl", ("streams", "extractors"), "the model is usable from a notebook: no service and no media code"),
+    ("extractors", ("streams",), "extractors turn media into features; only mmcl/ is below them"),
+    ("streams.worker", ("streams.local", "streams.cli"), "the worker never reaches for the development runtime"),
+    ("streams.learning", ("streams.local", "streams.cli"), "the trainer never reaches for the development runtime"),
+    ("streams.sinks", ("streams.worker", "streams.learning", "streams.local", "streams.cli"),
+     "sinks write what they are given"),
+    ("streams.local", ("streams.cli",), "the CLI sits on top"),
+]
+
+
+@pytest.mark.parametrize(("importer", "forbidden", "why"), RULES, ids=[r[0] for r in RULES])
+def test_packages_import_only_downwards(importer: str, forbidden: tuple[str, ...], why: str) -> None:
+    bad = sorted(f"{mod} -> {dep}" for mod, deps in GRAPH.items() if within(mod, importer)
+                 for dep in deps if any(within(dep, f) for f in forbidden))
+    assert not bad, f"{why}: " + ", ".join(bad)
+
+
+def test_the_shared_modules_at_the_top_of_streams_import_no_package_of_streams() -> None:
+    top = [m for m in GRAPH if m.count(".") == 1 and m.startswith("streams.")]
+    packages = ("streams.worker", "streams.sinks", "streams.learning", "streams.local", "streams.cli")
+    bad = sorted(f"{m} -> {d}" for m in top for d in GRAPH[m] if any(within(d, p) for p in packages))
+    assert not bad, ", ".join(bad)
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's algorithm, iterative; -> the components with more than one module (the import cycles)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph.get(root, ()))))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            advanced = False
+            for nxt in edges:
+                if nxt not in graph:
+                    continue
+                if nxt not in index:
+                    index[nxt] = low[nxt] = counter
+                    counter += 1
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph[nxt]))))
+                    advanced = True
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    component.append(top)
+                    if top == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+    return cycles
+
+
+def test_no_import_cycles() -> None:
+    assert strongly_connected(GRAPH) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_modules_stay_readable() -> None:
+    long = {name: n for name, path in project_modules().items() if (n := len(path.read_text().splitlines()))
+            > MAX_MODULE_LINES}
+    assert not long, f"split these by what their parts do: {long}"
+
+
+def test_the_unit_tier_refuses_network_connections() -> None:
+    import socket
+
+    with socket.socket() as sock, pytest.raises(RuntimeError, match="unit tests use no network"):
+        sock.connect(("127.0.0.1", 9))
