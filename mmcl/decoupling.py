@@ -97,7 +97,7 @@ def agreement_loss(parts: list[Decoupled], time_masks: list[Tensor], modality_ma
     commons = [F.normalize(masked_mean(p.common, m), dim=-1) for p, m in zip(parts, time_masks, strict=True)]
     specifics = [F.normalize(masked_mean(p.specific, m), dim=-1) for p, m in zip(parts, time_masks, strict=True)]
     present = modality_mask.float()  # (B, 3)
-    agree, pairs = commons[0].new_zeros(()), 0.0
+    agree, pairs = commons[0].new_zeros(()), commons[0].new_zeros(())
     for i in range(3):
         for j in range(i + 1, 3):
             both = present[:, i] * present[:, j]

@@ -60,7 +60,8 @@ class Head(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        out: Tensor = self.net(x)
+        return out
 
 
 class MMCL(nn.Module):
@@ -95,7 +96,8 @@ class MMCL(nn.Module):
 
     def decouple(self, xs: list[Tensor], time_masks: list[Tensor], modality_mask: Tensor) -> list[Decoupled]:
         zs = [proj(x) for proj, x in zip(self.projections, xs, strict=True)]  # each (B, L, D)
-        return self.decoupling(zs, time_masks, modality_mask)
+        decoupled: list[Decoupled] = self.decoupling(zs, time_masks, modality_mask)
+        return decoupled
 
     def forward(
         self, xs: list[Tensor], time_masks: list[Tensor], modality_mask: Tensor, *, with_aux: bool = False
@@ -146,7 +148,8 @@ class Critic(nn.Module):
         for m in range(3):
             x = torch.cat([states[m], actions[m].expand(-1, -1, self.tile)], dim=-1)  # (B, L, D + h)
             pooled.append(masked_mean(self.encoders[m](x, src_key_padding_mask=~time_masks[m]), time_masks[m]))
-        return self.mlp(torch.cat(pooled, dim=-1)).squeeze(-1)  # (B,)
+        values: Tensor = self.mlp(torch.cat(pooled, dim=-1)).squeeze(-1)  # (B,)
+        return values
 
 
 class LateFusionBaseline(nn.Module):

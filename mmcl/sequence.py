@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
 PadSide = Literal["front", "back", "none"]
@@ -67,7 +66,8 @@ def resample_mean(rows: np.ndarray, seq_len: int) -> np.ndarray:
     widths = (edges[1:] - edges[:-1])[:, None]  # >= 1 when T >= seq_len
     # segment sums in one pass (a float64 cumsum over every row cost ~0.2 ms per 768-d utterance, most of a
     # GPU batch's time); segments hold a few rows, so float32 sums lose nothing that matters
-    return (np.add.reduceat(np.asarray(rows, dtype=np.float32), edges[:-1], axis=0) / widths).astype(np.float32)
+    means: np.ndarray = (np.add.reduceat(np.asarray(rows, dtype=np.float32), edges[:-1], axis=0) / widths)
+    return means.astype(np.float32)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -75,6 +75,3 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     w = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
     return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
 
-
-def full_masks(batch: int, seq_len: int, device: torch.device | str = "cpu") -> list[Tensor]:
-    return [torch.ones(batch, seq_len, dtype=torch.bool, device=device) for _ in range(3)]

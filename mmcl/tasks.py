@@ -74,7 +74,8 @@ def targets_from_scores(task: TaskConfig, scores: np.ndarray) -> np.ndarray:
     if c == 2:
         return (scores >= 0).astype(np.int64)
     if c == 3:
-        return (np.sign(scores).astype(np.int64) + 1).astype(np.int64)
+        classes: np.ndarray = (np.sign(scores).astype(np.int64) + 1).astype(np.int64)
+        return classes
     half = (c - 1) / 2
     scaled = np.clip(scores / task.score_range * half, -half, half)
     return (np.round(scaled) + half).astype(np.int64)

@@ -91,7 +91,7 @@ class ActReward:
             target = rew + t.gamma * self.target_critic(s_next, a_next, m)  # detached (defect 5)
         critic_loss = t.w_rl * F.l1_loss(self.critic(s, a, m), target)
         self.opt_critic.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         nn.utils.clip_grad_norm_(self.critic.parameters(), t.max_grad_norm)
         self.opt_critic.step()
 
@@ -228,7 +228,7 @@ def _train_epoch(model: nn.Module, data: TensorSplit, mcfg: ModelConfig, tcfg: T
         opt_model.zero_grad(set_to_none=True)
         if opt_actor is not None:
             opt_actor.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
         opt_model.step()
         if opt_actor is not None:

@@ -147,7 +147,7 @@ def ensure_topics(k: KafkaSettings, t: TopicSettings, timeout: float = 15.0,
                   max_message_bytes: int = LimitSettings().max_message_bytes) -> dict[str, int | None]:
     """Create the missing topics as `topic_specs` defines them (auto-created ones would get the broker's defaults).
     Returns every topic's partition count as found (None: it was missing, and is now created as specified)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at run time; the package's stub does not re-export it
 
     specs = topic_specs(t, max_message_bytes)
     found = partition_counts(k, tuple(specs), timeout)
@@ -195,7 +195,7 @@ def check_outputs(s: Settings, counts: dict[str, int | None], timeout: float = 1
     them), and the records it may write fit them. Returns the record limits to check outputs against: ours, lowered
     where the broker's `max.message.bytes` of a topic is smaller (a record bound to be refused is then handled
     before it is sent, with the reason known)."""
-    from confluent_kafka.admin import AdminClient, ConfigResource
+    from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]  # exported at run time; the package's stub does not re-export it
 
     t = s.topics
     outputs = output_topics(s)

@@ -58,7 +58,7 @@ def save_dataset(ds: Dataset, path: str | Path) -> Path:
         arrays[f"{name}/ids"] = np.asarray(split.ids, dtype=np.str_)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **arrays for its allow_pickle flag
     return path
 
 

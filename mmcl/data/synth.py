@@ -104,7 +104,8 @@ def oracle_prediction(lat: Latents, known: set[str], flip_rate: float) -> np.nda
     p = lat.polarity if "text" in known else np.zeros_like(lat.polarity)
     s = lat.intensity if "audio" in known else np.full_like(lat.intensity, 1.5)
     sign = (1 - 2 * lat.flip.astype(np.float32)) if "vision" in known else np.float32(1 - 2 * flip_rate)
-    return p * s * sign
+    scores: np.ndarray = p * s * sign
+    return scores
 
 
 def ideal_metrics(lat: Latents, y: np.ndarray, flip_rate: float) -> dict[str, dict[str, float | None]]:

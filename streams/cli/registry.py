@@ -40,7 +40,7 @@ def register(commands: Any) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[Settings, Registry]:
-    from streams.learning.registry import open_registry
+    from streams.learning.follower import open_registry
 
     settings = service_settings(args)
     return settings, open_registry(settings)

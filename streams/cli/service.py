@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mmcl.errors import ConfigError
 from streams.cli.endpoints import base_settings, service_settings
@@ -97,7 +97,9 @@ def cmd_results(args: argparse.Namespace) -> int:
         if not out["aggregates"]:
             raise ConfigError(f"no results for call {args.call_id!r} in Redis at {settings.redis.url}")
     else:
-        out = {"latest": [dict(fields, id=entry_id) for entry_id, fields in client.xrevrange(FEED, count=args.last)]}
+        # a sync client answers synchronously; redis-py's stubs type both clients' replies as one union
+        latest = cast("list[tuple[str, dict[str, str]]]", client.xrevrange(FEED, count=args.last))
+        out = {"latest": [dict(fields, id=entry_id) for entry_id, fields in latest]}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0

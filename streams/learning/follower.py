@@ -143,7 +143,7 @@ class ModelFollower:
                 if msg is None or msg.error():
                     continue
                 try:
-                    ModelAnnouncement.model_validate_json(msg.value())
+                    ModelAnnouncement.model_validate_json(msg.value() or b"")
                 except ValueError:
                     log.warning("ignoring a malformed announcement on %s", self.s.topics.model_updates)
                     continue
@@ -158,7 +158,7 @@ def announce(s: Settings, version: str, checksum: str, action: str) -> None:
 
     from streams.kafka import producer_config
 
-    msg = ModelAnnouncement(version=version, checksum=checksum, action=action,  # type: ignore[arg-type]
+    msg = ModelAnnouncement(version=version, checksum=checksum, action=action,
                             announced_at=now_ms())
     p = Producer(producer_config(s.kafka))
     p.produce(s.topics.model_updates, msg.model_dump_json().encode(), key=b"mmcl")

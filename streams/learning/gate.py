@@ -40,7 +40,7 @@ def to_split(examples: list[Example], dims: tuple[int, int, int], seq_len: int) 
                 arr = resample_mean(arr, seq_len)
             x[i, : arr.shape[0]], ln[i] = arr, arr.shape[0]
         feats[m], lengths[m] = x, ln
-    return Split(feats, lengths, {m: "right" for m in MODALITIES}, np.array([e.label for e in examples], np.float32),
+    return Split(feats, lengths, {m: "back" for m in MODALITIES}, np.array([e.label for e in examples], np.float32),
                  np.array([e.utterance_id for e in examples]))
 
 

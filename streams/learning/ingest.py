@@ -29,7 +29,8 @@ def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
     def send_dead_letter(key: bytes | None, raw: bytes, headers: list[tuple[str, bytes]], origin: Origin, reason: Reason,
                          error: str) -> None:
         rec, _ = dead_letter(s.topics.dlq, key, raw, headers, origin, reason.value, "feedback", error, limit)
-        p.produce(rec.topic, rec.value, key=rec.key, headers=rec.headers)
+        out_headers: list[tuple[str, str | bytes | None]] = [*rec.headers]
+        p.produce(rec.topic, rec.value, key=rec.key, headers=out_headers)
 
     c.subscribe([s.topics.joined, s.topics.feedback])
     last_house = time.monotonic()
@@ -38,17 +39,18 @@ def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
         while not stop.is_set():
             msg = c.poll(0.2)
             if msg is not None and msg.error() is None:
-                headers = list(msg.headers() or [])
-                if msg.topic() == s.topics.joined:
+                headers = record_headers(msg.headers())
+                topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+                if topic == s.topics.joined:
                     trainer.on_joined(msg.value() or b"")
                 else:
-                    src_headers = [*headers, ("mmcl.source_topic", msg.topic().encode()),
-                                   ("mmcl.source_partition", str(msg.partition()).encode()),
-                                   ("mmcl.source_offset", str(msg.offset()).encode())]
+                    src_headers = [*headers, ("mmcl.source_topic", topic.encode()),
+                                   ("mmcl.source_partition", str(partition).encode()),
+                                   ("mmcl.source_offset", str(offset).encode())]
                     bad = trainer.on_label(msg.value() or b"", src_headers)
                     if bad is not None:
                         send_dead_letter(msg.key(), msg.value() or b"", headers,
-                                         Origin(msg.topic(), msg.partition(), msg.offset()), *bad)
+                                         Origin(topic, partition, offset), *bad)
                 dirty = True
             if time.monotonic() - last_house >= 1.0:
                 last_house = time.monotonic()
@@ -72,3 +74,10 @@ def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
                 trainer.metrics.last_check.set(time.time())
     finally:
         c.close()
+
+
+def record_headers(raw: object) -> list[tuple[str, bytes]]:
+    """A consumed record's headers as (key, bytes) pairs (librdkafka gives a list of pairs, values may be None)."""
+    if not isinstance(raw, list):
+        return []
+    return [(str(k), v if isinstance(v, bytes) else (v or "").encode()) for k, v in raw]

@@ -237,10 +237,11 @@ class RedisRegistry:
                     p.watch(self._k("state"))
                     raw = p.get(self._k("state"))
                     state, version = change(json.loads(raw) if raw else {"current": None, "history": []})
+                    changed: str = version
                     p.multi()
                     p.set(self._k("state"), json.dumps(state))
                     p.execute()
-                    return version
+                    return changed
                 except redis.WatchError:
                     continue  # someone else changed it between our read and write: read again
 

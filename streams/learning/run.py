@@ -34,7 +34,12 @@ def run_trainer(s: Settings) -> int:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-        threading.Thread(target=lambda: (lost.wait(), stop.set()), daemon=True).start()
+
+        def stop_when_lease_lost() -> None:
+            lost.wait()
+            stop.set()
+
+        threading.Thread(target=stop_when_lease_lost, daemon=True).start()
         loop = asyncio.new_event_loop()
         threading.Thread(target=_serve_metrics, args=(loop, trainer, s), daemon=True).start()
         log.info("trainer up: %d labelled examples; metrics on http://%s:%d/metrics", trainer.store.size(),

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 
 def pack(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)  # plain arrays: read back with allow_pickle=False
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **arrays for allow_pickle; plain arrays, read back with allow_pickle=False
     return buf.getvalue()
 
 

@@ -81,7 +81,7 @@ class Trainer:
 
     def housekeeping(self) -> list[tuple[str, bytes, list[tuple[str, bytes]]]]:
         """Commit, bound the store, and return the labels whose features never came (to dead-letter)."""
-        unmatched = self.store.take_unmatched(self.t.match_grace_s)
+        unmatched: list[tuple[str, bytes, list[tuple[str, bytes]]]] = self.store.take_unmatched(self.t.match_grace_s)
         self.store.prune(self.t.feature_retention_s, self.t.max_features, self.t.max_examples)
         self.store.commit()
         self.metrics.labels.labels("unmatched").inc(len(unmatched))
@@ -186,17 +186,17 @@ class Trainer:
             shutil.rmtree(out, ignore_errors=True)
             return {**base, "outcome": "rejected", "metrics": metrics, "candidate_version": candidate.checksum[:12]}
         try:
-            v = self.registry.publish(res.checkpoint, parent=cur_version, label_window=window,
-                                      note=f"retrained on {len(examples)} labels ({metric} {m_new[metric]:.4f} vs "
-                                           f"{m_cur[metric]:.4f})")
-            self.registry.promote(v.version)
-            announce(self.s, v.version, v.checksum, "promote")
+            published = self.registry.publish(res.checkpoint, parent=cur_version, label_window=window,
+                                              note=f"retrained on {len(examples)} labels ({metric} {m_new[metric]:.4f} vs "
+                                                   f"{m_cur[metric]:.4f})")
+            self.registry.promote(published.version)
+            announce(self.s, published.version, published.checksum, "promote")
         except RegistryError as e:
             return {**base, "outcome": "failed", "error": str(e), "metrics": metrics}
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        self.metrics.current.info({"version": v.version})
-        return {**base, "outcome": "promoted", "metrics": metrics, "candidate_version": v.version}
+        self.metrics.current.info({"version": published.version})
+        return {**base, "outcome": "promoted", "metrics": metrics, "candidate_version": published.version}
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:

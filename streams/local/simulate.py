@@ -94,7 +94,7 @@ def plan(split: Split, spec: SimSpec) -> Iterator[list[Planned]]:
             mm = model_modality(m)
             length = int(split.lengths[mm][j])
             arr = split.features[mm][j]
-            arr = arr[-length:] if split.pad_side.get(mm) == "left" else arr[:length]
+            arr = arr[-length:] if split.pad_side.get(mm) == "front" else arr[:length]
             if length == 0:
                 arr = split.features[mm][j][:1] * 0
             parts.append(Planned(start + rng.uniform(0, spec.jitter_ms / 1000), utt, call.id, speaker, m, arr,

@@ -62,7 +62,8 @@ class KafkaPublisher:
 
             while True:
                 try:
-                    producer.produce(rec.topic, rec.value, key=rec.key, headers=rec.headers or None, on_delivery=report)
+                    headers: list[tuple[str, str | bytes | None]] | None = [*rec.headers] if rec.headers else None
+                    producer.produce(rec.topic, rec.value, key=rec.key, headers=headers, on_delivery=report)
                     out.append(fut)
                     break
                 except BufferError:  # librdkafka's local queue is full: let deliveries drain

@@ -8,7 +8,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -176,6 +176,7 @@ def check_access(client: redis.Redis, out: OutputSettings, rule: AggregateRule) 
 
 def read_call(client: redis.Redis, call_id: str, last: int = 50) -> dict[str, Any]:
     """A call's aggregates and its latest timeline entries, for `mmcl results` and tests."""
-    agg = client.hgetall(call_key(call_id))
-    timeline = client.xrevrange(timeline_key(call_id), count=last)
+    # a sync client answers synchronously; redis-py's stubs type both clients' replies as one union
+    agg = cast("dict[str, str]", client.hgetall(call_key(call_id)))
+    timeline = cast("list[tuple[str, dict[str, str]]]", client.xrevrange(timeline_key(call_id), count=last))
     return {"call_id": call_id, "aggregates": agg, "timeline": [dict(fields, id=i) for i, fields in reversed(timeline)]}

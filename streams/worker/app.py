@@ -73,6 +73,7 @@ def build_app(s: Settings) -> StreamApp:
             mechanism=k.sasl_mechanism, ssl_context=ssl_context(k))
     elif k.security_protocol == "SSL":
         credentials = ssl_context(k)
+    (s.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder of its datadir
     app = StreamApp(
         k.group_id,
         broker=brokers,
@@ -93,7 +94,7 @@ def build_app(s: Settings) -> StreamApp:
         store="memory://",
         datadir=str(s.state_dir / "faust" / k.group_id),  # Faust's default: ./<group>-data, wherever it was started
     )
-    app.conf.mmcl_fetch_max_wait_ms = k.fetch_max_wait_ms  # type: ignore[attr-defined]
+    app.conf.mmcl_fetch_max_wait_ms = k.fetch_max_wait_ms
     return app
 
 
@@ -111,17 +112,17 @@ def attach_pipeline(app: StreamApp, s: Settings, pipeline: Pipeline,
             await pipeline.on_message(Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
                                              list(msg.headers or []), event))
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants a `signal` keyword; it arrives in **kwargs
     async def on_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
         await pipeline.on_revoked({(tp.topic, tp.partition) for tp in revoked}, app.consumer.commit)
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's stub wants a `signal` keyword; it arrives in **kwargs
     async def on_assigned(app: Any, assigned: set[Any], **kwargs: Any) -> None:
         pipeline.on_assigned({(tp.topic, tp.partition) for tp in assigned})
         log.info("assigned %d partitions", len(assigned))
 
     app.on_stop_hooks = [pipeline.begin_shutdown]
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust's stub wants a `signal` keyword; it arrives in **kwargs
     async def before_shutdown(app: Any, **kwargs: Any) -> None:
         await on_shutdown()

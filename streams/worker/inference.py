@@ -54,7 +54,7 @@ class InferenceThread:
 
     def _run(self) -> None:
         while (batch := collect_batch(self.queue, self.max_size, self.wait_s)) is not None:
-            self.deliver(self.run_batch(batch))  # type: ignore[arg-type]
+            self.deliver(self.run_batch(batch))
 
     def run_batch(self, items: Sequence[Joined]) -> BatchResult:
         predictor = self.predictor  # one model per batch: a hot swap takes effect at the next one

@@ -51,9 +51,9 @@ def predictions_of(result: BatchResult, label_names: list[str], t: int) -> list[
             {w: float(pb.modality_weights[i, j]) for j, w in enumerate(WIRE_MODALITIES)}
         present = [w for j, w in enumerate(WIRE_MODALITIES) if pb.modality_mask[i, j]]
         out.append(Prediction(
-            utterance_id=item.utterance_id, call_id=item.call_id, speaker=item.speaker,  # type: ignore[arg-type]
+            utterance_id=item.utterance_id, call_id=item.call_id, speaker=item.speaker,
             score=float(pb.scores[i]), label=pb.labels[i], probabilities=probs, modality_weights=weights,
-            modalities=present, masked=list(item.masked), model_version=pb.model_version,  # type: ignore[arg-type]
+            modalities=present, masked=list(item.masked), model_version=pb.model_version,
             latency_ms=float(max(0, t - item.event_at)), produced_at=item.produced_at, predicted_at=t))
     return out
 

@@ -36,7 +36,7 @@ class Retry:
 
     def __init__(self, pipeline: RetryHost, what: str, redis_write: bool = False) -> None:
         self.p, self.what, self.redis_write = pipeline, what, redis_write
-        self.delay = pipeline.s.redis.retry_initial_s
+        self.delay = pipeline.settings.redis.retry_initial_s
         self.failing = False
 
     async def __aenter__(self) -> Retry:

@@ -61,7 +61,7 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
     follower = ModelFollower(s, registry, lambda: pipeline.predictor, pipeline.swap,
                              lambda result: metrics.model_swaps.labels(result).inc())
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]  # faust's decorators are unannotated
     async def start_pipeline() -> None:
         await pipeline.start()
         follower.start()
