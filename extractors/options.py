@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from extractors.utterance import FeatureMaker
 
 
-def add_extraction_options(p: argparse.ArgumentParser, for_model: bool = True) -> None:
-    g = p.add_argument_group("features")
+def add_extraction_options(parser: argparse.ArgumentParser, for_model: bool = True) -> None:
+    g = parser.add_argument_group("features")
     g.add_argument("--profile", default="default", choices=sorted(PROFILES),
                    help="extractor set (default: permissive licences; research: openSMILE audio, non-commercial)")
     g.add_argument("--extractor", action="append", default=[], metavar="MODALITY=NAME",
@@ -40,12 +40,12 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def maker_from_args(a: argparse.Namespace, model_ids: dict[str, str] | None = None,
+def maker_from_args(args: argparse.Namespace, model_ids: dict[str, str] | None = None,
                     model_seq_len: int | None = None) -> FeatureMaker:
     from extractors.utterance import FeatureMaker
 
-    chosen = resolve(a.profile, parse_overrides(a.extractor), model_ids)
-    seq_len = a.seq_len or model_seq_len or 50
+    chosen = resolve(args.profile, parse_overrides(args.extractor), model_ids)
+    seq_len = args.seq_len or model_seq_len or 50
     if seq_len < 1:
         raise ConfigError("--seq-len must be at least 1")
-    return FeatureMaker(chosen, seq_len=seq_len, align=a.align, asr=a.asr, device=a.device)
+    return FeatureMaker(chosen, seq_len=seq_len, align=args.align, asr=args.asr, device=args.device)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from extractors.registry import EXTRACTORS
-from mmcl.config import WIRE_MODALITIES, model_modality
+from mmcl.config import WIRE_MODALITIES, by_model, by_wire
 from mmcl.errors import ConfigError
 
 PROFILES: dict[str, dict[str, str]] = {
@@ -27,10 +27,7 @@ def resolve(profile: str = "default", overrides: Mapping[str, str] | None = None
     if profile not in PROFILES:
         raise ConfigError(f"unknown feature profile {profile!r}; valid: {', '.join(sorted(PROFILES))}")
     out = dict(PROFILES[profile])
-    for wire in WIRE_MODALITIES:
-        for key in (wire, model_modality(wire)):
-            if model_ids and key in model_ids:
-                out[wire] = model_ids[key]
+    out.update(by_wire(model_ids or {}))
     for wire, name in (overrides or {}).items():
         if wire not in WIRE_MODALITIES:
             raise ConfigError(f"unknown modality {wire!r}; valid: {', '.join(WIRE_MODALITIES)}")
@@ -43,4 +40,4 @@ def resolve(profile: str = "default", overrides: Mapping[str, str] | None = None
 
 def checkpoint_ids(chosen: Mapping[str, str]) -> dict[str, str]:
     """wire modality -> name, as a checkpoint records it (keyed by the model's modality names)."""
-    return {model_modality(w): n for w, n in chosen.items()}
+    return by_model(chosen)

@@ -77,9 +77,9 @@ class Utterance(BaseModel):
         return None if self.end is None else round(self.end * 1000)
 
 
-def first_error(e: ValidationError) -> tuple[str, str]:
+def first_error(error: ValidationError) -> tuple[str, str]:
     """(dotted field, message) of a validation error's first problem, for one-line errors."""
-    err = e.errors(include_url=False, include_input=False)[0]
+    err = error.errors(include_url=False, include_input=False)[0]
     return ".".join(str(p) for p in err["loc"]), err["msg"].removeprefix("Value error, ")
 
 

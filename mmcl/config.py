@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MODALITIES: tuple[str, str, str] = ("text", "audio", "vision")
 WIRE_MODALITIES: tuple[str, ...] = ("text", "audio", "visual")  # in messages and producers; the model says "vision"
+V = TypeVar("V")
+
+
+# The one place that maps names: messages, topics and producers say "visual", the model and datasets say "vision".
+WIRE_TO_MODEL: dict[str, str] = dict(zip(WIRE_MODALITIES, MODALITIES, strict=True))
 
 
 def model_modality(wire: str) -> str:
     """Wire name -> MODALITIES name."""
-    return MODALITIES[WIRE_MODALITIES.index(wire)]
+    return WIRE_TO_MODEL[wire]
+
+
+def by_wire(mapping: Mapping[str, V]) -> dict[str, V]:
+    """A mapping keyed by wire or model modality names (checkpoints have recorded both) -> keyed by wire names; where
+    both names are present the model name's value, the one checkpoints write now, wins."""
+    return {wire: mapping[key] for wire, model in WIRE_TO_MODEL.items() for key in (wire, model) if key in mapping}
+
+
+def by_model(mapping: Mapping[str, V]) -> dict[str, V]:
+    """A mapping keyed by wire modality names -> keyed by model modality names."""
+    return {WIRE_TO_MODEL[wire]: value for wire, value in mapping.items()}
+
+
 IEMOCAP_EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "angry")
 
 

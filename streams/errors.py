@@ -92,31 +92,31 @@ _REDIS_TRANSIENT_REPLIES = ("OOM", "LOADING", "READONLY", "BUSY", "MASTERDOWN", 
 _REDIS_ACL_REFUSALS = ("NOPERM", "can't run this command", "no permissions to")
 
 
-def from_redis_error(e: BaseException) -> TransientError | RecordRefused | SinkRefused:
+def from_redis_error(error: BaseException) -> TransientError | RecordRefused | SinkRefused:
     """A redis-py exception -> our class. AuthenticationError is a ConnectionError subclass and NoPermissionError a
     ResponseError one in redis-py: they are tested first."""
-    text = f"{type(e).__name__}: {e}"
-    if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError,
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, (redis.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError,
                       redis.exceptions.NoPermissionError)):
         return SinkRefused(f"Redis refused the worker ({text}): check MMCL_REDIS__USERNAME / MMCL_REDIS__PASSWORD "
                            "and the user's ACL (it needs scripts, hashes and streams on mmcl:* keys)")
-    if isinstance(e, redis.ResponseError) and any(m in str(e) for m in _REDIS_ACL_REFUSALS):
+    if isinstance(error, redis.ResponseError) and any(m in str(error) for m in _REDIS_ACL_REFUSALS):
         return SinkRefused(f"Redis refused a command to the worker's user ({text}): its ACL needs scripts, hashes "
                            "and streams on mmcl:* keys")
-    if isinstance(e, redis.ResponseError) and not isinstance(e, _REDIS_TRANSIENT) \
-            and not str(e).startswith(_REDIS_TRANSIENT_REPLIES):
+    if isinstance(error, redis.ResponseError) and not isinstance(error, _REDIS_TRANSIENT) \
+            and not str(error).startswith(_REDIS_TRANSIENT_REPLIES):
         return RecordRefused("invalid", text)  # e.g. WRONGTYPE: another program wrote one of this call's keys
     return TransientError(text)
 
 
-def classify(e: BaseException) -> ServiceError:
+def classify(error: BaseException) -> ServiceError:
     """Any error a write raised -> our class (ours pass through; timeouts and OS errors are transient)."""
-    if isinstance(e, ServiceError):
-        return e
-    if isinstance(e, redis.RedisError):
-        return from_redis_error(e)
-    if len(e.args) == 1 and hasattr(e.args[0], "code") and hasattr(e.args[0], "str"):  # a KafkaException
-        return from_kafka_error(e.args[0])
-    if isinstance(e, (TimeoutError, OSError, ConnectionError)):
-        return TransientError(f"{type(e).__name__}: {e}")
-    raise e  # a bug of ours: let it surface rather than retry it
+    if isinstance(error, ServiceError):
+        return error
+    if isinstance(error, redis.RedisError):
+        return from_redis_error(error)
+    if len(error.args) == 1 and hasattr(error.args[0], "code") and hasattr(error.args[0], "str"):  # a KafkaException
+        return from_kafka_error(error.args[0])
+    if isinstance(error, (TimeoutError, OSError, ConnectionError)):
+        return TransientError(f"{type(error).__name__}: {error}")
+    raise error  # a bug of ours: let it surface rather than retry it

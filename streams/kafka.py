@@ -33,18 +33,19 @@ class RecordLimits:
         """librdkafka's message.max.bytes (its default of 1,000,000 refuses records we must write)."""
         return max(self.feature, self.dead_letter, self.joined, self.output) + RECORD_OVERHEAD
 
-    def for_topic(self, t: TopicSettings, topic: str) -> int:
-        if topic in t.features:
+    def for_topic(self, topics: TopicSettings, topic: str) -> int:
+        if topic in topics.features:
             return self.feature
-        return {t.dlq: self.dead_letter, t.joined: self.joined}.get(topic, self.output)
+        return {topics.dlq: self.dead_letter, topics.joined: self.joined}.get(topic, self.output)
 
-    def lowered(self, t: TopicSettings, broker: dict[str, int]) -> RecordLimits:
+    def lowered(self, topics: TopicSettings, broker: dict[str, int]) -> RecordLimits:
         """These limits, lowered to the broker's `max.message.bytes` of the topics it reported."""
         def low(ours: int, *topics: str) -> int:
             return min([ours, *(broker[name] for name in topics if name in broker)])
 
-        return RecordLimits(low(self.feature, *t.features), low(self.dead_letter, t.dlq), low(self.joined, t.joined),
-                            low(self.output, t.predictions, t.alerts))
+        return RecordLimits(low(self.feature, *topics.features), low(self.dead_letter, topics.dlq),
+                            low(self.joined, topics.joined),
+                            low(self.output, topics.predictions, topics.alerts))
 
 
 def record_limits(max_message_bytes: int, modalities: int = 3) -> RecordLimits:
@@ -59,25 +60,25 @@ def record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str,
             + RECORD_OVERHEAD)
 
 
-def librdkafka_config(k: KafkaSettings) -> dict[str, Any]:
-    conf: dict[str, Any] = {"bootstrap.servers": k.bootstrap_servers, "security.protocol": k.security_protocol}
-    if k.sasl_mechanism:
-        conf["sasl.mechanism"] = k.sasl_mechanism
-        conf["sasl.username"] = k.sasl_username
-        conf["sasl.password"] = k.sasl_password.get_secret_value() if k.sasl_password else ""
+def librdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol}
+    if kafka.sasl_mechanism:
+        conf["sasl.mechanism"] = kafka.sasl_mechanism
+        conf["sasl.username"] = kafka.sasl_username
+        conf["sasl.password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
     for ours, theirs in (("ssl_cafile", "ssl.ca.location"), ("ssl_certfile", "ssl.certificate.location"),
                          ("ssl_keyfile", "ssl.key.location")):
-        if getattr(k, ours):
-            conf[theirs] = str(getattr(k, ours))
+        if getattr(kafka, ours):
+            conf[theirs] = str(getattr(kafka, ours))
     return conf
 
 
-def producer_config(k: KafkaSettings, linger_ms: int = 2, max_record_bytes: int | None = None) -> dict[str, Any]:
+def producer_config(kafka: KafkaSettings, linger_ms: int = 2, max_record_bytes: int | None = None) -> dict[str, Any]:
     """`max_record_bytes`: the largest record this producer must send (librdkafka refuses more than 1,000,000 bytes
     by default, so a producer of feature messages at the input limit, or the worker's, must raise it)."""
     # murmur2_random: the Java client's and aiokafka's (Faust's) key hash; librdkafka's default would put a call's
     # three modalities on partitions the worker does not read together.
-    conf = {**librdkafka_config(k), "partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": linger_ms}
+    conf = {**librdkafka_config(kafka), "partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": linger_ms}
     if max_record_bytes is not None:
         conf["message.max.bytes"] = max(1_000_000, max_record_bytes + RECORD_OVERHEAD)
     return conf
@@ -94,25 +95,26 @@ def produce(producer: Any, topic: str, value: bytes, key: bytes, on_delivery: An
             producer.poll(0.05)  # let deliveries drain
 
 
-def consumer_config(k: KafkaSettings, group_id: str) -> dict[str, Any]:
-    return {**librdkafka_config(k), "group.id": group_id, "auto.offset.reset": "earliest",
-            "session.timeout.ms": int(k.session_timeout_s * 1000), "heartbeat.interval.ms": int(k.heartbeat_interval_s * 1000),
-            "fetch.wait.max.ms": k.fetch_max_wait_ms, "enable.auto.commit": False}
+def consumer_config(kafka: KafkaSettings, group_id: str) -> dict[str, Any]:
+    return {**librdkafka_config(kafka), "group.id": group_id, "auto.offset.reset": "earliest",
+            "session.timeout.ms": int(kafka.session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(kafka.heartbeat_interval_s * 1000),
+            "fetch.wait.max.ms": kafka.fetch_max_wait_ms, "enable.auto.commit": False}
 
 
-def ssl_context(k: KafkaSettings) -> ssl.SSLContext | None:
-    if k.security_protocol not in ("SSL", "SASL_SSL"):
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
+    if kafka.security_protocol not in ("SSL", "SASL_SSL"):
         return None
-    ctx = ssl.create_default_context(cafile=str(k.ssl_cafile) if k.ssl_cafile else None)
-    if k.ssl_certfile:
-        ctx.load_cert_chain(str(k.ssl_certfile), str(k.ssl_keyfile) if k.ssl_keyfile else None)
+    ctx = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+    if kafka.ssl_certfile:
+        ctx.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None)
     return ctx
 
 
-def partition_counts(k: KafkaSettings, topics: tuple[str, ...], timeout: float = 10.0) -> dict[str, int | None]:
+def partition_counts(kafka: KafkaSettings, topics: tuple[str, ...], timeout: float = 10.0) -> dict[str, int | None]:
     from confluent_kafka.admin import AdminClient
 
-    md = AdminClient(librdkafka_config(k)).list_topics(timeout=timeout)
+    md = AdminClient(librdkafka_config(kafka)).list_topics(timeout=timeout)
     return {t: (len(md.topics[t].partitions) if t in md.topics and md.topics[t].error is None else None) for t in topics}
 
 
@@ -122,40 +124,40 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def topic_specs(t: TopicSettings, max_message_bytes: int = LimitSettings().max_message_bytes) -> dict[str, TopicSpec]:
+def topic_specs(topics: TopicSettings, max_message_bytes: int = LimitSettings().max_message_bytes) -> dict[str, TopicSpec]:
     """Every topic the service uses, with its partitions and topic-level configs: the one definition `mmcl up`,
     `mmcl topics create` (the compose / Kubernetes init step) and `mmcl worker --create-topics` all apply."""
 
     def spec(retention_h: float, message_bytes: int, policy: str = "delete") -> TopicSpec:
-        return TopicSpec(t.partitions, {"cleanup.policy": policy, "retention.ms": str(int(retention_h * HOUR_MS)),
+        return TopicSpec(topics.partitions, {"cleanup.policy": policy, "retention.ms": str(int(retention_h * HOUR_MS)),
                                         "max.message.bytes": str(message_bytes)})
 
-    lim = record_limits(max_message_bytes, len(t.features))
-    out = {name: spec(t.features_retention_h, lim.feature) for name in t.features}
-    out[t.predictions] = spec(t.output_retention_h, lim.output)
-    out[t.alerts] = spec(t.output_retention_h, lim.output)
-    out[t.dlq] = spec(t.dlq_retention_h, lim.dead_letter)
-    out[t.feedback] = spec(t.feedback_retention_h, lim.output)
+    lim = record_limits(max_message_bytes, len(topics.features))
+    out = {name: spec(topics.features_retention_h, lim.feature) for name in topics.features}
+    out[topics.predictions] = spec(topics.output_retention_h, lim.output)
+    out[topics.alerts] = spec(topics.output_retention_h, lim.output)
+    out[topics.dlq] = spec(topics.dlq_retention_h, lim.dead_letter)
+    out[topics.feedback] = spec(topics.feedback_retention_h, lim.output)
     # all of an utterance's parts in one record; compacted too, so a re-delivered utterance is kept once
-    out[t.joined] = spec(t.joined_retention_h, lim.joined, "compact,delete")
+    out[topics.joined] = spec(topics.joined_retention_h, lim.joined, "compact,delete")
     # the latest announcement is all a worker needs; one partition keeps them in order
-    out[t.model_updates] = TopicSpec(1, {"cleanup.policy": "compact"})
+    out[topics.model_updates] = TopicSpec(1, {"cleanup.policy": "compact"})
     return out
 
 
-def ensure_topics(k: KafkaSettings, t: TopicSettings, timeout: float = 15.0,
+def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, timeout: float = 15.0,
                   max_message_bytes: int = LimitSettings().max_message_bytes) -> dict[str, int | None]:
     """Create the missing topics as `topic_specs` defines them (auto-created ones would get the broker's defaults).
     Returns every topic's partition count as found (None: it was missing, and is now created as specified)."""
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at run time; the package's stub does not re-export it
 
-    specs = topic_specs(t, max_message_bytes)
-    found = partition_counts(k, tuple(specs), timeout)
+    specs = topic_specs(topics, max_message_bytes)
+    found = partition_counts(kafka, tuple(specs), timeout)
     missing = [name for name, n in found.items() if n is None]
     if missing:
-        admin = AdminClient(librdkafka_config(k))  # must outlive the futures: its destruction cancels them
+        admin = AdminClient(librdkafka_config(kafka))  # must outlive the futures: its destruction cancels them
         futures = admin.create_topics(
-            [NewTopic(name, num_partitions=specs[name].partitions, replication_factor=t.replication,
+            [NewTopic(name, num_partitions=specs[name].partitions, replication_factor=topics.replication,
                       config=specs[name].config) for name in missing],
             operation_timeout=timeout)
         for name, fut in futures.items():
@@ -167,15 +169,15 @@ def ensure_topics(k: KafkaSettings, t: TopicSettings, timeout: float = 15.0,
     return found
 
 
-def check_copartitioned(s: Settings, timeout: float = 10.0,
+def check_copartitioned(settings: Settings, timeout: float = 10.0,
                         counts: dict[str, int | None] | None = None) -> int:
     """The join needs a call's three parts on the same partition number: refuse to run otherwise. `counts`: the
     feature topics' partition counts when the caller has them (else they are read from the broker)."""
     if counts is None:
-        counts = partition_counts(s.kafka, s.topics.features, timeout)
+        counts = partition_counts(settings.kafka, settings.topics.features, timeout)
     absent = [t for t, n in counts.items() if n is None]
     if absent:
-        raise ConfigError(f"feature topic(s) {', '.join(absent)} do not exist on {s.kafka.bootstrap_servers} "
+        raise ConfigError(f"feature topic(s) {', '.join(absent)} do not exist on {settings.kafka.bootstrap_servers} "
                           "(create them with the same partition count, or run `mmcl up`)")
     if len(set(counts.values())) != 1:
         shown = ", ".join(f"{t}={n}" for t, n in counts.items())
@@ -184,27 +186,27 @@ def check_copartitioned(s: Settings, timeout: float = 10.0,
     return next(iter(counts.values()))  # type: ignore[return-value]
 
 
-def output_topics(s: Settings) -> tuple[str, ...]:
+def output_topics(settings: Settings) -> tuple[str, ...]:
     """The topics the worker writes to."""
-    t = s.topics
-    return (t.predictions, t.alerts, t.dlq, *([t.joined] if s.trainer.keep_joined else []))
+    t = settings.topics
+    return (t.predictions, t.alerts, t.dlq, *([t.joined] if settings.trainer.keep_joined else []))
 
 
-def check_outputs(s: Settings, counts: dict[str, int | None], timeout: float = 10.0) -> RecordLimits:
+def check_outputs(settings: Settings, counts: dict[str, int | None], timeout: float = 10.0) -> RecordLimits:
     """At start-up: the topics the worker writes exist (`counts`: their partition counts, as partition_counts read
     them), and the records it may write fit them. Returns the record limits to check outputs against: ours, lowered
     where the broker's `max.message.bytes` of a topic is smaller (a record bound to be refused is then handled
     before it is sent, with the reason known)."""
     from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]  # exported at run time; the package's stub does not re-export it
 
-    t = s.topics
-    outputs = output_topics(s)
+    t = settings.topics
+    outputs = output_topics(settings)
     absent = [name for name in outputs if counts.get(name) is None]
     if absent:
-        raise ConfigError(f"output topic(s) {', '.join(absent)} do not exist on {s.kafka.bootstrap_servers} "
+        raise ConfigError(f"output topic(s) {', '.join(absent)} do not exist on {settings.kafka.bootstrap_servers} "
                           "(mmcl topics create, or mmcl worker --create-topics)")
-    ours = record_limits(s.limits.max_message_bytes, len(t.features))
-    admin = AdminClient(librdkafka_config(s.kafka))
+    ours = record_limits(settings.limits.max_message_bytes, len(t.features))
+    admin = AdminClient(librdkafka_config(settings.kafka))
     broker: dict[str, int] = {}
     try:
         futures = admin.describe_configs([ConfigResource("topic", name) for name in outputs])
@@ -222,5 +224,6 @@ def check_outputs(s: Settings, counts: dict[str, int | None], timeout: float = 1
                     t.joined: "larger utterances are scored but not kept for training"}.get(name, "larger records are skipped")
             log.warning("topic %s takes records up to %d bytes, below the %d that MMCL_LIMITS__MAX_MESSAGE_BYTES=%d needs: "
                         "%s (raise it: kafka-configs --alter --entity-type topics --entity-name %s "
-                        "--add-config max.message.bytes=%d)", name, has, need, s.limits.max_message_bytes, what, name, need)
+                        "--add-config max.message.bytes=%d)", name, has, need, settings.limits.max_message_bytes, what, name,
+                        need)
     return lowered

@@ -107,7 +107,7 @@ class Alert(_Wire):
     call_id: Id
     speaker: Speaker
     utterance_id: Id
-    rule: str = Field(description="e.g. 'customer negative in 3 of last 4'")
+    rule: str = Field(description="the rule in words, e.g. 'negative (< -0.5) in 3 of the last 4'")
     negative: int
     window: int
     mean_score: float

@@ -340,17 +340,17 @@ def is_secret_field(info: Any) -> bool:
     return any(isinstance(t, type) and issubclass(t, SecretStr) for t in (info.annotation, *get_args(info.annotation)))
 
 
-def shown(v: Any) -> Any:
+def shown(value: Any) -> Any:
     """A setting's value as it may be shown (printed, logged, returned by `mmcl config show`)."""
-    if isinstance(v, SecretStr):
-        return str(v)  # '**********', or the URL with '***' for its password
-    if isinstance(v, BaseModel):
-        return {k: shown(getattr(v, k)) for k in type(v).model_fields}
-    if isinstance(v, (list, tuple)):
-        return [shown(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    return v
+    if isinstance(value, SecretStr):
+        return str(value)  # '**********', or the URL with '***' for its password
+    if isinstance(value, BaseModel):
+        return {k: shown(getattr(value, k)) for k in type(value).model_fields}
+    if isinstance(value, (list, tuple)):
+        return [shown(x) for x in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def masked(settings: Settings) -> dict[str, Any]:

@@ -106,34 +106,34 @@ def load_any(path: Path) -> Dataset:
     return load_dataset(path)
 
 
-def cmd_train(a: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from mmcl.data import load_dataset
     from mmcl.presets import PRESETS
     from mmcl.train import train
 
-    if a.data.suffix != ".npz":
-        raise DataFormatError(f"{a.data}: training reads .npz only; convert pickles with `mmcl data convert`")
-    ds = load_dataset(a.data)
+    if args.data.suffix != ".npz":
+        raise DataFormatError(f"{args.data}: training reads .npz only; convert pickles with `mmcl data convert`")
+    ds = load_dataset(args.data)
     label_kind = ds.meta.get("label_kind", "score")
-    kind = TaskKind(a.task) if a.task else (TaskKind.MULTITASK if label_kind == "multitask" else TaskKind.REGRESSION)
+    kind = TaskKind(args.task) if args.task else (TaskKind.MULTITASK if label_kind == "multitask" else TaskKind.REGRESSION)
     task_kwargs: dict[str, Any] = {"kind": kind, "score_range": float(ds.meta.get("score_range", 3.0))}
     if kind is TaskKind.CLASSIFICATION:
-        task_kwargs["num_classes"] = a.num_classes
+        task_kwargs["num_classes"] = args.num_classes
     if kind is TaskKind.MULTITASK and ds.meta.get("subtask_names"):
         task_kwargs["class_names"] = tuple(ds.meta["subtask_names"])
-    preset = PRESETS[a.preset]
-    model_kw: dict[str, Any] = {**preset["model"], "kind": "mmcl" if a.model == "mmcl" else "late_fusion",
-                                "decoupling": a.decoupling, "input_dims": ds.dims, "task": TaskConfig(**task_kwargs),
-                                "use_modalities": a.modalities}
+    preset = PRESETS[args.preset]
+    model_kw: dict[str, Any] = {**preset["model"], "kind": "mmcl" if args.model == "mmcl" else "late_fusion",
+                                "decoupling": args.decoupling, "input_dims": ds.dims, "task": TaskConfig(**task_kwargs),
+                                "use_modalities": args.modalities}
     train_kw: dict[str, Any] = dict(preset["train"])
     for names, target in ((MODEL_OPTIONS, model_kw), (TRAIN_OPTIONS, train_kw)):
-        target.update({n: getattr(a, n) for n in names if getattr(a, n) is not None})
-    if a.no_act_reward:
+        target.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
+    if args.no_act_reward:
         train_kw["act_reward"] = False
     if "seq_len" not in model_kw:
         model_kw["seq_len"] = int(ds.splits["train"].features["text"].shape[1])
     extractor_ids = {}
-    for item in a.extractor_id:
+    for item in args.extractor_id:
         mod, sep, ident = item.partition("=")
         if not sep or mod not in MODALITIES or not ident:
             raise ConfigError(f"--extractor-id takes MODALITY=ID with MODALITY one of {', '.join(MODALITIES)}; got {item!r}")
@@ -141,7 +141,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if extractor_ids:
         ds.meta["extractor_ids"] = extractor_ids
     mcfg, tcfg = ModelConfig(**model_kw), TrainConfig(**train_kw)
-    result = train(ds, mcfg, tcfg, a.out, progress=not a.no_progress, device=a.device)
+    result = train(ds, mcfg, tcfg, args.out, progress=not args.no_progress, device=args.device)
     print(f"\nbest epoch {result.best_epoch} of {result.epochs_run} ({result.seconds:.0f} s)"
           + ("; interrupted" if result.interrupted else ""))
     print(f"checkpoint: {result.checkpoint}")
@@ -159,58 +159,58 @@ def _print_metrics(title: str, metrics: dict[str, float], ideal: dict[str, float
         print(line)
 
 
-def cmd_evaluate(a: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmcl.checkpoint import load_checkpoint
     from mmcl.data import load_dataset
     from mmcl.data.tensors import to_tensors
     from mmcl.evaluate import evaluate
 
-    ckpt = load_checkpoint(a.checkpoint)
-    ds = load_dataset(a.data)
-    ev = evaluate(ckpt.model, to_tensors(ds.splits[a.split], ckpt.config), ckpt.config.task)
-    if a.json:
-        print(json.dumps({"split": a.split, "metrics": ev.metrics, "loss": ev.loss}, indent=2))
+    ckpt = load_checkpoint(args.checkpoint)
+    ds = load_dataset(args.data)
+    ev = evaluate(ckpt.model, to_tensors(ds.splits[args.split], ckpt.config), ckpt.config.task)
+    if args.json:
+        print(json.dumps({"split": args.split, "metrics": ev.metrics, "loss": ev.loss}, indent=2))
     else:
-        _print_metrics(a.split, ev.metrics)
+        _print_metrics(args.split, ev.metrics)
     return 0
 
 
-def cmd_data(a: argparse.Namespace) -> int:
+def cmd_data(args: argparse.Namespace) -> int:
     from mmcl.data import save_dataset
     from mmcl.data.dataset import describe
 
-    if a.data_command == "synth":
+    if args.data_command == "synth":
         import pickle
 
         from mmcl.data.synth import SynthSpec, make_synthetic, to_mmsa_dict
 
-        if a.seq_len < 1:
+        if args.seq_len < 1:
             raise ConfigError("--seq-len must be positive")
-        ds = make_synthetic(SynthSpec(sizes=a.sizes, seq_len=a.seq_len, dims=a.dims, seed=a.seed,
-                                      min_len=min(10, a.seq_len)))
-        if a.pickle:
-            out = a.out.with_suffix(".pkl")
+        ds = make_synthetic(SynthSpec(sizes=args.sizes, seq_len=args.seq_len, dims=args.dims, seed=args.seed,
+                                      min_len=min(10, args.seq_len)))
+        if args.pickle:
+            out = args.out.with_suffix(".pkl")
             out.parent.mkdir(parents=True, exist_ok=True)
             with out.open("wb") as f:
                 pickle.dump(to_mmsa_dict(ds), f, protocol=4)
         else:
-            out = save_dataset(ds, a.out)
+            out = save_dataset(ds, args.out)
         ideal = ds.meta["ideal_test_metrics"]
-        print(f"wrote {out}: sizes {list(a.sizes)}, seq_len {a.seq_len}, dims {list(a.dims)}")
+        print(f"wrote {out}: sizes {list(args.sizes)}, seq_len {args.seq_len}, dims {list(args.dims)}")
         print("ideal test Acc-2 (has0): " + ", ".join(f"{k} {v['acc2_has0']:.3f}" for k, v in ideal.items()))
         return 0
-    if a.data_command == "convert":
+    if args.data_command == "convert":
         from mmcl.data.formats import load_public_pickle
 
-        if a.dest.suffix != ".npz":
-            raise ConfigError(f"{a.dest}: the destination must end in .npz")
-        ds = load_public_pickle(a.source, score_range=a.score_range)
-        out = save_dataset(ds, a.dest)
+        if args.dest.suffix != ".npz":
+            raise ConfigError(f"{args.dest}: the destination must end in .npz")
+        ds = load_public_pickle(args.source, score_range=args.score_range)
+        out = save_dataset(ds, args.dest)
         print(f"wrote {out} ({ds.meta['layout']} layout; " + ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items()) + ")")
         return 0
-    if a.data_command == "build":
-        return _data_build(a)
-    print(json.dumps(describe(load_any(a.path)), indent=2))
+    if args.data_command == "build":
+        return _data_build(args)
+    print(json.dumps(describe(load_any(args.path)), indent=2))
     return 0
 
 

@@ -20,17 +20,17 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def open_registry(s: Settings) -> Registry:
-    r = s.registry
+def open_registry(settings: Settings) -> Registry:
+    r = settings.registry
     if r.backend == "redis":
         import redis
 
         from streams.sinks.redis_store import redis_kwargs
 
-        kw = {**redis_kwargs(s.redis), "decode_responses": False}
-        client = redis.Redis.from_url((r.redis_url or s.redis.url).get_secret_value(), **kw)
-        return RedisRegistry(client, s.state_dir / "registry-cache", r.prefix)
-    return DirRegistry(r.path or s.state_dir / "registry")
+        kw = {**redis_kwargs(settings.redis), "decode_responses": False}
+        client = redis.Redis.from_url((r.redis_url or settings.redis.url).get_secret_value(), **kw)
+        return RedisRegistry(client, settings.state_dir / "registry-cache", r.prefix)
+    return DirRegistry(r.path or settings.state_dir / "registry")
 
 
 def load_predictor(path: Path, device: str) -> Predictor:
@@ -42,22 +42,22 @@ def load_predictor(path: Path, device: str) -> Predictor:
     return predictor
 
 
-def initial_predictor(s: Settings, registry: Registry | None) -> Predictor:
+def initial_predictor(settings: Settings, registry: Registry | None) -> Predictor:
     """The registry's current version if it has one, else MMCL_MODEL__CHECKPOINT."""
     if registry is not None:
         try:
             version = registry.current()
         except Exception as e:  # a registry that cannot be read is reported, not fatal if a checkpoint is set
-            if s.model.checkpoint is None:
+            if settings.model.checkpoint is None:
                 raise ConfigError(f"cannot read the model registry: {e}") from None
-            log.warning("cannot read the model registry (%s); serving %s", e, s.model.checkpoint)
+            log.warning("cannot read the model registry (%s); serving %s", e, settings.model.checkpoint)
             version = None
         if version is not None:
-            return load_predictor(registry.fetch(version), s.model.device)
-    if s.model.checkpoint is None:
+            return load_predictor(registry.fetch(version), settings.model.device)
+    if settings.model.checkpoint is None:
         raise ConfigError("no model: the registry has no current version and MMCL_MODEL__CHECKPOINT is not set "
                           "(mmcl model publish CHECKPOINT --promote, or set MMCL_MODEL__CHECKPOINT)")
-    return load_predictor(s.model.checkpoint, s.model.device)
+    return load_predictor(settings.model.checkpoint, settings.model.device)
 
 
 class ModelFollower:
@@ -152,7 +152,7 @@ class ModelFollower:
             c.close()
 
 
-def announce(s: Settings, version: str, checksum: str, action: str) -> None:
+def announce(settings: Settings, version: str, checksum: str, action: str) -> None:
     """Tell every worker to re-read the registry (promote / rollback)."""
     from confluent_kafka import Producer
 
@@ -160,10 +160,11 @@ def announce(s: Settings, version: str, checksum: str, action: str) -> None:
 
     msg = ModelAnnouncement(version=version, checksum=checksum, action=action,
                             announced_at=now_ms())
-    p = Producer(producer_config(s.kafka))
-    p.produce(s.topics.model_updates, msg.model_dump_json().encode(), key=b"mmcl")
+    p = Producer(producer_config(settings.kafka))
+    p.produce(settings.topics.model_updates, msg.model_dump_json().encode(), key=b"mmcl")
     if p.flush(15) != 0:
-        raise ConfigError(f"could not announce {version} on {s.topics.model_updates} (broker {s.kafka.bootstrap_servers})")
+        raise ConfigError(f"could not announce {version} on {settings.topics.model_updates} "
+                          f"(broker {settings.kafka.bootstrap_servers})")
 
 
 __all__ = ["ModelFollower", "Registry", "announce", "initial_predictor", "load_predictor", "open_registry"]

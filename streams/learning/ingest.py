@@ -15,24 +15,24 @@ from streams.sinks.deadletter import Reason
 log = logging.getLogger("mmcl.trainer")
 
 
-def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
+def consume(settings: Settings, trainer: Trainer, stop: threading.Event) -> None:
     """The ingestion loop: joined features and labels into the store; offsets committed after the store."""
     from confluent_kafka import Consumer, KafkaException, Producer
 
     from streams.kafka import consumer_config, producer_config, record_limits
     from streams.sinks.deadletter import Origin, dead_letter
 
-    limit = record_limits(s.limits.max_message_bytes).dead_letter
-    c = Consumer(consumer_config(s.kafka, s.trainer.group_id))
-    p = Producer(producer_config(s.kafka, max_record_bytes=limit))
+    limit = record_limits(settings.limits.max_message_bytes).dead_letter
+    c = Consumer(consumer_config(settings.kafka, settings.trainer.group_id))
+    p = Producer(producer_config(settings.kafka, max_record_bytes=limit))
 
     def send_dead_letter(key: bytes | None, raw: bytes, headers: list[tuple[str, bytes]], origin: Origin, reason: Reason,
                          error: str) -> None:
-        rec, _ = dead_letter(s.topics.dlq, key, raw, headers, origin, reason.value, "feedback", error, limit)
+        rec, _ = dead_letter(settings.topics.dlq, key, raw, headers, origin, reason.value, "feedback", error, limit)
         out_headers: list[tuple[str, str | bytes | None]] = [*rec.headers]
         p.produce(rec.topic, rec.value, key=rec.key, headers=out_headers)
 
-    c.subscribe([s.topics.joined, s.topics.feedback])
+    c.subscribe([settings.topics.joined, settings.topics.feedback])
     last_house = time.monotonic()
     dirty = False
     try:
@@ -41,7 +41,7 @@ def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
             if msg is not None and msg.error() is None:
                 headers = record_headers(msg.headers())
                 topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-                if topic == s.topics.joined:
+                if topic == settings.topics.joined:
                     trainer.on_joined(msg.value() or b"")
                 else:
                     src_headers = [*headers, ("mmcl.source_topic", topic.encode()),
@@ -57,10 +57,10 @@ def consume(s: Settings, trainer: Trainer, stop: threading.Event) -> None:
                 for _utt, raw, hdrs in trainer.housekeeping():
                     base = [h for h in hdrs if not h[0].startswith("mmcl.source_")]
                     info = {k: v.decode() for k, v in hdrs if k.startswith("mmcl.source_")}
-                    origin = Origin(info.get("mmcl.source_topic", s.topics.feedback),
+                    origin = Origin(info.get("mmcl.source_topic", settings.topics.feedback),
                                     int(info.get("mmcl.source_partition", -1)), int(info.get("mmcl.source_offset", -1)))
                     send_dead_letter(None, raw, base, origin, Reason.UNMATCHED,
-                                     f"no joined features within {s.trainer.match_grace_s:g} s (never seen, or expired)")
+                                     f"no joined features within {settings.trainer.match_grace_s:g} s (never seen, or expired)")
                 if p.flush(30) != 0:
                     raise ConfigError("could not write to the dead-letter topic")
                 if dirty:

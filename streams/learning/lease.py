@@ -82,20 +82,21 @@ class RedisLease:
 
 
 @contextlib.contextmanager
-def single_instance(s: Settings) -> Iterator[threading.Event]:
+def single_instance(settings: Settings) -> Iterator[threading.Event]:
     """The state folder's lock, and with the registry in Redis a lease there too (trainers on other machines).
     Yields an event set if the lease is lost: the trainer must stop then."""
-    lock = SingleInstance(s.state_dir / "trainer" / "trainer.lock")
+    lock = SingleInstance(settings.state_dir / "trainer" / "trainer.lock")
     lock.acquire()
     lease = None
     try:
-        if s.registry.backend == "redis":
+        if settings.registry.backend == "redis":
             import redis
 
             from streams.sinks.redis_store import redis_kwargs
 
-            client = redis.Redis.from_url((s.registry.redis_url or s.redis.url).get_secret_value(), **redis_kwargs(s.redis))
-            lease = RedisLease(client, f"{s.registry.prefix}:trainer-lease")
+            url = (settings.registry.redis_url or settings.redis.url).get_secret_value()
+            client = redis.Redis.from_url(url, **redis_kwargs(settings.redis))
+            lease = RedisLease(client, f"{settings.registry.prefix}:trainer-lease")
             lease.acquire()
         yield lease.lost if lease else threading.Event()
     finally:

@@ -45,8 +45,8 @@ class ModelVersion:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ModelVersion:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+    def from_json(cls, data: dict[str, Any]) -> ModelVersion:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 class Registry(Protocol):

@@ -15,7 +15,7 @@ from streams.settings import Settings
 log = logging.getLogger("mmcl.trainer")
 
 
-def run_trainer(s: Settings) -> int:
+def run_trainer(settings: Settings) -> int:
     import asyncio
     import signal
 
@@ -24,13 +24,13 @@ def run_trainer(s: Settings) -> int:
     from streams.kafka import ensure_topics
     from streams.learning.follower import open_registry
 
-    logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # a run trains for minutes next to workers that answer in milliseconds: fewer threads, lower priority
-    torch.set_num_threads(s.trainer.threads)
-    os.nice(s.trainer.nice)
-    with single_instance(s) as lost:
-        ensure_topics(s.kafka, s.topics, max_message_bytes=s.limits.max_message_bytes)
-        trainer = Trainer(s, open_registry(s))
+    torch.set_num_threads(settings.trainer.threads)
+    os.nice(settings.trainer.nice)
+    with single_instance(settings) as lost:
+        ensure_topics(settings.kafka, settings.topics, max_message_bytes=settings.limits.max_message_bytes)
+        trainer = Trainer(settings, open_registry(settings))
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -41,11 +41,11 @@ def run_trainer(s: Settings) -> int:
 
         threading.Thread(target=stop_when_lease_lost, daemon=True).start()
         loop = asyncio.new_event_loop()
-        threading.Thread(target=_serve_metrics, args=(loop, trainer, s), daemon=True).start()
+        threading.Thread(target=_serve_metrics, args=(loop, trainer, settings), daemon=True).start()
         log.info("trainer up: %d labelled examples; metrics on http://%s:%d/metrics", trainer.store.size(),
-                 s.metrics.host, s.trainer.metrics_port)
+                 settings.metrics.host, settings.trainer.metrics_port)
         try:
-            consume(s, trainer, stop)
+            consume(settings, trainer, stop)
         finally:
             trainer.join(timeout=5)  # a run in progress is abandoned: it changed nothing yet
             trainer.store.close()

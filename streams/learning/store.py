@@ -82,10 +82,11 @@ class TrainingStore:
 
     # ingestion ---------------------------------------------------------------------------------------------
     @_locked
-    def add_features(self, j: JoinedFeatures) -> None:
-        arrays = pack({m: part.array() for m, part in j.parts.items()})
+    def add_features(self, joined: JoinedFeatures) -> None:
+        arrays = pack({m: part.array() for m, part in joined.parts.items()})
         self.db.execute("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (j.utterance_id, j.call_id, j.speaker, j.produced_at, j.model_version, arrays, _now()))
+                        (joined.utterance_id, joined.call_id, joined.speaker, joined.produced_at, joined.model_version,
+                         arrays, _now()))
 
     @_locked
     def add_label(self, lab: FeedbackLabel, raw: bytes, headers: list[tuple[str, bytes]]) -> bool:

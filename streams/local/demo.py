@@ -116,12 +116,12 @@ def scrape(port: int, trainer_port: int | None = None) -> Scrape:
     return out
 
 
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+def histogram_quantile(quantile: float, buckets: list[tuple[float, float]]) -> float | None:
     """Prometheus' estimate: linear inside the bucket that holds the q-th observation."""
     buckets = sorted(buckets)
     if not buckets or buckets[-1][1] == 0:
         return None
-    rank, prev_le, prev_n = q * buckets[-1][1], 0.0, 0.0
+    rank, prev_le, prev_n = quantile * buckets[-1][1], 0.0, 0.0
     for le, n in buckets:
         if n >= rank:
             if le == float("inf"):
@@ -139,7 +139,7 @@ def trainer_line(sc: Scrape) -> str:
             + ("   (training now)" if sc.training else ""))
 
 
-def render(s: Settings, client: Any, sc: Scrape, rate: float, sent: int, elapsed: float) -> str:
+def render(settings: Settings, client: Any, sc: Scrape, rate: float, sent: int, elapsed: float) -> str:
     feed = client.xrevrange(FEED, count=400)
     latest: dict[str, dict[str, tuple[float, str]]] = {}
     for _, e in feed:

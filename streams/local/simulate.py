@@ -105,22 +105,25 @@ def plan(split: Split, spec: SimSpec) -> Iterator[list[Planned]]:
             slots[slot_idx] = new_call()
 
 
-def encode(p: Planned, produced_at: int) -> bytes:
-    if p.modality == "label":
-        lab = FeedbackLabel(utterance_id=p.utterance_id, call_id=p.call_id, label=p.label, source="simulated-qa",
+def encode(planned: Planned, produced_at: int) -> bytes:
+    if planned.modality == "label":
+        lab = FeedbackLabel(utterance_id=planned.utterance_id, call_id=planned.call_id, label=planned.label,
+                            source="simulated-qa",
                             labeled_at=produced_at)
         return lab.model_dump_json().encode()
-    msg = FeatureMessage(utterance_id=p.utterance_id, call_id=p.call_id, speaker=p.speaker, modality=p.modality,
-                         features=EncodedArray.from_numpy(p.features), produced_at=produced_at)
+    msg = FeatureMessage(utterance_id=planned.utterance_id, call_id=planned.call_id, speaker=planned.speaker,
+                         modality=planned.modality,
+                         features=EncodedArray.from_numpy(planned.features), produced_at=produced_at)
     return msg.model_dump_json(exclude_none=True).encode()
 
 
-def run(s: Settings, split: Split, spec: SimSpec, stop: threading.Event | None = None,
+def run(settings: Settings, split: Split, spec: SimSpec, stop: threading.Event | None = None,
         on_progress: Callable[[SimStats], None] | None = None) -> SimStats:
     from confluent_kafka import KafkaException, Producer
 
     stop = stop or threading.Event()
-    producer = Producer(producer_config(s.kafka, max_record_bytes=record_limits(s.limits.max_message_bytes).feature))
+    limit = record_limits(settings.limits.max_message_bytes).feature
+    producer = Producer(producer_config(settings.kafka, max_record_bytes=limit))
     stats = SimStats()
     heap: list[tuple[float, int, Planned]] = []
     seq = 0
@@ -169,7 +172,7 @@ def run(s: Settings, split: Split, spec: SimSpec, stop: threading.Event | None =
         produced_at = now_ms()
         value = encode(p, produced_at)
         is_label = p.modality == "label"
-        topic = s.topics.feedback if is_label else s.topics.feature(p.modality)
+        topic = settings.topics.feedback if is_label else settings.topics.feature(p.modality)
         try:
             produce(producer, topic, value, p.call_id.encode(), failed)
         except KafkaException:

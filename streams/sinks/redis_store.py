@@ -27,45 +27,45 @@ def write_script() -> str:
     return files("streams.sinks").joinpath("lua/write_utterance.lua").read_text()
 
 
-def utt_key(c: str, u: str) -> str:
-    return f"mmcl:{{{c}}}:utt:{u}"
+def utt_key(call_id: str, utterance_id: str) -> str:
+    return f"mmcl:{{{call_id}}}:utt:{utterance_id}"
 
 
-def call_key(c: str) -> str:
-    return f"mmcl:{{{c}}}:call"
+def call_key(call_id: str) -> str:
+    return f"mmcl:{{{call_id}}}:call"
 
 
-def timeline_key(c: str) -> str:
-    return f"mmcl:{{{c}}}:timeline"
+def timeline_key(call_id: str) -> str:
+    return f"mmcl:{{{call_id}}}:timeline"
 
 
-def redis_kwargs(r: RedisSettings) -> dict[str, Any]:
-    kw: dict[str, Any] = {"socket_timeout": r.socket_timeout_s, "socket_connect_timeout": r.socket_timeout_s,
+def redis_kwargs(redis_conf: RedisSettings) -> dict[str, Any]:
+    kw: dict[str, Any] = {"socket_timeout": redis_conf.socket_timeout_s, "socket_connect_timeout": redis_conf.socket_timeout_s,
                           "decode_responses": True}
-    if r.username:
-        kw["username"] = r.username
-    if r.password:
-        kw["password"] = r.password.get_secret_value()
-    if r.ssl_ca_certs:
-        kw["ssl_ca_certs"] = str(r.ssl_ca_certs)
+    if redis_conf.username:
+        kw["username"] = redis_conf.username
+    if redis_conf.password:
+        kw["password"] = redis_conf.password.get_secret_value()
+    if redis_conf.ssl_ca_certs:
+        kw["ssl_ca_certs"] = str(redis_conf.ssl_ca_certs)
     return kw
 
 
-def async_client(r: RedisSettings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(r.url.get_secret_value(), **redis_kwargs(r))
+def async_client(redis_conf: RedisSettings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(redis_conf.url.get_secret_value(), **redis_kwargs(redis_conf))
 
 
-def sync_client(r: RedisSettings) -> redis.Redis:
-    return redis.Redis.from_url(r.url.get_secret_value(), **redis_kwargs(r))
+def sync_client(redis_conf: RedisSettings) -> redis.Redis:
+    return redis.Redis.from_url(redis_conf.url.get_secret_value(), **redis_kwargs(redis_conf))
 
 
-def call_of(p: Prediction) -> str:
-    return p.call_id or p.utterance_id  # an utterance without a call is its own call
+def call_of(prediction: Prediction) -> str:
+    return prediction.call_id or prediction.utterance_id  # an utterance without a call is its own call
 
 
-def hash_fields(p: Prediction) -> dict[str, str]:
-    d = p.model_dump(mode="json")
-    d["call_id"] = call_of(p)
+def hash_fields(prediction: Prediction) -> dict[str, str]:
+    d = prediction.model_dump(mode="json")
+    d["call_id"] = call_of(prediction)
     return {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in d.items() if v is not None}
 
 

@@ -63,8 +63,8 @@ class StreamApp(faust.App):
         await super().on_stop()
 
 
-def build_app(s: Settings) -> StreamApp:
-    k = s.kafka
+def build_app(settings: Settings) -> StreamApp:
+    k = settings.kafka
     brokers = ";".join(f"kafka://{b.strip()}" for b in k.bootstrap_servers.split(","))
     credentials: Any = None
     if k.sasl_mechanism:
@@ -73,7 +73,7 @@ def build_app(s: Settings) -> StreamApp:
             mechanism=k.sasl_mechanism, ssl_context=ssl_context(k))
     elif k.security_protocol == "SSL":
         credentials = ssl_context(k)
-    (s.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder of its datadir
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder of its datadir
     app = StreamApp(
         k.group_id,
         broker=brokers,
@@ -86,23 +86,23 @@ def build_app(s: Settings) -> StreamApp:
         stream_wait_empty=False,  # see the module docstring
         table_standby_replicas=0,
         stream_recovery_delay=0,
-        topic_partitions=s.topics.partitions,
+        topic_partitions=settings.topics.partitions,
         topic_allow_declare=False,  # `mmcl up` / ensure_topics create them with the right counts
         topic_disable_leader=True,
         web_enabled=False,
         autodiscover=False,
         store="memory://",
-        datadir=str(s.state_dir / "faust" / k.group_id),  # Faust's default: ./<group>-data, wherever it was started
+        datadir=str(settings.state_dir / "faust" / k.group_id),  # Faust's default: ./<group>-data, wherever it was started
     )
     app.conf.mmcl_fetch_max_wait_ms = k.fetch_max_wait_ms
     return app
 
 
-def attach_pipeline(app: StreamApp, s: Settings, pipeline: Pipeline,
+def attach_pipeline(app: StreamApp, settings: Settings, pipeline: Pipeline,
                     on_shutdown: Callable[[], Awaitable[None]]) -> None:
     """Wire the pipeline to the app: the agent, rebalances, and shutdown (`on_shutdown` runs once the flow has
     stopped and before offsets are committed for the last time)."""
-    channel = app.topic(*s.topics.features, key_type=bytes, value_type=bytes, key_serializer="raw",
+    channel = app.topic(*settings.topics.features, key_type=bytes, value_type=bytes, key_serializer="raw",
                         value_serializer="raw", allow_empty=True)
 
     @app.agent(channel, name="mmcl-join")

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import ValidationError
 
+from mmcl.config import by_wire
 from mmcl.predictor import Predictor
 from streams.messages import FeatureMessage
-from streams.settings import WIRE_MODALITIES, LimitSettings, model_modality
+from streams.settings import WIRE_MODALITIES, LimitSettings
 from streams.sinks.deadletter import Reason
 
 
@@ -92,7 +93,6 @@ def _schema_rejection(e: ValidationError) -> Rejection:
 
 
 def profile_of(predictor: Predictor) -> ModelProfile:
+    """What a part must match to be scored by `predictor`: its dims and extractors, by wire modality."""
     dims = dict(zip(WIRE_MODALITIES, predictor.input_dims, strict=True))
-    ids = predictor.checkpoint.profile.extractor_ids
-    extractor_ids = {w: ids[k] for w in WIRE_MODALITIES for k in (w, model_modality(w)) if k in ids}
-    return ModelProfile(dims, extractor_ids)
+    return ModelProfile(dims, by_wire(predictor.checkpoint.profile.extractor_ids))

@@ -38,7 +38,7 @@ class Source:
         return (self.topic, self.partition)
 
 
-def predictions_of(result: BatchResult, label_names: list[str], t: int) -> list[Prediction]:
+def predictions_of(result: BatchResult, label_names: list[str], predicted_at: int) -> list[Prediction]:
     """A batch's results as Prediction messages, stamped `t` (ms)."""
     pb = result.predictions
     assert pb is not None
@@ -54,14 +54,15 @@ def predictions_of(result: BatchResult, label_names: list[str], t: int) -> list[
             utterance_id=item.utterance_id, call_id=item.call_id, speaker=item.speaker,
             score=float(pb.scores[i]), label=pb.labels[i], probabilities=probs, modality_weights=weights,
             modalities=present, masked=list(item.masked), model_version=pb.model_version,
-            latency_ms=float(max(0, t - item.event_at)), produced_at=item.produced_at, predicted_at=t))
+            latency_ms=float(max(0, predicted_at - item.event_at)), produced_at=item.produced_at, predicted_at=predicted_at))
     return out
 
 
-def joined_record(item: Joined, p: Prediction) -> bytes:
+def joined_record(item: Joined, prediction: Prediction) -> bytes:
     """A JoinedFeatures message with the parts' original bytes spliced in: re-encoding ~200 kB of arrays per
     utterance cost ~2 ms of CPU, as much as scoring it. Each part was validated as a FeatureMessage on the way in."""
-    head = {"schema_version": SCHEMA_VERSION, "utterance_id": p.utterance_id, "call_id": p.call_id,
-            "speaker": p.speaker, "produced_at": item.produced_at, "model_version": p.model_version, "score": p.score}
+    head = {"schema_version": SCHEMA_VERSION, "utterance_id": prediction.utterance_id, "call_id": prediction.call_id,
+            "speaker": prediction.speaker, "produced_at": item.produced_at, "model_version": prediction.model_version,
+            "score": prediction.score}
     parts = b",".join(json.dumps(m).encode() + b":" + part.raw for m, part in item.parts.items())
     return json.dumps(head).encode()[:-1] + b',"parts":{' + parts + b"}}"

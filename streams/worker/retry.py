@@ -48,7 +48,7 @@ class Retry:
             self.p.live.resume()
             self.p.publish_state()
 
-    async def failed(self, e: ServiceError) -> None:
+    async def failed(self, error: ServiceError) -> None:
         p = self.p
         (p.metrics.redis_errors if self.redis_write else p.metrics.kafka_errors).inc()
         if not self.failing:  # the agent is about to stall on this: parts not arriving is not news
@@ -58,7 +58,7 @@ class Retry:
         if self.redis_write:
             p.redis_ok = False
         p.publish_state()
-        log.warning("%s write failed (%s); retrying in %.2f s", self.what, e, self.delay)
+        log.warning("%s write failed (%s); retrying in %.2f s", self.what, error, self.delay)
         assert p.abort is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(p.abort.wait(), self.delay)

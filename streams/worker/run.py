@@ -21,7 +21,7 @@ from streams.worker.lag import LagGauges, LagProbe, follow_lag
 log = logging.getLogger("mmcl.worker")
 
 
-def run_worker(s: Settings, create_topics: bool = False) -> int:
+def run_worker(settings: Settings, create_topics: bool = False) -> int:
     import faust
 
     from streams.health import start_http
@@ -31,51 +31,55 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
     from streams.worker.app import attach_pipeline, build_app
     from streams.worker.pipeline import Pipeline
 
-    logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if create_topics:
-        ensure_topics(s.kafka, s.topics, max_message_bytes=s.limits.max_message_bytes)
-    counts = partition_counts(s.kafka, (*s.topics.features, *output_topics(s)))  # one metadata request for both checks
-    partitions = check_copartitioned(s, counts={t: counts[t] for t in s.topics.features})
-    limits = check_outputs(s, counts)
-    s = s.model_copy(update={"topics": s.topics.model_copy(update={"partitions": partitions})})
-    client = sync_client(s.redis)
+        ensure_topics(settings.kafka, settings.topics, max_message_bytes=settings.limits.max_message_bytes)
+    # one metadata request for both checks
+    counts = partition_counts(settings.kafka, (*settings.topics.features, *output_topics(settings)))
+    partitions = check_copartitioned(settings, counts={t: counts[t] for t in settings.topics.features})
+    limits = check_outputs(settings, counts)
+    settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"partitions": partitions})})
+    client = sync_client(settings.redis)
     try:
-        warning = check_access(client, s.output, aggregate_rule(s))  # wrong credentials: one line, exit 1
+        warning = check_access(client, settings.output, aggregate_rule(settings))  # wrong credentials: one line, exit 1
     finally:
         client.close()
     if warning:
         log.warning(warning)
-    registry = open_registry(s)
-    predictor = initial_predictor(s, registry)
+    registry = open_registry(settings)
+    predictor = initial_predictor(settings, registry)
     metrics = Metrics()
-    app = build_app(s)
+    app = build_app(settings)
     state: dict[str, Any] = {}
-    publisher = KafkaPublisher(s.kafka, limits.producer)
+    publisher = KafkaPublisher(settings.kafka, limits.producer)
 
     def on_fatal(why: str) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # the same orderly shutdown as a SIGTERM from outside
 
-    pipeline = Pipeline(s, predictor, metrics, lambda: ResultWriter(async_client(s.redis), s.output, aggregate_rule(s)),
+    def make_writer() -> ResultWriter:
+        return ResultWriter(async_client(settings.redis), settings.output, aggregate_rule(settings))
+
+    pipeline = Pipeline(settings, predictor, metrics, make_writer,
                         publisher, ack=lambda event: event.ack(), limits=limits, on_fatal=on_fatal)
 
-    follower = ModelFollower(s, registry, lambda: pipeline.predictor, pipeline.swap,
+    follower = ModelFollower(settings, registry, lambda: pipeline.predictor, pipeline.swap,
                              lambda result: metrics.model_swaps.labels(result).inc())
 
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are unannotated
     async def start_pipeline() -> None:
         await pipeline.start()
         follower.start()
-        state["lag"] = asyncio.create_task(follow_lag(LagProbe(s.kafka, s.kafka.group_id), LagGauges(metrics),
-                                                      app.consumer, s.metrics.lag_interval_s), name="mmcl-lag")
-        state["http"] = await start_http(metrics, lambda: status(pipeline, app), s.metrics.host, s.metrics.port)
+        state["lag"] = asyncio.create_task(follow_lag(LagProbe(settings.kafka, settings.kafka.group_id), LagGauges(metrics),
+                                                      app.consumer, settings.metrics.lag_interval_s), name="mmcl-lag")
+        state["http"] = await start_http(metrics, lambda: status(pipeline, app), settings.metrics.host, settings.metrics.port)
         log.info("worker up: model %s on %s, metrics on http://%s:%d/metrics", predictor.version, predictor.device,
-                 s.metrics.host, s.metrics.port)
+                 settings.metrics.host, settings.metrics.port)
 
     async def shutdown() -> None:
         """The flow has stopped: writes in flight get the grace time, then everything of ours stops; Faust commits
         what was acknowledged after this returns."""
         t0 = time.monotonic()
-        grace = s.worker.shutdown_timeout_s
+        grace = settings.worker.shutdown_timeout_s
         await pipeline.drain(grace)
         follower.stop()
         lag = state.get("lag")
@@ -88,8 +92,8 @@ def run_worker(s: Settings, create_topics: bool = False) -> int:
             await state["http"].cleanup()
         log.info("stopped in %.1f s", time.monotonic() - t0)
 
-    attach_pipeline(app, s, pipeline, shutdown)
-    worker = faust.Worker(app, loglevel=_faust_level(s.log_level), quiet=True, redirect_stdouts=False)
+    attach_pipeline(app, settings, pipeline, shutdown)
+    worker = faust.Worker(app, loglevel=_faust_level(settings.log_level), quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()  # runs until SIGTERM / SIGINT, then stops cleanly
         code: Any = 0

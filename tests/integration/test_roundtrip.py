@@ -6,9 +6,11 @@ import json
 import random
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 
 from mmcl.predictor import Predictor
+from streams.messages import Alert
 from streams.settings import AlertSettings, OutputSettings
 from streams.sinks.aggregates import AggregateRule
 from streams.sinks.redis_store import call_key, timeline_key, utt_key
@@ -20,6 +22,7 @@ from .conftest import DEVICE, Stack, features, make_checkpoint, part, wait_for
 # call's customer turns negative, and each call must raise its alert exactly once (debounced): a test of alerts
 # has to see alerts.
 ALERT_ENV = {"MMCL_ALERT__NEGATIVE_BELOW": "0", "MMCL_ALERT__N": "2", "MMCL_ALERT__M": "3"}
+ALERT_SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "alert.schema.json"
 RULE = AggregateRule(OutputSettings().ewma_alpha, OutputSettings().shift_window, AlertSettings().roles, 0.0, 2, 3)
 
 
@@ -95,6 +98,13 @@ def test_round_trip_results_aggregates_and_alerts(stack: Stack, tmp_path: Path) 
     assert alerts_seen == len(calls)
     kafka_alerts = stack.consume_all(stack.topics.alerts, alerts_seen, timeout=30)
     assert len(kafka_alerts) == alerts_seen
+    # the Alert JSON is made in Lua: it must be what the exported schema (and the Python model) promise
+    schema = json.loads(ALERT_SCHEMA.read_text())
+    stored = [json.loads(e["alert"]) for _, e in stack.redis.xrange("mmcl:alerts") if e["call_id"] in calls]
+    for alert in [json.loads(rec.value()) for rec in kafka_alerts] + stored:
+        jsonschema.validate(alert, schema)
+        assert Alert.model_validate(alert).rule == RULE.name
+        assert alert["call_id"] in calls and alert["negative"] >= RULE.n and alert["window"] <= RULE.m
     assert stack.redis.xlen("mmcl:alerts") >= alerts_seen
     assert worker.metric("mmcl_predictions_total") == len(sent)
     assert worker.metric("mmcl_model_info", version=predictor.version, device=DEVICE) == 1

@@ -126,3 +126,12 @@ def test_a_bad_secret_value_is_not_quoted_in_the_error(monkeypatch: pytest.Monke
     with pytest.raises(ConfigError) as e:
         load_settings()
     assert "sentinel" not in str(e.value) and "MMCL_REGISTRY__REDIS_URL" in str(e.value)
+
+
+def test_wire_and_model_modality_names_map_in_one_place() -> None:
+    from mmcl.config import by_model, by_wire, model_modality
+
+    assert model_modality("visual") == "vision" and model_modality("text") == "text"
+    assert by_wire({"vision": "fer", "text": "minilm"}) == {"text": "minilm", "visual": "fer"}
+    assert by_wire({"visual": "older", "vision": "newer"}) == {"visual": "newer"}  # the model's name is what is written
+    assert by_model({"visual": 19, "text": 384}) == {"vision": 19, "text": 384}
