@@ -13,12 +13,16 @@ from extractors.base import ExtractionError, missing_extra
 
 @dataclass(frozen=True)
 class Word:
+    """A recognised word and its times in the clip."""
+
     text: str
     start: float  # seconds from the start of the clip
     end: float
 
 
 class WhisperASR:
+    """Word timestamps from faster-whisper (tiny.en, from a wheel), for word-aligned features."""
+
     name = "whisper-tiny.en"
 
     def __init__(self, threads: int = 2) -> None:

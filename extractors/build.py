@@ -20,6 +20,8 @@ from mmcl.errors import ConfigError
 
 @dataclass
 class BuildReport:
+    """What building a dataset did: utterances per split, missing modalities, failures."""
+
     utterances: int
     per_split: dict[str, int]
     missing: dict[str, int]  # modality -> utterances without it (kept, with that modality masked)
@@ -46,6 +48,7 @@ def split_by_call(utts: Sequence[Utterance], fractions: tuple[float, float], see
 def build(utts: Sequence[Utterance], maker: FeatureMaker, fractions: tuple[float, float] = (0.1, 0.1),
           seed: int = 0, score_range: float = 3.0,
           progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, BuildReport]:
+    """Extract every utterance of a labelled manifest and split the calls into a dataset."""
     unlabeled = [u.utterance_id for u in utts if u.label is None]
     if unlabeled:
         raise ConfigError(f"{len(unlabeled)} of {len(utts)} utterances have no label (first: {unlabeled[0]}); "
@@ -117,5 +120,6 @@ def _split(members: Sequence[Utterance], feats: dict[str, dict[str, np.ndarray]]
 
 
 def print_progress(done: int, total: int) -> None:
+    """A one-line progress counter on stderr."""
     if done == total or done % 10 == 0:
         print(f"\rextracted {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)

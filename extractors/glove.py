@@ -18,6 +18,8 @@ TOKEN = re.compile(r"[a-z0-9]+(?=n't)|n't|'[a-z]+|[a-z0-9]+|[^\sa-z0-9]")
 
 
 class GloveText:
+    """Text as GloVe 6B 50-d word vectors (from a wheel)."""
+
     name = "glove-50"
     modality = "text"
     dim = 50

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 
 def add_extraction_options(parser: argparse.ArgumentParser, for_model: bool = True) -> None:
+    """Add the options that choose extractors, alignment and the model to follow."""
     g = parser.add_argument_group("features")
     g.add_argument("--profile", default="default", choices=sorted(PROFILES),
                    help="extractor set (default: permissive licences; research: openSMILE audio, non-commercial)")
@@ -31,6 +32,7 @@ def add_extraction_options(parser: argparse.ArgumentParser, for_model: bool = Tr
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
+    """MODALITY=NAME items -> {modality: extractor name}."""
     out = {}
     for item in items:
         mod, sep, name = item.partition("=")
@@ -42,6 +44,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 def maker_from_args(args: argparse.Namespace, model_ids: dict[str, str] | None = None,
                     model_seq_len: int | None = None) -> FeatureMaker:
+    """The FeatureMaker the extraction options describe."""
     from extractors.utterance import FeatureMaker
 
     chosen = resolve(args.profile, parse_overrides(args.extractor), model_ids)

@@ -18,10 +18,12 @@ EXTRACTORS: dict[str, str] = {
 
 
 def names() -> list[str]:
+    """Every registered extractor name."""
     return sorted(EXTRACTORS)
 
 
 def create(name: str) -> Extractor:
+    """A new instance of a registered extractor (its libraries are imported here, not before)."""
     if name not in EXTRACTORS:
         raise ConfigError(f"unknown extractor {name!r}; valid: {', '.join(names())}")
     module, _, cls = EXTRACTORS[name].partition(":")

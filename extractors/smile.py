@@ -14,6 +14,8 @@ from extractors.base import ExtractionError, missing_extra
 
 
 class EGeMAPSAudio:
+    """Audio as openSMILE eGeMAPS low-level descriptors (non-commercial licence)."""
+
     name = "egemaps-25"
     modality = "audio"
     dim = 25

@@ -38,6 +38,8 @@ def transcript(raw: Any) -> str:
 
 
 class MiniLMText:
+    """Text as all-MiniLM-L6-v2 token vectors (384-d, from a wheel)."""
+
     name = "minilm-384"
     modality = "text"
     dim = 384

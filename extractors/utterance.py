@@ -154,6 +154,8 @@ def _from_folder(folder: Path) -> list[Utterance]:
 
 @dataclass
 class Extracted:
+    """One utterance's features by modality, and the modalities that failed."""
+
     modality: str
     features: np.ndarray  # (T, D) float32, aligned
     extractor: str  # the feature profile id stamped on the message

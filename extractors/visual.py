@@ -64,6 +64,8 @@ def geometry(pts: np.ndarray) -> np.ndarray:
 
 
 class MediaPipeFace:
+    """Per-frame face-mesh geometry and emotion probabilities (MediaPipe and a small CNN)."""
+
     name = "mediapipe-fer-19"
     modality = "visual"
     dim = len(GEOMETRY) + len(EMOTIONS)

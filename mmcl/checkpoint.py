@@ -38,6 +38,8 @@ class FeatureProfile:
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """A loaded checkpoint: the model, its config, its feature profile and its checksum."""
+
     model: nn.Module
     config: ModelConfig
     profile: FeatureProfile
@@ -107,6 +109,7 @@ def verify_checksums(path: Path) -> str:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint directory (safetensors weights + JSON config), verifying its checksums."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint directory at {path}")

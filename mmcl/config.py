@@ -37,6 +37,8 @@ IEMOCAP_EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "angry")
 
 
 class TaskKind(StrEnum):
+    """What the model predicts: a sentiment score, classes, or several binary emotions."""
+
     REGRESSION = "regression"
     CLASSIFICATION = "classification"
     MULTITASK = "multitask"  # S binary sub-tasks, e.g. IEMOCAP's 4 emotions x {absent, present}
@@ -47,6 +49,8 @@ class _Frozen(BaseModel):
 
 
 class TaskConfig(_Frozen):
+    """The prediction task: its kind, label range or classes, and how outputs are named."""
+
     kind: TaskKind = TaskKind.REGRESSION
     # Regression: labels live in [-score_range, score_range]; 3 for MOSI/MOSEI, 1 for CH-SIMS.
     score_range: float = Field(3.0, gt=0)
@@ -125,6 +129,8 @@ class ModelConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
+    """Training hyper-parameters; the defaults are the reference values of the paper."""
+
     epochs: int = Field(200, ge=1)  # reference: up to 200
     batch_size: int = Field(128, ge=2)  # reference: 128; >= 2 because of BatchNorm in the head
     lr: float = Field(3e-4, gt=0)  # all three Adam optimisers

@@ -21,6 +21,8 @@ _NEG = -1e9  # masked logits; finite so that an all-masked row gives a uniform s
 
 @dataclass(frozen=True)
 class Decoupled:
+    """One modality's decoupled parts: its common and its specific representation."""
+
     common: Tensor  # (B, L, D)
     specific: Tensor  # (B, L, D)
     common_weights: Tensor  # (B, L, L) A_m

@@ -8,6 +8,7 @@ from mmcl.errors import ConfigError
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """`auto` -> CUDA when present, else CPU; a named device is checked to exist."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":

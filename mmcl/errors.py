@@ -16,20 +16,30 @@ class MMCLError(Exception):
 
 
 class ConfigError(MMCLError):
+    """A setting, option or argument is invalid."""
+
     pass
 
 
 class DataFormatError(MMCLError):
+    """A dataset file cannot be read as any known layout."""
+
     pass
 
 
 class DimensionMismatch(MMCLError):
+    """Features do not have the dims the model was trained on."""
+
     pass
 
 
 class InvalidInput(MMCLError):
+    """An input to the model is malformed (shape, non-finite values, missing modalities)."""
+
     pass
 
 
 class CheckpointError(MMCLError):
+    """A checkpoint is missing, corrupt or of an unsupported format."""
+
     pass

@@ -16,6 +16,8 @@ from mmcl.tasks import supervised_loss
 
 @dataclass(frozen=True)
 class Evaluation:
+    """A model's metrics and mean loss on one split."""
+
     metrics: dict[str, float]
     loss: float
     logits: np.ndarray
@@ -24,6 +26,7 @@ class Evaluation:
 
 def evaluate(model: nn.Module, data: TensorSplit, task: TaskConfig, batch_size: int = 256,
              regression_loss: str = "l1") -> Evaluation:
+    """Evaluate a model on a split in eval mode, without gradients."""
     model.eval()
     logits, weights, loss_sum = [], [], 0.0
     with torch.inference_mode():

@@ -24,10 +24,12 @@ def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The share of equal labels."""
     return float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if np.size(y_true) else float("nan")
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two score vectors (0 when either is constant)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.size < 2 or a.std() == 0 or b.std() == 0:
         return float("nan")  # undefined, as np.corrcoef would say (with a warning)
@@ -74,6 +76,7 @@ def sims_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def classification_metrics(pred_ids: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Accuracy and weighted F1 of class predictions."""
     return {"acc": accuracy(truth, pred_ids), "f1": weighted_f1(truth, pred_ids)}
 
 

@@ -17,6 +17,8 @@ from mmcl.sequence import masked_mean
 
 @dataclass(frozen=True)
 class ModelOutput:
+    """What a forward pass returns: predictions, the decoupled parts, and what the losses need."""
+
     logits: Tensor  # (B, K)
     modality_weights: Tensor | None  # (B, 3) w_m in (0, 1); 0 where the modality is missing
     states: list[Tensor] | None = None  # per modality: specific part P_m (B, L, D), the policy's state
@@ -45,6 +47,7 @@ class IntraModalAttention(nn.Module):
 
 
 def encoder_layer(d_model: int, num_heads: int, ff_dim: int, dropout: float) -> nn.TransformerEncoderLayer:
+    """A post-norm Transformer encoder layer, batch first, as the reference model uses."""
     return nn.TransformerEncoderLayer(
         d_model, num_heads, ff_dim, dropout, activation="relu", batch_first=True, norm_first=False
     )
@@ -65,6 +68,8 @@ class Head(nn.Module):
 
 
 class MMCL(nn.Module):
+    """Multi-modality collaborative learning: decoupling, per-modality actors and a fused head."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -179,6 +184,7 @@ class LateFusionBaseline(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> MMCL | LateFusionBaseline:
+    """The model a config describes (MMCL or the late-fusion baseline)."""
     return MMCL(cfg) if cfg.kind == "mmcl" else LateFusionBaseline(cfg)
 
 

@@ -21,6 +21,8 @@ UtteranceFeatures = Mapping[str, np.ndarray | None]  # modality -> (T, d) array,
 
 @dataclass(frozen=True)
 class PredictionBatch:
+    """A batch's scores, labels, class probabilities and modality weights."""
+
     scores: np.ndarray  # (B,) sentiment score (regression scale, or polarity in [-1, 1]); multitask (B, S)
     labels: list[str]
     probabilities: np.ndarray | None  # (B, C) classification; (B, S) multitask presence; None for regression
@@ -30,6 +32,8 @@ class PredictionBatch:
 
 
 class Predictor:
+    """A loaded model ready to score utterances, one batch at a time, on its device."""
+
     def __init__(self, checkpoint: Checkpoint, device: torch.device) -> None:
         self.checkpoint = checkpoint
         self.device = device

@@ -7,6 +7,8 @@ from torch import Tensor
 
 
 class ReplayBuffer:
+    """A bounded buffer of actor-critic transitions, sampled uniformly."""
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._states: list[Tensor] = []  # per modality (capacity, L, D)

@@ -13,6 +13,7 @@ from mmcl.config import TaskConfig, TaskKind
 
 
 def supervised_loss(task: TaskConfig, logits: Tensor, y: Tensor, regression_loss: str = "l1") -> Tensor:
+    """The task's supervised loss of outputs against labels."""
     if task.kind is TaskKind.REGRESSION:
         pred = logits[:, 0]
         return F.l1_loss(pred, y) if regression_loss == "l1" else F.mse_loss(pred, y)
@@ -48,6 +49,7 @@ class Decoded:
 
 
 def decode(task: TaskConfig, logits: Tensor) -> Decoded:
+    """Model outputs -> scores, labels and probabilities, as the task defines them."""
     logits = logits.float()
     if task.kind is TaskKind.REGRESSION:
         scores = logits[:, 0].clamp(-task.score_range, task.score_range).cpu().numpy()

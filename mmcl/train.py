@@ -40,6 +40,8 @@ BEST_DIR, HISTORY_FILE, SUMMARY_FILE = "best", "history.jsonl", "summary.json"
 
 @dataclass
 class TrainResult:
+    """What a training run produced: the checkpoint, its epochs and its test metrics."""
+
     best_epoch: int
     best_valid: dict[str, float]
     test: dict[str, float]
@@ -52,6 +54,7 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's generators."""
     torch.manual_seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - third-party code may use the global generator
 

@@ -28,24 +28,34 @@ RefusedWhy = Literal["too_large", "invalid", "unauthorized"]
 
 
 class ServiceError(MMCLError):
+    """A failure of a broker or Redis operation, classified by what can be done about it."""
+
     pass
 
 
 class TransientError(ServiceError):
+    """May succeed when tried again: retried with back-off until shutdown."""
+
     pass
 
 
 class RecordRefused(ServiceError):
+    """This record can never be written (too large, invalid, refused); `why` says which."""
+
     def __init__(self, why: RefusedWhy, message: str) -> None:
         super().__init__(message)
         self.why = why
 
 
 class SinkRefused(ServiceError):
+    """The sink refuses the worker itself (credentials, permissions): nothing more can be written."""
+
     pass
 
 
 class ShuttingDown(ServiceError):
+    """The worker is stopping: the operation was abandoned unacknowledged."""
+
     pass
 
 

@@ -16,6 +16,7 @@ PATHS = ("/metrics", "/healthz", "/readyz")  # what the deployment's probes and 
 
 
 async def start_http(metrics: Metrics, status: Callable[[], dict[str, Any]], host: str, port: int) -> web.AppRunner:
+    """Serve /metrics, /healthz and /readyz on host:port; -> the running aiohttp runner."""
     async def metrics_view(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -49,6 +49,7 @@ class RecordLimits:
 
 
 def record_limits(max_message_bytes: int, modalities: int = 3) -> RecordLimits:
+    """The record size limits every producer, topic and check derive from the input limit."""
     part = max_message_bytes + HEADERS_ROOM  # a feature message at the size limit must fit, and reach the DLQ
     return RecordLimits(feature=part, dead_letter=part, joined=modalities * max_message_bytes + HEADERS_ROOM,
                         output=OUTPUT_RECORD_BYTES)
@@ -61,6 +62,7 @@ def record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str,
 
 
 def librdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection and security settings for a librdkafka client."""
     conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol}
     if kafka.sasl_mechanism:
         conf["sasl.mechanism"] = kafka.sasl_mechanism
@@ -96,6 +98,7 @@ def produce(producer: Any, topic: str, value: bytes, key: bytes, on_delivery: An
 
 
 def consumer_config(kafka: KafkaSettings, group_id: str) -> dict[str, Any]:
+    """A librdkafka consumer that commits only what it is told to."""
     return {**librdkafka_config(kafka), "group.id": group_id, "auto.offset.reset": "earliest",
             "session.timeout.ms": int(kafka.session_timeout_s * 1000),
             "heartbeat.interval.ms": int(kafka.heartbeat_interval_s * 1000),
@@ -103,6 +106,7 @@ def consumer_config(kafka: KafkaSettings, group_id: str) -> dict[str, Any]:
 
 
 def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
+    """The TLS context for aiokafka (Faust), or None for plaintext."""
     if kafka.security_protocol not in ("SSL", "SASL_SSL"):
         return None
     ctx = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
@@ -112,6 +116,7 @@ def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
 
 
 def partition_counts(kafka: KafkaSettings, topics: tuple[str, ...], timeout: float = 10.0) -> dict[str, int | None]:
+    """Each topic's partition count from the broker's metadata (None: no such topic)."""
     from confluent_kafka.admin import AdminClient
 
     md = AdminClient(librdkafka_config(kafka)).list_topics(timeout=timeout)
@@ -120,6 +125,8 @@ def partition_counts(kafka: KafkaSettings, topics: tuple[str, ...], timeout: flo
 
 @dataclass(frozen=True)
 class TopicSpec:
+    """How a topic is created: its partitions and its configs."""
+
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
 

@@ -87,6 +87,8 @@ class FeatureMessage(_Wire):
 
 
 class Prediction(_Wire):
+    """One utterance's result, as written to Redis and the predictions topic."""
+
     utterance_id: Id
     call_id: Id | None
     speaker: Speaker
@@ -104,6 +106,8 @@ class Prediction(_Wire):
 
 
 class Alert(_Wire):
+    """A speaker's sentiment crossed the alert rule in a call (raised once until it clears)."""
+
     call_id: Id
     speaker: Speaker
     utterance_id: Id

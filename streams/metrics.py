@@ -10,6 +10,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
+    """The worker's Prometheus metrics, in a registry of its own."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.consumed = Counter("mmcl_messages_consumed", "Feature messages consumed", ["modality"], registry=r)

@@ -45,6 +45,8 @@ def _redis_scheme(v: SecretUrl | None) -> SecretUrl | None:
 
 
 class KafkaSettings(BaseModel):
+    """The broker: endpoints, security, consumer group and client timings."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
     # SASL / TLS pass through to every client (librdkafka and aiokafka names differ; see streams.kafka).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -71,6 +73,8 @@ class KafkaSettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
+    """Redis: URL, credentials, timeouts and the back-off of failed writes."""
+
     url: SecretUrl = SecretUrl("redis://127.0.0.1:6379/0")  # rediss:// for TLS; may carry a password
     username: str | None = None
     password: SecretStr | None = None
@@ -83,6 +87,8 @@ class RedisSettings(BaseModel):
 
 
 class TopicSettings(BaseModel):
+    """Topic names (under a prefix), partitions, replication and retention."""
+
     prefix: str = "mmcl"  # every name below is <prefix>.<name>: tests and tenants get their own set
     partitions: int = Field(4, ge=1, le=1024)
     replication: int = Field(1, ge=1)
@@ -131,6 +137,8 @@ class TopicSettings(BaseModel):
 
 
 class JoinSettings(BaseModel):
+    """The utterance join: which modalities are required and how long parts are waited for."""
+
     timeout_s: float = Field(2.0, gt=0, le=3600)  # from the first part of an utterance
     required: tuple[Modality, ...] = ("text", "audio")
     max_pending: int = Field(10_000, ge=1)  # beyond this the oldest pending utterance is decided early
@@ -162,6 +170,8 @@ class JoinSettings(BaseModel):
 
 
 class BatchSettings(BaseModel):
+    """Micro-batching: batch size, batch wait and how many utterances may be in flight."""
+
     max_size: int = Field(64, ge=1, le=4096)
     wait_ms: float = Field(10.0, ge=0, le=10_000)
     queue_size: int = Field(512, ge=1)  # utterances in flight (queued, in the model, being written): back-pressure
@@ -170,10 +180,14 @@ class BatchSettings(BaseModel):
 class WorkerSettings(BaseModel):
     # SIGTERM: stop taking messages, let writes in flight finish for at most this long, commit what was written, exit.
     # Kubernetes kills a pod 30 s after SIGTERM by default (terminationGracePeriodSeconds): stay well below.
+    """The worker's own lifecycle."""
+
     shutdown_timeout_s: float = Field(10.0, gt=0, le=300)
 
 
 class ModelSettings(BaseModel):
+    """The model to serve when the registry has none, and the device it runs on."""
+
     checkpoint: Path | None = None  # a checkpoint directory (mmcl train --out)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -227,12 +241,16 @@ class TrainerSettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
+    """Where /metrics, /healthz and /readyz are served, and how often lag is measured."""
+
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)  # 0: pick a free port (tests)
     lag_interval_s: float = Field(5.0, gt=0)  # how often the worker reads its partitions' lag from the broker
 
 
 class OutputSettings(BaseModel):
+    """Redis retention and the aggregates' parameters."""
+
     utterance_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     call_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     timeline_maxlen: int = Field(10_000, ge=1)
@@ -243,6 +261,8 @@ class OutputSettings(BaseModel):
 
 
 class AlertSettings(BaseModel):
+    """The alert rule: which roles, what counts as negative, n of the last m."""
+
     roles: tuple[Role, ...] = ("customer",)
     negative_below: float = Field(-0.5, le=0)  # a score below this counts as negative
     n: int = Field(3, ge=1)  # alert when n of the last m utterances of the role are negative
@@ -268,12 +288,16 @@ class PolicySettings(BaseModel):
 
 
 class LimitSettings(BaseModel):
+    """The largest input accepted: message bytes, frames and feature dims."""
+
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_frames: int = Field(2000, ge=1)  # T
     max_dim: int = Field(4096, ge=1)  # D
 
 
 class Settings(BaseSettings):
+    """Every setting of the service, read from MMCL_* environment variables."""
+
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIM, extra="forbid")
 
     kafka: KafkaSettings = KafkaSettings()
@@ -298,6 +322,7 @@ class Settings(BaseSettings):
 
 
 def env_name(loc: tuple[Any, ...]) -> str:
+    """The MMCL_* variable that sets the setting at `loc`."""
     return ENV_PREFIX + ENV_DELIM.join(str(p).upper() for p in loc if not isinstance(p, int))
 
 
@@ -318,6 +343,7 @@ def env_field(name: str) -> Any:
 
 
 def unknown_env_names(environ: Any = os.environ) -> list[str]:
+    """MMCL_* variables that set nothing (misspelt or obsolete)."""
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and env_field(k) is None)
 
 

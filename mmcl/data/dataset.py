@@ -33,6 +33,8 @@ class Split:
 
 @dataclass
 class Dataset:
+    """Named splits of one dataset, with its metadata (label kind, score range, provenance)."""
+
     splits: dict[str, Split]
     # label_kind ("score" | "multitask"), score_range, subtask_names, source, extras (e.g. synth ideal metrics)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +46,7 @@ class Dataset:
 
 
 def save_dataset(ds: Dataset, path: str | Path) -> Path:
+    """Write a dataset as a plain .npz (no pickles), with its metadata as JSON."""
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_suffix(".npz")

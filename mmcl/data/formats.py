@@ -48,6 +48,7 @@ def decode_id(raw: Any) -> str:
 
 
 def detect_layout(obj: Any) -> str:
+    """Which public layout an unpickled dataset dict has (MMSA aligned, CMU-MultimodalSDK ...)."""
     if not isinstance(obj, dict):
         raise DataFormatError(f"top level is a {type(obj).__name__}, expected a dict of splits")
     if {"train", "dev", "test"} <= obj.keys() and isinstance(obj["train"], list):

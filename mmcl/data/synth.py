@@ -23,6 +23,8 @@ from mmcl.metrics import mosi_metrics
 
 @dataclass(frozen=True)
 class SynthSpec:
+    """The shape of a synthetic MOSI-like dataset: sizes, sequence length, dims, seed."""
+
     sizes: tuple[int, int, int] = (1284, 229, 686)  # MOSI's train / valid / test
     seq_len: int = 50
     dims: tuple[int, int, int] = (768, 5, 20)  # MOSI's text (BERT) / audio / vision
@@ -37,6 +39,8 @@ N_NEUTRAL, N_SENTIMENT = 400, 25  # vocabulary: neutral words, then positive wor
 
 @dataclass(frozen=True)
 class Latents:
+    """The hidden factors a synthetic utterance is made from (what an ideal model would know)."""
+
     polarity: np.ndarray  # (N,) +-1
     intensity: np.ndarray  # (N,) [0, 3]
     flip: np.ndarray  # (N,) bool
@@ -109,6 +113,7 @@ def oracle_prediction(lat: Latents, known: set[str], flip_rate: float) -> np.nda
 
 
 def ideal_metrics(lat: Latents, y: np.ndarray, flip_rate: float) -> dict[str, dict[str, float | None]]:
+    """Test metrics of predicting from the latents each modality reveals: the ceiling a model can reach."""
     subsets = {"all": set(MODALITIES), "text": {"text"}, "audio": {"audio"}, "vision": {"vision"}}
     out = {}
     for name, known in subsets.items():
@@ -121,6 +126,7 @@ def ideal_metrics(lat: Latents, y: np.ndarray, flip_rate: float) -> dict[str, di
 
 
 def make_synthetic(spec: SynthSpec = SynthSpec()) -> Dataset:
+    """A synthetic dataset whose label depends on factors spread over the three modalities."""
     rng = np.random.default_rng(spec.seed)
     dirs = _directions(spec)
     splits: dict[str, Split] = {}

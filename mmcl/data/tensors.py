@@ -16,6 +16,8 @@ from mmcl.tasks import targets_from_scores
 
 @dataclass(frozen=True)
 class TensorSplit:
+    """A split as padded tensors with time and modality masks, ready for batching."""
+
     xs: list[Tensor]  # per modality (N, L, d_m)
     time_masks: list[Tensor]  # per modality (N, L) bool
     modality_mask: Tensor  # (N, 3) bool: modality present
@@ -33,12 +35,14 @@ class TensorSplit:
 
 
 def check_dims(dims: tuple[int, ...], expected: tuple[int, ...], what: str) -> None:
+    """Raise DimensionMismatch naming each modality whose feature dim differs from the model's."""
     if tuple(dims) != tuple(expected):
         detail = ", ".join(f"{m} {d} vs {e}" for m, d, e in zip(MODALITIES, dims, expected, strict=True) if d != e)
         raise DimensionMismatch(f"{what}: feature dims {tuple(dims)} do not match the model's {tuple(expected)} ({detail})")
 
 
 def labels_for_task(split: Split, task: TaskConfig) -> Tensor:
+    """A split's labels as the tensor the task's loss expects."""
     y = split.labels
     if task.kind is TaskKind.MULTITASK:
         if y.ndim != 2:
@@ -51,6 +55,7 @@ def labels_for_task(split: Split, task: TaskConfig) -> Tensor:
 
 
 def to_tensors(split: Split, cfg: ModelConfig) -> TensorSplit:
+    """A split fitted to the model's sequence length and dims, as tensors."""
     check_dims(tuple(split.features[m].shape[2] for m in MODALITIES), cfg.input_dims, "dataset")
     xs, masks = [], []
     for m in MODALITIES:

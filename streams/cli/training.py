@@ -96,6 +96,7 @@ def register(commands: Any) -> None:
 
 
 def load_any(path: Path) -> Dataset:
+    """A dataset file: a safe .npz, or a public pickle to convert on the fly."""
     from mmcl.data import load_dataset
     from mmcl.data.formats import load_public_pickle
 
@@ -107,6 +108,7 @@ def load_any(path: Path) -> Dataset:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model on a dataset file and print its test metrics."""
     from mmcl.data import load_dataset
     from mmcl.presets import PRESETS
     from mmcl.train import train
@@ -160,6 +162,7 @@ def _print_metrics(title: str, metrics: dict[str, float], ideal: dict[str, float
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint on a dataset split."""
     from mmcl.checkpoint import load_checkpoint
     from mmcl.data import load_dataset
     from mmcl.data.tensors import to_tensors
@@ -176,6 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    """The dataset tools: synth, convert, inspect, build."""
     from mmcl.data import save_dataset
     from mmcl.data.dataset import describe
 

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def open_registry(settings: Settings) -> Registry:
+    """The model registry the settings point to (a folder, or Redis)."""
     r = settings.registry
     if r.backend == "redis":
         import redis
@@ -34,6 +35,7 @@ def open_registry(settings: Settings) -> Registry:
 
 
 def load_predictor(path: Path, device: str) -> Predictor:
+    """Load a checkpoint to serve; refuse a model the worker cannot serve."""
     predictor = Predictor.from_checkpoint(path, device=device)
     if predictor.cfg.task.kind is TaskKind.MULTITASK:
         raise ConfigError("the worker serves sentiment models (regression or classes); this checkpoint is multitask")

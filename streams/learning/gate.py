@@ -27,6 +27,7 @@ def split_by_time(examples: list[Example], holdout_frac: float, valid_frac: floa
 
 
 def to_split(examples: list[Example], dims: tuple[int, int, int], seq_len: int) -> Split:
+    """Labelled examples (wire arrays) as a dataset split of the model's length and dims."""
     feats, lengths = {}, {}
     for w, dim in zip(WIRE_MODALITIES, dims, strict=True):
         m = model_modality(w)
@@ -45,4 +46,5 @@ def to_split(examples: list[Example], dims: tuple[int, int, int], seq_len: int) 
 
 
 def all_finite(ckpt: Checkpoint) -> bool:
+    """Whether every weight of a checkpoint is finite."""
     return all(bool(p.detach().isfinite().all()) for p in ckpt.model.parameters())

@@ -33,6 +33,8 @@ class RegistryError(MMCLError):
 
 @dataclass(frozen=True)
 class ModelVersion:
+    """One published model: its version, lineage, checksum, label window and metrics."""
+
     version: str
     checksum: str  # sha256 of the weights
     created_at: int  # ms since the epoch
@@ -50,6 +52,8 @@ class ModelVersion:
 
 
 class Registry(Protocol):
+    """Versioned models, the current one, and the history of promotions."""
+
     def publish(self, checkpoint: Path, parent: str | None = None, label_window: dict[str, Any] | None = None,
                 note: str = "") -> ModelVersion: ...
     def versions(self) -> list[ModelVersion]: ...

@@ -16,6 +16,7 @@ log = logging.getLogger("mmcl.trainer")
 
 
 def run_trainer(settings: Settings) -> int:
+    """Run the trainer until SIGTERM or a lost lease: ingest, retrain when due, serve metrics."""
     import asyncio
     import signal
 

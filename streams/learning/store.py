@@ -41,18 +41,22 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 
 
 def pack(arrays: dict[str, np.ndarray]) -> bytes:
+    """Arrays -> .npz bytes (no pickles)."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **arrays for allow_pickle; plain arrays, read back with allow_pickle=False
     return buf.getvalue()
 
 
 def unpack(blob: bytes) -> dict[str, np.ndarray]:
+    """The .npz bytes of `pack` -> arrays, read without unpickling."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
 @dataclass(frozen=True)
 class Example:
+    """A labelled utterance with its features, for training."""
+
     utterance_id: str
     label: float
     labeled_at: int
@@ -69,6 +73,8 @@ def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class TrainingStore:
+    """The trainer's SQLite store: joined features, labels, run records and its own state."""
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()  # ingestion and the training thread share the connection

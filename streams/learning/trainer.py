@@ -40,6 +40,8 @@ log = logging.getLogger("mmcl.trainer")
 
 
 class Trainer:
+    """Feedback labels in, retrained candidates out, promoted only when they beat the current model."""
+
     def __init__(self, s: Settings, registry: Registry, metrics: TrainerMetrics | None = None) -> None:
         self.s, self.registry = s, registry
         self.t = s.trainer

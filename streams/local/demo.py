@@ -34,6 +34,7 @@ DEMO_SPEC = SynthSpec(sizes=(600, 120, 400), seed=7)
 
 
 def demo_dataset(state_dir: Path) -> Dataset:
+    """The demo's synthetic dataset, made once in the state folder."""
     path = state_dir / DEMO_DATA
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +69,8 @@ def demo_model(state_dir: Path, log: Any = print) -> Path:
 
 @dataclass
 class Scrape:
+    """The numbers the demo's view reads from the worker's and the trainer's /metrics."""
+
     predictions: float = 0.0
     p95_s: float | None = None
     dead_letters: float = 0.0
@@ -90,6 +93,7 @@ def _samples(port: int) -> list[Any]:
 
 
 def scrape(port: int, trainer_port: int | None = None) -> Scrape:
+    """Read the worker's (and the trainer's) /metrics into a Scrape."""
     out = Scrape()
     buckets: list[tuple[float, float]] = []
     for smp in _samples(port):
@@ -132,6 +136,7 @@ def histogram_quantile(quantile: float, buckets: list[tuple[float, float]]) -> f
 
 
 def trainer_line(sc: Scrape) -> str:
+    """The view's line about the trainer, or '' when none runs."""
     if sc.runs is None:
         return ""
     runs = ", ".join(f"{k} {int(v)}" for k, v in sorted(sc.runs.items())) or "none yet"
@@ -140,6 +145,7 @@ def trainer_line(sc: Scrape) -> str:
 
 
 def render(settings: Settings, client: Any, sc: Scrape, rate: float, sent: int, elapsed: float) -> str:
+    """One screen of the demo's view: calls, latest sentiment per speaker, alerts, throughput."""
     feed = client.xrevrange(FEED, count=400)
     latest: dict[str, dict[str, tuple[float, str]]] = {}
     for _, e in feed:
@@ -318,6 +324,7 @@ def _ms(seconds: float | None) -> str:
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], deadline_s: float) -> None:
+    """Wait until the worker's /readyz answers 200; a ConfigError when it exits or the deadline passes."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:

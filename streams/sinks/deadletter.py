@@ -53,6 +53,8 @@ class Origin:
 
 @dataclass(frozen=True)
 class OutRecord:
+    """A record to publish: topic, key, value and headers."""
+
     topic: str
     key: bytes | None
     value: bytes
@@ -79,6 +81,7 @@ def dead_letter(topic: str, key: bytes | None, value: bytes | None, headers: Hea
 
 
 def truncated(rec: OutRecord, value: bytes, foreign: Headers, ours: Headers, limit: int) -> OutRecord:
+    """A dead letter cut to fit `limit`, recording what was cut in its headers."""
     ours = [*ours, ("mmcl.truncated", b"1"), ("mmcl.original_bytes", str(len(value)).encode()),
             ("mmcl.original_sha256", hashlib.sha256(value).hexdigest().encode())]
     for kept in (foreign, [("mmcl.producer_headers_dropped", str(len(foreign)).encode())]):

@@ -25,6 +25,8 @@ Outcome = ServiceError | None  # None: the broker acknowledged the record
 
 
 class KafkaPublisher:
+    """Publishes records with librdkafka and reports each record's outcome."""
+
     def __init__(self, k: KafkaSettings, max_record_bytes: int) -> None:
         from confluent_kafka import KafkaException, Producer
 

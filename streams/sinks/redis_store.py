@@ -28,18 +28,22 @@ def write_script() -> str:
 
 
 def utt_key(call_id: str, utterance_id: str) -> str:
+    """The hash of one utterance's result."""
     return f"mmcl:{{{call_id}}}:utt:{utterance_id}"
 
 
 def call_key(call_id: str) -> str:
+    """The hash of a call's aggregates."""
     return f"mmcl:{{{call_id}}}:call"
 
 
 def timeline_key(call_id: str) -> str:
+    """The stream of a call's results, in write order."""
     return f"mmcl:{{{call_id}}}:timeline"
 
 
 def redis_kwargs(redis_conf: RedisSettings) -> dict[str, Any]:
+    """Connection options for redis-py from the settings (credentials, TLS, timeouts)."""
     kw: dict[str, Any] = {"socket_timeout": redis_conf.socket_timeout_s, "socket_connect_timeout": redis_conf.socket_timeout_s,
                           "decode_responses": True}
     if redis_conf.username:
@@ -52,18 +56,22 @@ def redis_kwargs(redis_conf: RedisSettings) -> dict[str, Any]:
 
 
 def async_client(redis_conf: RedisSettings) -> aioredis.Redis:
+    """A redis.asyncio client; make it on the loop that uses it."""
     return aioredis.Redis.from_url(redis_conf.url.get_secret_value(), **redis_kwargs(redis_conf))
 
 
 def sync_client(redis_conf: RedisSettings) -> redis.Redis:
+    """A blocking client, replies decoded as str."""
     return redis.Redis.from_url(redis_conf.url.get_secret_value(), **redis_kwargs(redis_conf))
 
 
 def call_of(prediction: Prediction) -> str:
+    """The call an utterance's result is filed under (itself when it has no call)."""
     return prediction.call_id or prediction.utterance_id  # an utterance without a call is its own call
 
 
 def hash_fields(prediction: Prediction) -> dict[str, str]:
+    """A prediction as the string fields of its Redis hash."""
     d = prediction.model_dump(mode="json")
     d["call_id"] = call_of(prediction)
     return {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in d.items() if v is not None}
@@ -101,6 +109,8 @@ def _modalities_or_none(value: str | None) -> list[str] | None:
 
 @dataclass(frozen=True)
 class Written:
+    """What writing one utterance's result did."""
+
     new: bool  # False: Redis already had this utterance's result (a re-delivery); nothing changed
     alert: str  # the Alert JSON this utterance raised (now or the first time), or ''
     stored: Prediction | None  # for a re-delivery: the result Redis holds (what is published again)

@@ -14,6 +14,8 @@ from typing import Any
 
 
 class OrderedAcker:
+    """Acknowledges offsets in order per partition: an offset is acked once all before it are done."""
+
     def __init__(self, ack: Callable[[Any], None]) -> None:
         self._ack = ack
         self._queues: dict[Hashable, deque[list[Any]]] = {}  # tp -> [[offset, done, handle], ...] in arrival order

@@ -51,6 +51,8 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class StreamApp(faust.App):
+    """The Faust app, with the consumer settings Faust does not expose and shutdown hooks."""
+
     on_stop_hooks: list[Callable[[], None]]
 
     def _new_transport(self) -> Any:
@@ -64,6 +66,7 @@ class StreamApp(faust.App):
 
 
 def build_app(settings: Settings) -> StreamApp:
+    """The worker's Faust app for the settings (no topic declaration, no web server, no tables)."""
     k = settings.kafka
     brokers = ";".join(f"kafka://{b.strip()}" for b in k.bootstrap_servers.split(","))
     credentials: Any = None

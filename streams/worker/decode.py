@@ -16,6 +16,8 @@ from streams.sinks.deadletter import Reason
 
 @dataclass(frozen=True)
 class Part:
+    """A validated feature part of an utterance."""
+
     utterance_id: str
     call_id: str | None
     speaker: str
@@ -32,6 +34,8 @@ class Part:
 
 @dataclass(frozen=True)
 class Rejection:
+    """A message that cannot be a part: why, for the dead-letter topic."""
+
     reason: Reason
     error: str
 
@@ -45,6 +49,7 @@ class ModelProfile:
 
 
 def decode_part(raw: bytes | None, topic_modality: str, limits: LimitSettings, profile: ModelProfile) -> Part | Rejection:
+    """Raw bytes from a feature topic -> a Part, or a Rejection with its dead-letter reason."""
     if raw is None:
         return Rejection(Reason.NOT_JSON, "empty message value")
     if len(raw) > limits.max_message_bytes:

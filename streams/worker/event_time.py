@@ -32,12 +32,16 @@ Skew = Literal["ahead", "behind"] | None
 
 @dataclass(frozen=True)
 class Stamped:
+    """A part's times for the join, after its producer's clock was checked."""
+
     deadline_at: int  # ms: this part's time for its utterance's deadline
     watermark_at: int  # ms: what this part says about how far its partition has been read
     skew: Skew  # its clock's side when it was corrected, else None
 
 
 class ClockGuard:
+    """Keeps one producer's wrong clock from moving a partition's deadlines or watermark."""
+
     def __init__(self, max_skew_ms: int, window: int = 31) -> None:
         self.max_skew_ms = max_skew_ms
         self.window = window

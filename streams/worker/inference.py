@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchResult:
+    """A batch's predictions, and the items that failed alone."""
+
     items: Sequence[Joined]  # the ones predicted, in the order of the predictions
     predictions: PredictionBatch | None  # None when no item could be predicted
     failed: list[tuple[Joined, str]]  # items the model refused, with the error
@@ -29,10 +31,13 @@ class BatchResult:
 
 
 def model_inputs(items: Sequence[Joined]) -> list[dict[str, np.ndarray]]:
+    """Joined utterances as the predictor's inputs (model modality names)."""
     return [{model_modality(m): p.array for m, p in it.parts.items()} for it in items]
 
 
 class InferenceThread:
+    """Runs the model on micro-batches in a thread of its own, so the event loop never waits on it."""
+
     def __init__(self, predictor: Predictor, max_size: int, wait_s: float,
                  deliver: Callable[[BatchResult], None]) -> None:
         self.predictor = predictor

@@ -50,6 +50,8 @@ class _Pending:
 
 @dataclass(frozen=True)
 class Joined:
+    """An utterance ready to score: its parts by modality, and those masked by policy."""
+
     call_id: str | None
     utterance_id: str
     speaker: str
@@ -68,6 +70,8 @@ class Joined:
 
 @dataclass(frozen=True)
 class Dropped:
+    """An utterance that cannot be scored: its parts go to the dead-letter topic with the reason."""
+
     reason: Reason
     error: str
     parts: tuple[Part, ...]
@@ -121,6 +125,8 @@ class LiveClock:
 
 
 class Joiner:
+    """Joins an utterance's parts by id, within a timeout measured on the live clock."""
+
     def __init__(
         self,
         required: Iterable[str],

@@ -26,6 +26,8 @@ TP = tuple[str, int]
 
 @dataclass(frozen=True)
 class PartitionLag:
+    """One partition's offsets and how far the worker is behind."""
+
     end: int  # log end offset (the next offset to be written)
     committed: int  # the group's next offset to read (the log start when the group never committed)
 

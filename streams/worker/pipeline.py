@@ -40,6 +40,8 @@ T = TypeVar("T")
 
 
 class Pipeline:
+    """The worker's core: decode, join, score, write, then acknowledge in order."""
+
     def __init__(self, settings: Settings, predictor: Predictor, metrics: Metrics, make_writer: Callable[[], ResultWriter],
                  publisher: Publisher, ack: Callable[[Any], None], limits: RecordLimits,
                  on_fatal: Callable[[str], None] = lambda why: None, clock: Callable[[], float] = time.monotonic,

@@ -17,6 +17,8 @@ from streams.worker.join import Joined
 
 
 class Publisher(Protocol):
+    """Publishes records and says, per record, whether the broker acknowledged it."""
+
     async def send_many(self, records: Sequence[OutRecord]) -> list[ServiceError | None]:
         """Publish; per record None (acknowledged by the broker) or why not. Never raises for a record."""
 

@@ -22,6 +22,7 @@ log = logging.getLogger("mmcl.worker")
 
 
 def run_worker(settings: Settings, create_topics: bool = False) -> int:
+    """Run the worker until SIGTERM or a fatal sink error. -> the exit code."""
     import faust
 
     from streams.health import start_http
@@ -105,6 +106,7 @@ def run_worker(settings: Settings, create_topics: bool = False) -> int:
 
 
 def status(pipeline: Any, app: Any) -> dict[str, Any]:
+    """The worker's state for /healthz and /readyz."""
     try:
         assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
     except Exception:
