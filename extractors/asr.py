@@ -45,6 +45,7 @@ class WhisperASR:
                                    local_files_only=True)
 
     def words(self, raw: Any) -> list[Word]:
+        """The words of a clip with their start and end times."""
         if self._model is None:
             self.setup()
         y = speech_samples(raw)

@@ -53,6 +53,7 @@ class Utterance(BaseModel):
         return self
 
     def rooted(self, root: Path) -> Utterance:
+        """The utterance with relative media paths resolved against `root`."""
         fix = {k: root / v for k in ("text_file", "audio", "video") if (v := getattr(self, k)) is not None
                and not v.is_absolute()}
         return self.model_copy(update=fix)
@@ -70,10 +71,12 @@ class Utterance(BaseModel):
 
     @property
     def start_ms(self) -> int | None:
+        """The start in ms from the call's start, if known."""
         return None if self.start is None else round(self.start * 1000)
 
     @property
     def end_ms(self) -> int | None:
+        """The end in ms from the call's start, if known."""
         return None if self.end is None else round(self.end * 1000)
 
 
@@ -213,6 +216,7 @@ class FeatureMaker:
         return self._words[utt.utterance_id]
 
     def extract(self, utt: Utterance, modality: str) -> Extracted:
+        """Extract one modality of an utterance, aligned and resampled as the model needs."""
         ext = self._extractor(modality)
         with self._locks[modality]:
             if self.align == "words":
@@ -253,6 +257,7 @@ class FeatureMaker:
         return word_align(frames, times, spans)
 
     def close(self) -> None:
+        """Release the extractors' models."""
         for ext in self._extractors.values():
             close = getattr(ext, "close", None)
             if close is not None:

@@ -97,6 +97,7 @@ class MediaPipeFace:
         self._emotion.allocate_tensors()
 
     def close(self) -> None:
+        """Release MediaPipe's graph."""
         if self._mesh is not None:
             self._mesh.close()
             self._mesh = None

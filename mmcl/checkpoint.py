@@ -33,6 +33,7 @@ class FeatureProfile:
     extractor_ids: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """As stored in the checkpoint's config JSON."""
         return {"dims": list(self.dims), "extractor_ids": dict(self.extractor_ids)}
 
 

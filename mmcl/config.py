@@ -67,6 +67,7 @@ class TaskConfig(_Frozen):
 
     @property
     def output_dim(self) -> int:
+        """Outputs of the head: 1 score, C class logits, or one logit per emotion."""
         if self.kind is TaskKind.REGRESSION:
             return 1
         if self.kind is TaskKind.CLASSIFICATION:
@@ -75,10 +76,12 @@ class TaskConfig(_Frozen):
 
     @property
     def subtask_names(self) -> tuple[str, ...]:
+        """The emotions a multitask model predicts, in output order."""
         return self.class_names or IEMOCAP_EMOTIONS
 
     @property
     def label_names(self) -> tuple[str, ...]:
+        """The names of the labels a prediction can carry."""
         if self.kind is TaskKind.CLASSIFICATION:
             if self.class_names:
                 return self.class_names

@@ -80,6 +80,7 @@ class CalibratedDecoupling(nn.Module):
 
     @property
     def inv_temperature(self) -> Tensor:
+        """The learnt inverse temperature of the similarities, capped."""
         return self.log_inv_temperature.clamp(max=self.max_log).exp()
 
     def forward(self, zs: list[Tensor], time_masks: list[Tensor] | None, modality_mask: Tensor) -> list[Decoupled]:

@@ -90,16 +90,20 @@ class MMCL(nn.Module):
         self.head = Head(2 * d, d, cfg.task.output_dim, cfg.dropout)
 
     def actor_parameters(self) -> list[nn.Parameter]:
+        """The parameters the act-reward step trains: the gates and the head."""
         return [*self.gates.parameters(), *self.head.parameters()]
 
     def body_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter, trained by the supervised loss."""
         actor = {id(p) for p in self.actor_parameters()}
         return [p for p in self.parameters() if id(p) not in actor]
 
     def policy(self, m: int, state: Tensor) -> Tensor:
+        """Modality m's gate: how much of each step's state it passes on, (B, L, 1) in [0, 1]."""
         return torch.sigmoid(self.gates[m](state))  # (B, L, 1), deterministic
 
     def decouple(self, xs: list[Tensor], time_masks: list[Tensor], modality_mask: Tensor) -> list[Decoupled]:
+        """Project each modality and split it into common and specific parts."""
         zs = [proj(x) for proj, x in zip(self.projections, xs, strict=True)]  # each (B, L, D)
         decoupled: list[Decoupled] = self.decoupling(zs, time_masks, modality_mask)
         return decoupled

@@ -43,11 +43,13 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Predictor:
+        """Load a checkpoint onto a device, in eval mode, warmed up."""
         dev = resolve_device(device)
         return cls(load_checkpoint(path, device="cpu"), dev)
 
     @property
     def input_dims(self) -> tuple[int, int, int]:
+        """The feature dims the model takes, per modality."""
         return self.cfg.input_dims
 
     def _prepare(self, batch: Sequence[UtteranceFeatures], modality_mask: np.ndarray | None

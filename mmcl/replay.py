@@ -22,6 +22,7 @@ class ReplayBuffer:
         return self._size
 
     def push(self, states: list[Tensor], actions: list[Tensor], masks: list[Tensor], rewards: Tensor) -> None:
+        """Add one batch of transitions, dropping the oldest beyond capacity."""
         if not self._states:
             # kept on the device of the model: no host round trip per step on a GPU
             dev = rewards.device
@@ -39,6 +40,7 @@ class ReplayBuffer:
         self._size = min(self._size + n, self.capacity)
 
     def sample(self, batch_size: int, gen: torch.Generator) -> tuple[list[Tensor], list[Tensor], list[Tensor], Tensor]:
+        """A uniform sample of stored transitions."""
         idx = torch.randint(0, self._size, (min(batch_size, self._size),), generator=gen).to(self._rewards.device)
         return (
             [s[idx] for s in self._states],

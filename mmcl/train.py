@@ -28,7 +28,7 @@ from mmcl.config import ModelConfig, TrainConfig
 from mmcl.data.dataset import Dataset
 from mmcl.data.tensors import TensorSplit, drop_modalities, to_tensors
 from mmcl.device import resolve_device
-from mmcl.evaluate import evaluate
+from mmcl.evaluate import Evaluation, evaluate
 from mmcl.interrupts import deferred_sigint
 from mmcl.metrics import selection_metric
 from mmcl.model import MMCL, Critic, build_model
@@ -81,6 +81,7 @@ class ActReward:
 
     def step(self, states: list[torch.Tensor], actions: list[torch.Tensor], masks: list[torch.Tensor],
              r: torch.Tensor, opt_actor: torch.optim.Optimizer, gen: torch.Generator) -> tuple[float, float]:
+        """One act-reward update: the critic towards the reward, then the actor along the critic."""
         t = self.tcfg
         self.buffer.push(states, actions, masks, r)
         s, a, m, rew = self.buffer.sample(t.batch_size, gen)
@@ -115,6 +116,34 @@ def _profile(ds: Dataset, mcfg: ModelConfig) -> FeatureProfile:
     return FeatureProfile(mcfg.input_dims, dict(ds.meta.get("extractor_ids", {})))
 
 
+def _optimizers(model: nn.Module, mcfg: ModelConfig, tcfg: TrainConfig) -> tuple[
+        torch.optim.Optimizer, torch.optim.Optimizer | None, ActReward | None, list[Any]]:
+    """MMCL: the body on the supervised loss, the actors (and the critic) on the act reward; a baseline: one optimiser.
+    Each gets its plateau scheduler."""
+    rl: ActReward | None = None
+    if isinstance(model, MMCL):
+        rl = ActReward(model, mcfg, tcfg) if tcfg.act_reward else None
+        opt_model = torch.optim.Adam(model.body_parameters(), lr=tcfg.lr)
+        opt_actor: torch.optim.Optimizer | None = torch.optim.Adam(model.actor_parameters(), lr=tcfg.lr)
+    else:
+        opt_model, opt_actor = torch.optim.Adam(model.parameters(), lr=tcfg.lr), None
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+    schedulers = [plateau(opt_model, factor=tcfg.plateau_factor, patience=tcfg.plateau_patience_model)]
+    schedulers += [plateau(o, factor=tcfg.plateau_factor, patience=tcfg.plateau_patience_rl)
+                   for o in ([opt_actor] if opt_actor else []) + ([rl.opt_critic] if rl else [])]
+    return opt_model, opt_actor, rl, schedulers
+
+
+def _record_epoch(path: Path, epoch: int, losses: dict[str, float], ev: Evaluation, lr: float, seconds: float,
+                  improved: bool) -> dict[str, Any]:
+    """Append one epoch's row to the history file. -> the row."""
+    row = {"epoch": epoch, **losses, "valid_loss": ev.loss, **{f"valid_{k}": v for k, v in ev.metrics.items()},
+           "lr": lr, "seconds": seconds, "best": improved}
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
 def train(
     ds: Dataset,
     mcfg: ModelConfig,
@@ -138,17 +167,7 @@ def train(
         model.load_state_dict(init_state, strict=True)
     model = model.to(dev)
     task = mcfg.task
-    rl: ActReward | None = None
-    if isinstance(model, MMCL):
-        rl = ActReward(model, mcfg, tcfg) if tcfg.act_reward else None
-        opt_model = torch.optim.Adam(model.body_parameters(), lr=tcfg.lr)
-        opt_actor: torch.optim.Optimizer | None = torch.optim.Adam(model.actor_parameters(), lr=tcfg.lr)
-    else:
-        opt_model, opt_actor = torch.optim.Adam(model.parameters(), lr=tcfg.lr), None
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
-    schedulers = [plateau(opt_model, factor=tcfg.plateau_factor, patience=tcfg.plateau_patience_model)]
-    schedulers += [plateau(o, factor=tcfg.plateau_factor, patience=tcfg.plateau_patience_rl)
-                   for o in ([opt_actor] if opt_actor else []) + ([rl.opt_critic] if rl else [])]
+    opt_model, opt_actor, rl, schedulers = _optimizers(model, mcfg, tcfg)
     metric, higher = selection_metric(task)
     best_value, best_epoch, best_valid = -np.inf if higher else np.inf, 0, {}
     history: list[dict[str, Any]] = []
@@ -171,12 +190,8 @@ def train(
                                     {"epoch": epoch, "valid": ev.metrics, "selection_metric": metric})
             else:
                 stale += 1
-            row = {"epoch": epoch, **losses, "valid_loss": ev.loss,
-                   **{f"valid_{k}": v for k, v in ev.metrics.items()},
-                   "lr": opt_model.param_groups[0]["lr"], "seconds": round(time.monotonic() - t0, 3), "best": improved}
-            history.append(row)
-            with history_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            history.append(_record_epoch(history_path, epoch, losses, ev, opt_model.param_groups[0]["lr"],
+                                         round(time.monotonic() - t0, 3), improved))
             log(f"epoch {epoch}: train_loss {losses['train_loss']:.4f}  valid_{metric} {value:.4f}"
                 + ("  (best)" if improved else ""))
             if stale >= tcfg.early_stop_patience:
@@ -192,11 +207,15 @@ def train(
     test = _test_once(out / BEST_DIR, data["test"], tcfg, best_epoch, best_valid, metric, ds, mcfg, dev)
     result = TrainResult(best_epoch, best_valid, test, epoch, interrupted, out / BEST_DIR,
                          round(time.monotonic() - started, 2), str(dev), history)
-    summary = {"best_epoch": best_epoch, "epochs_run": epoch, "interrupted": interrupted, "selection_metric": metric,
-               "valid": best_valid, "test": test, "seconds": result.seconds,
-               "model": mcfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json")}
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    _write_summary(out / SUMMARY_FILE, result, metric, mcfg, tcfg)
     return result
+
+
+def _write_summary(path: Path, result: TrainResult, metric: str, mcfg: ModelConfig, tcfg: TrainConfig) -> None:
+    summary = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "interrupted": result.interrupted,
+               "selection_metric": metric, "valid": result.best_valid, "test": result.test, "seconds": result.seconds,
+               "model": mcfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json")}
+    path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _test_once(path: Path, test: TensorSplit, tcfg: TrainConfig, best_epoch: int, best_valid: dict[str, float],

@@ -34,6 +34,7 @@ class RecordLimits:
         return max(self.feature, self.dead_letter, self.joined, self.output) + RECORD_OVERHEAD
 
     def for_topic(self, topics: TopicSettings, topic: str) -> int:
+        """The largest record `topic` accepts from us."""
         if topic in topics.features:
             return self.feature
         return {topics.dlq: self.dead_letter, topics.joined: self.joined}.get(topic, self.output)

@@ -43,6 +43,7 @@ class EncodedArray(BaseModel):
         return v
 
     def to_numpy(self) -> np.ndarray:
+        """The float32 (T, D) array, checked against its shape."""
         try:
             raw = base64.b64decode(self.data, validate=True)
         except (binascii.Error, ValueError) as e:
@@ -54,6 +55,7 @@ class EncodedArray(BaseModel):
 
     @classmethod
     def from_numpy(cls, arr: np.ndarray) -> EncodedArray:
+        """Encode a (T, D) array as little-endian float32, base64."""
         a = np.ascontiguousarray(arr, dtype="<f4")
         if a.ndim == 1:
             a = a[None, :]
@@ -74,6 +76,7 @@ class FeatureMessage(_Wire):
     produced_at: int = Field(ge=0, description="ms since the epoch, when the producer sent it")
 
     def array(self) -> np.ndarray:
+        """The features as float32 (T, D)."""
         if isinstance(self.features, EncodedArray):
             return self.features.to_numpy()
         rows = self.features
@@ -83,6 +86,7 @@ class FeatureMessage(_Wire):
 
     @property
     def key(self) -> str:
+        """The Kafka key: the call id, or the utterance id when there is no call."""
         return self.call_id or self.utterance_id
 
 

@@ -100,34 +100,42 @@ class TopicSettings(BaseModel):
     joined_retention_h: float = Field(14 * 24.0, gt=0)  # at least as long as labels take to come (trainer retention)
 
     def feature(self, modality: str) -> str:
+        """The feature topic of a wire modality."""
         return f"{self.prefix}.features.{modality}"
 
     @property
     def features(self) -> tuple[str, ...]:
+        """The three feature topics, in wire modality order."""
         return tuple(self.feature(m) for m in WIRE_MODALITIES)
 
     @property
     def predictions(self) -> str:
+        """Where predictions are published."""
         return f"{self.prefix}.predictions"
 
     @property
     def alerts(self) -> str:
+        """Where alerts are published."""
         return f"{self.prefix}.alerts"
 
     @property
     def dlq(self) -> str:
+        """The dead-letter topic."""
         return f"{self.prefix}.dlq"
 
     @property
     def feedback(self) -> str:
+        """Where feedback labels come in."""
         return f"{self.prefix}.feedback"
 
     @property
     def joined(self) -> str:
+        """The joined features the trainer learns from."""
         return f"{self.prefix}.joined"  # give it long retention on a real cluster: labels come days later
 
     @property
     def model_updates(self) -> str:
+        """The workers' announcements of promotions and rollbacks."""
         return f"{self.prefix}.model-updates"  # one partition, compacted
 
     @property
@@ -158,6 +166,7 @@ class JoinSettings(BaseModel):
 
     @property
     def clock_skew_s(self) -> float:
+        """The producer clock skew the join tolerates (the default derives from timeout_s)."""
         return self.max_clock_skew_s if self.max_clock_skew_s is not None else min(0.5, self.timeout_s / 4)
 
     @model_validator(mode="after")
@@ -284,6 +293,7 @@ class PolicySettings(BaseModel):
     unknown: tuple[Modality, ...] = WIRE_MODALITIES  # type: ignore[assignment]
 
     def allowed(self, role: str) -> tuple[str, ...]:
+        """The modalities a speaker role may be analysed on."""
         return tuple(getattr(self, role))
 
 

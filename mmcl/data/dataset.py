@@ -41,6 +41,7 @@ class Dataset:
 
     @property
     def dims(self) -> tuple[int, int, int]:
+        """Feature dims per modality (text, audio, vision), from the train split."""
         f = self.splits["train"].features
         return tuple(int(f[m].shape[2]) for m in MODALITIES)  # type: ignore[return-value]
 

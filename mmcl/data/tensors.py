@@ -27,10 +27,12 @@ class TensorSplit:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device) -> TensorSplit:
+        """The same split on `device`."""
         return TensorSplit([x.to(device) for x in self.xs], [m.to(device) for m in self.time_masks],
                            self.modality_mask.to(device), self.y.to(device))
 
     def batch(self, idx: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
+        """The rows at `idx` as one batch."""
         return [x[idx] for x in self.xs], [m[idx] for m in self.time_masks], self.modality_mask[idx], self.y[idx]
 
 

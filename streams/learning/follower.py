@@ -80,10 +80,12 @@ class ModelFollower:
                          threading.Thread(target=self._listen, name="mmcl-model-updates", daemon=True)]
 
     def start(self) -> None:
+        """Start following promotions in a background thread."""
         for t in self._threads:
             t.start()
 
     def stop(self) -> None:
+        """Stop following and wait for the thread."""
         self._stop.set()
         self._wake.set()
 

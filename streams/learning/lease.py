@@ -27,6 +27,7 @@ class SingleInstance:
         self._f = path.open("a+")
 
     def acquire(self) -> None:
+        """Take the lock, or a ConfigError naming who holds it."""
         try:
             fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -40,6 +41,7 @@ class SingleInstance:
         self._f.flush()
 
     def release(self) -> None:
+        """Let the lock go."""
         with contextlib.suppress(OSError):
             fcntl.flock(self._f, fcntl.LOCK_UN)
         self._f.close()
@@ -58,6 +60,7 @@ class RedisLease:
         self._stop = threading.Event()
 
     def acquire(self) -> None:
+        """Take the lease and keep renewing it, or a ConfigError naming who holds it."""
         if not self.r.set(self.key, self.token, nx=True, px=self.ttl_ms):
             holder = self.r.get(self.key)
             holder = holder.decode() if isinstance(holder, bytes) else holder
@@ -76,6 +79,7 @@ class RedisLease:
                 return
 
     def release(self) -> None:
+        """Stop renewing and delete the lease if it is still ours."""
         self._stop.set()
         with contextlib.suppress(Exception):
             self.r.eval(self.RELEASE, 1, self.key, self.token)

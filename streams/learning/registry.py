@@ -44,10 +44,12 @@ class ModelVersion:
     note: str = ""
 
     def to_json(self) -> dict[str, Any]:
+        """As stored beside the weights."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelVersion:
+        """Read back what `to_json` wrote."""
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -55,14 +57,29 @@ class Registry(Protocol):
     """Versioned models, the current one, and the history of promotions."""
 
     def publish(self, checkpoint: Path, parent: str | None = None, label_window: dict[str, Any] | None = None,
-                note: str = "") -> ModelVersion: ...
-    def versions(self) -> list[ModelVersion]: ...
-    def get(self, version: str) -> ModelVersion: ...
-    def fetch(self, version: str) -> Path: ...
-    def current(self) -> str | None: ...
-    def history(self) -> list[str]: ...
-    def promote(self, version: str) -> None: ...
-    def rollback(self) -> str: ...
+                note: str = "") -> ModelVersion:
+        """Copy a checkpoint in as a new version (not current yet). -> its record."""
+
+    def versions(self) -> list[ModelVersion]:
+        """Every version, oldest first."""
+
+    def get(self, version: str) -> ModelVersion:
+        """One version's record; a RegistryError when there is none."""
+
+    def fetch(self, version: str) -> Path:
+        """A local directory holding the version's checkpoint, verified."""
+
+    def current(self) -> str | None:
+        """The version workers serve, or None."""
+
+    def history(self) -> list[str]:
+        """The versions promoted so far, oldest first."""
+
+    def promote(self, version: str) -> None:
+        """Make a version current, atomically."""
+
+    def rollback(self) -> str:
+        """Make the version promoted before the current one current again. -> that version."""
 
 
 def _describe(checkpoint: Path, parent: str | None, label_window: dict[str, Any] | None, note: str) -> ModelVersion:

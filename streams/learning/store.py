@@ -84,11 +84,13 @@ class TrainingStore:
 
     @_locked
     def close(self) -> None:
+        """Commit and close the database."""
         self.db.close()
 
     # ingestion ---------------------------------------------------------------------------------------------
     @_locked
     def add_features(self, joined: JoinedFeatures) -> None:
+        """Keep an utterance's joined features (a later copy replaces an earlier one)."""
         arrays = pack({m: part.array() for m, part in joined.parts.items()})
         self.db.execute("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (joined.utterance_id, joined.call_id, joined.speaker, joined.produced_at, joined.model_version,
@@ -105,10 +107,12 @@ class TrainingStore:
 
     @_locked
     def commit(self) -> None:
+        """Make everything stored so far durable."""
         self.db.commit()
 
     @_locked
     def matched(self, utterance_id: str) -> bool:
+        """Whether the utterance has both a label and features."""
         return self.db.execute("SELECT 1 FROM features WHERE utterance_id = ?", (utterance_id,)).fetchone() is not None
 
     @_locked
@@ -124,6 +128,7 @@ class TrainingStore:
 
     @_locked
     def prune(self, retention_s: int, max_features: int, max_examples: int) -> None:
+        """Drop features past retention and the oldest beyond the size bounds."""
         self.db.execute("DELETE FROM features WHERE produced_at < ?", (_now() - retention_s * 1000,))
         self.db.execute("DELETE FROM features WHERE utterance_id IN (SELECT utterance_id FROM features "
                         "ORDER BY produced_at DESC LIMIT -1 OFFSET ?)", (max_features,))
@@ -144,10 +149,12 @@ class TrainingStore:
 
     @_locked
     def last_received(self) -> int:
+        """When the newest label arrived (ms), 0 without labels."""
         return int(self.db.execute("SELECT COALESCE(MAX(received_at), 0) FROM labels").fetchone()[0])
 
     @_locked
     def has_label(self, utterance_id: str) -> bool:
+        """Whether the utterance has a label."""
         return self.db.execute("SELECT 1 FROM labels WHERE utterance_id = ?", (utterance_id,)).fetchone() is not None
 
     @_locked
@@ -159,15 +166,18 @@ class TrainingStore:
 
     @_locked
     def get_meta(self, key: str, default: Any = None) -> Any:
+        """One of the trainer's own values, or `default`."""
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
     @_locked
     def set_meta(self, key: str, value: Any) -> None:
+        """Store one of the trainer's own values."""
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     @_locked
     def record_run(self, run: dict[str, Any]) -> int:
+        """Record a run's outcome. -> its id."""
         cur = self.db.execute(
             "INSERT INTO runs (started_at, finished_at, outcome, reason, window_from, window_to, examples, holdout, "
             "current_version, candidate_version, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -179,6 +189,7 @@ class TrainingStore:
 
     @_locked
     def runs(self) -> list[dict[str, Any]]:
+        """Every recorded run, oldest first."""
         cols = [d[1] for d in self.db.execute("PRAGMA table_info(runs)").fetchall()]
         out = []
         for row in self.db.execute("SELECT * FROM runs ORDER BY id").fetchall():

@@ -56,6 +56,7 @@ class Trainer:
 
     # ingestion ---------------------------------------------------------------------------------------------
     def on_joined(self, raw: bytes) -> None:
+        """Store a worker's joined features (malformed ones are logged and skipped)."""
         try:
             j = JoinedFeatures.model_validate_json(raw)
         except ValidationError as e:
@@ -92,10 +93,12 @@ class Trainer:
 
     @property
     def training(self) -> bool:
+        """Whether a run is training now."""
         return self._thread is not None and self._thread.is_alive()
 
     # retraining --------------------------------------------------------------------------------------------
     def due(self, now: int | None = None) -> str | None:
+        """Why a run is due now (enough new labels, or the schedule), or None."""
         if self.training:
             return None
         now = now or now_ms()
@@ -111,11 +114,13 @@ class Trainer:
         return None
 
     def start_run(self, why: str) -> threading.Thread:
+        """Start a run in a background thread."""
         self._thread = threading.Thread(target=self.run_once, args=(why,), name="mmcl-retrain", daemon=True)
         self._thread.start()
         return self._thread
 
     def run_once(self, why: str) -> dict[str, Any]:
+        """Train a candidate, gate it on held-out labels, promote it if it wins; record the run."""
         started = now_ms()
         t0 = time.monotonic()
         self.metrics.training.set(1)
@@ -201,5 +206,6 @@ class Trainer:
         return {**base, "outcome": "promoted", "metrics": metrics, "candidate_version": published.version}
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait for a run in progress."""
         if self._thread is not None:
             self._thread.join(timeout)

@@ -42,9 +42,11 @@ class Service:
     proc: Any = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
+        """As recorded in the state folder."""
         return {"name": self.name, "pid": self.pid, "port": self.port, "url": self.url, "log": self.log}
 
     def stop(self, grace_s: float = 6.0) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after grace_s) and reap it if it is our child."""
         stop_pid(self.pid, grace_s)
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -25,7 +25,9 @@ class Sink(Protocol):
 
     destination: str  # where the messages go, for the user
 
-    def send(self, msg: FeatureMessage) -> None: ...
+    def send(self, msg: FeatureMessage) -> None:
+        """Send one feature message."""
+
     def close(self) -> int:
         """Flush; -> how many messages were not delivered."""
 
@@ -50,6 +52,7 @@ class KafkaSink:
             print(f"delivery failed: {err}", file=sys.stderr)
 
     def send(self, msg: FeatureMessage) -> None:
+        """Send one message to its modality's feature topic, keyed by call."""
         from confluent_kafka import KafkaException
 
         topic = self._topics.feature(msg.modality)
@@ -60,6 +63,7 @@ class KafkaSink:
         self._p.poll(0)
 
     def close(self, timeout: float = 30.0) -> int:
+        """Flush. -> how many messages were not delivered."""
         left = self._p.flush(timeout)
         return self.failed + left
 
@@ -74,12 +78,14 @@ class JsonlSink:
         self._lock = threading.Lock()
 
     def send(self, msg: FeatureMessage) -> None:
+        """Append one message as a JSON line."""
         line = msg.model_dump_json(exclude_none=True)
         with self._lock:
             self._f.write(line + "\n")
             self._f.flush()
 
     def close(self) -> int:
+        """Close the file. -> 0: nothing can be undelivered."""
         self._f.close()
         return 0
 

@@ -124,6 +124,43 @@ def encode(planned: Planned, produced_at: int) -> bytes:
     return msg.model_dump_json(exclude_none=True).encode()
 
 
+class _Schedule:
+    """The simulation's messages in send order: utterances planned as their start times come up, labels later."""
+
+    def __init__(self, split: Split, spec: SimSpec) -> None:
+        self.spec = spec
+        self.heap: list[tuple[float, int, Planned]] = []
+        self._seq = 0
+        self._utterances = plan(split, spec)
+        self._label_rng = random.Random(spec.seed + 1)
+        self._exhausted = False
+        self._planned_until = -1.0  # start time of the last utterance taken from the plan
+
+    def _push(self, planned: Planned) -> None:
+        heapq.heappush(self.heap, (planned.at, self._seq, planned))
+        self._seq += 1
+
+    def plan_until(self, now: float, stats: SimStats) -> None:
+        """Plan every utterance that starts by `now` (its parts may leave up to jitter_ms later)."""
+        spec = self.spec
+        while not self._exhausted and self._planned_until <= now:
+            parts = next(self._utterances, None)
+            if parts is None:
+                self._exhausted = True
+                return
+            self._planned_until = stats.utterances / spec.rate
+            stats.utterances += 1
+            stats.calls.add(parts[0].call_id)
+            if len(parts) < 3:
+                stats.skipped_visual += 1
+            for part in parts:
+                self._push(part)
+            if spec.label_share and self._label_rng.random() < spec.label_share:
+                last = parts[-1]
+                self._push(Planned(last.at + spec.label_delay_s, last.utterance_id, last.call_id, last.speaker, "label",
+                                   np.empty(0, np.float32), last.label))
+
+
 def run(settings: Settings, split: Split, spec: SimSpec, stop: threading.Event | None = None,
         on_progress: Callable[[SimStats], None] | None = None) -> SimStats:
     """Publish a dataset split as a simulated call center until done or stopped."""
@@ -133,12 +170,7 @@ def run(settings: Settings, split: Split, spec: SimSpec, stop: threading.Event |
     limit = record_limits(settings.limits.max_message_bytes).feature
     producer = Producer(producer_config(settings.kafka, max_record_bytes=limit))
     stats = SimStats()
-    heap: list[tuple[float, int, Planned]] = []
-    seq = 0
-    utterances = plan(split, spec)
-    label_rng = random.Random(spec.seed + 1)
-    exhausted = False
-    planned_until = -1.0  # start time of the last utterance taken from the plan
+    schedule = _Schedule(split, spec)
     t0 = time.monotonic()
 
     def failed(err: object, _msg: object) -> None:
@@ -149,34 +181,15 @@ def run(settings: Settings, split: Split, spec: SimSpec, stop: threading.Event |
         now = time.monotonic() - t0
         if spec.duration_s is not None and now >= spec.duration_s:
             break
-        # plan utterances as their start times come up (parts may leave up to jitter_ms later)
-        while not exhausted and planned_until <= now:
-            parts = next(utterances, None)
-            if parts is None:
-                exhausted = True
-                break
-            planned_until = stats.utterances / spec.rate
-            stats.utterances += 1
-            stats.calls.add(parts[0].call_id)
-            if len(parts) < 3:
-                stats.skipped_visual += 1
-            for p in parts:
-                heapq.heappush(heap, (p.at, seq, p))
-                seq += 1
-            if spec.label_share and label_rng.random() < spec.label_share:
-                last = parts[-1]
-                heapq.heappush(heap, (last.at + spec.label_delay_s, seq, Planned(
-                    last.at + spec.label_delay_s, last.utterance_id, last.call_id, last.speaker, "label",
-                    np.empty(0, np.float32), last.label)))
-                seq += 1
-        if not heap:
+        schedule.plan_until(now, stats)
+        if not schedule.heap:
             break
-        at, _, p = heap[0]
+        at, _, p = schedule.heap[0]
         if at > now:
             stop.wait(min(at - now, 0.05))
             producer.poll(0)
             continue
-        heapq.heappop(heap)
+        heapq.heappop(schedule.heap)
         produced_at = now_ms()
         value = encode(p, produced_at)
         is_label = p.modality == "label"

@@ -62,6 +62,7 @@ class OutRecord:
 
     @property
     def size(self) -> int:
+        """The record's size as the broker counts it against its limits."""
         return record_size(self.key, self.value, self.headers)
 
 

@@ -51,6 +51,7 @@ class OrderedAcker:
         return n
 
     def outstanding(self, tp: Hashable | None = None) -> int:
+        """Offsets tracked and not yet acked (for one partition, or all)."""
         if tp is not None:
             return len(self._queues.get(tp, ()))
         return sum(len(q) for q in self._queues.values())

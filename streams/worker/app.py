@@ -60,6 +60,7 @@ class StreamApp(faust.App):
 
     async def on_stop(self) -> None:
         # First thing at shutdown, before Faust stops the flow: from here on nothing pending may be decided.
+        """Run the stop hooks first: nothing pending may be decided once the flow stops."""
         for hook in getattr(self, "on_stop_hooks", ()):
             hook()
         await super().on_stop()

@@ -29,6 +29,7 @@ class Part:
 
     @property
     def join_key(self) -> tuple[str, str]:
+        """What the join groups parts by: (call key, utterance id)."""
         return (self.call_id or "", self.utterance_id)
 
 

@@ -48,6 +48,7 @@ class ClockGuard:
         self._delays: dict[Hashable, deque[int]] = {}  # partition -> recent (arrival - produced_at), ms
 
     def stamp(self, partition: Hashable, produced_at: int, arrival_ms: int) -> Stamped:
+        """The part's deadline and watermark times, its clock corrected when it is off."""
         s = self.max_skew_ms
         recent = self._delays.setdefault(partition, deque(maxlen=self.window))
         # The median of what came before; never below -s (nothing is produced after it arrives), so that even a

@@ -47,12 +47,15 @@ class InferenceThread:
         self._thread = threading.Thread(target=self._run, name="mmcl-inference", daemon=True)
 
     def start(self) -> None:
+        """Start the model thread."""
         self._thread.start()
 
     def submit(self, item: Joined) -> None:
+        """Queue an utterance for the next batch."""
         self.queue.put(item)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in progress and stop the thread."""
         self.queue.put(STOP)
         if self._thread.ident is not None:  # a shutdown can come before the start
             self._thread.join(timeout)
@@ -62,6 +65,7 @@ class InferenceThread:
             self.deliver(self.run_batch(batch))
 
     def run_batch(self, items: Sequence[Joined]) -> BatchResult:
+        """Score a batch; if the batch fails, each item alone, so one bad item fails alone."""
         predictor = self.predictor  # one model per batch: a hot swap takes effect at the next one
         t0 = time.perf_counter()
         try:

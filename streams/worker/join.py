@@ -107,11 +107,13 @@ class LiveClock:
         self._holds = 0
 
     def pause(self) -> None:
+        """Stop the clock (nested pauses count)."""
         self._holds += 1
         if self._holds == 1:
             self._paused_at = self._base()
 
     def resume(self) -> None:
+        """Resume the clock when the last pause ends."""
         if self._holds == 0:
             raise RuntimeError("resume without a pause")
         self._holds -= 1

@@ -33,6 +33,7 @@ class PartitionLag:
 
     @property
     def lag(self) -> int:
+        """Records behind: from the committed offset (or the fetched one) to the end."""
         return max(0, self.end - self.committed)
 
 
@@ -54,6 +55,7 @@ class LagProbe:
         self._consumer = Consumer(consumer_config(k, group_id))
 
     def measure(self, tps: Iterable[TP], fetched: Mapping[TP, int | None]) -> dict[TP, PartitionLag]:
+        """Each partition's offsets and lag, from the broker."""
         from confluent_kafka import TopicPartition
 
         tps = sorted(tps)
@@ -68,6 +70,7 @@ class LagProbe:
         return out
 
     def close(self) -> None:
+        """Close the probe's consumer."""
         self._consumer.close()
 
 
@@ -79,6 +82,7 @@ class LagGauges:
         self._shown: set[TP] = set()
 
     def publish(self, lags: Mapping[TP, PartitionLag]) -> None:
+        """Set the lag gauges; partitions no longer measured are removed."""
         for t, p in self._shown - set(lags):
             for g in (self.m.consumer_lag, self.m.end_offset):
                 with contextlib.suppress(KeyError):

@@ -93,6 +93,7 @@ class Pipeline:
 
     # lifecycle -----------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start the inference thread, the sink and the join's deadlines, on the running loop."""
         self._loop = asyncio.get_running_loop()
         self._idle, self.abort = asyncio.Event(), asyncio.Event()
         self._idle.set()
@@ -129,6 +130,7 @@ class Pipeline:
         return finished
 
     async def stop(self) -> None:
+        """Cancel the loops and stop the inference thread."""
         if self.abort is not None:
             self.abort.set()
         for t in self._tasks:
@@ -140,10 +142,12 @@ class Pipeline:
 
     @property
     def ready(self) -> bool:
+        """Whether the worker is ready: assigned, writing, not stopping."""
         return (self.assigned and self.redis_ok and not self.failing and self._loop is not None and not self.stopping
                 and self.fatal is None)
 
     def on_assigned(self, tps: set[tuple[str, int]]) -> None:
+        """Partitions assigned: remember them and let the join's clock run again."""
         self.owned = set(tps)
         self.joiner.assigned({p for _, p in tps})
         if self._rebalancing:
@@ -425,6 +429,7 @@ class Pipeline:
             self._on_fatal(why)
 
     def publish_state(self) -> None:
+        """Publish readiness and the paused gauge."""
         self.metrics.paused.set(1 if self.failing else 0)
         self.metrics.ready.set(1 if self.ready else 0)
 

@@ -37,6 +37,7 @@ class Source:
 
     @property
     def tp(self) -> tuple[str, int]:
+        """The (topic, partition) the part came from."""
         return (self.topic, self.partition)
 
 

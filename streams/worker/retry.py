@@ -49,6 +49,7 @@ class Retry:
             self.p.publish_state()
 
     async def failed(self, error: ServiceError) -> None:
+        """Count a failed attempt, pause consumption, and wait the back-off (or raise ShuttingDown)."""
         p = self.p
         (p.metrics.redis_errors if self.redis_write else p.metrics.kafka_errors).inc()
         if not self.failing:  # the agent is about to stall on this: parts not arriving is not news

@@ -12,7 +12,14 @@ import time
 from typing import Any
 
 from streams.errors import SinkRefused
-from streams.kafka import check_copartitioned, check_outputs, ensure_topics, output_topics, partition_counts
+from streams.kafka import (
+    RecordLimits,
+    check_copartitioned,
+    check_outputs,
+    ensure_topics,
+    output_topics,
+    partition_counts,
+)
 from streams.learning.follower import ModelFollower, initial_predictor, open_registry
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -23,30 +30,15 @@ log = logging.getLogger("mmcl.worker")
 
 def run_worker(settings: Settings, create_topics: bool = False) -> int:
     """Run the worker until SIGTERM or a fatal sink error. -> the exit code."""
-    import faust
-
     from streams.health import start_http
     from streams.sinks.aggregates import aggregate_rule
     from streams.sinks.publisher import KafkaPublisher
-    from streams.sinks.redis_store import ResultWriter, async_client, check_access, sync_client
+    from streams.sinks.redis_store import ResultWriter, async_client
     from streams.worker.app import attach_pipeline, build_app
     from streams.worker.pipeline import Pipeline
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if create_topics:
-        ensure_topics(settings.kafka, settings.topics, max_message_bytes=settings.limits.max_message_bytes)
-    # one metadata request for both checks
-    counts = partition_counts(settings.kafka, (*settings.topics.features, *output_topics(settings)))
-    partitions = check_copartitioned(settings, counts={t: counts[t] for t in settings.topics.features})
-    limits = check_outputs(settings, counts)
-    settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"partitions": partitions})})
-    client = sync_client(settings.redis)
-    try:
-        warning = check_access(client, settings.output, aggregate_rule(settings))  # wrong credentials: one line, exit 1
-    finally:
-        client.close()
-    if warning:
-        log.warning(warning)
+    settings, limits = check_at_startup(settings, create_topics)
     registry = open_registry(settings)
     predictor = initial_predictor(settings, registry)
     metrics = Metrics()
@@ -94,15 +86,47 @@ def run_worker(settings: Settings, create_topics: bool = False) -> int:
         log.info("stopped in %.1f s", time.monotonic() - t0)
 
     attach_pipeline(app, settings, pipeline, shutdown)
-    worker = faust.Worker(app, loglevel=_faust_level(settings.log_level), quiet=True, redirect_stdouts=False)
+    code = _execute(app, settings.log_level)
+    if pipeline.fatal:
+        raise SinkRefused(pipeline.fatal)
+    return code
+
+
+def _execute(app: Any, log_level: str) -> int:
+    """Run the Faust worker until SIGTERM / SIGINT, then stop cleanly. -> its exit code."""
+    import faust
+
+    worker = faust.Worker(app, loglevel=_faust_level(log_level), quiet=True, redirect_stdouts=False)
     try:
-        worker.execute_from_commandline()  # runs until SIGTERM / SIGINT, then stops cleanly
+        worker.execute_from_commandline()
         code: Any = 0
     except SystemExit as e:
         code = e.code
-    if pipeline.fatal:
-        raise SinkRefused(pipeline.fatal)
     return code if isinstance(code, int) else (0 if code is None else 1)
+
+
+def check_at_startup(settings: Settings, create_topics: bool) -> tuple[Settings, RecordLimits]:
+    """What must hold before the worker consumes: co-partitioned feature topics, output topics that take our records,
+    and Redis credentials good for every write (a refusal is one line and exit 1). -> the settings with the feature
+    topics' partition count as found, and the record limits the broker allows."""
+    from streams.sinks.aggregates import aggregate_rule
+    from streams.sinks.redis_store import check_access, sync_client
+
+    if create_topics:
+        ensure_topics(settings.kafka, settings.topics, max_message_bytes=settings.limits.max_message_bytes)
+    # one metadata request for both checks
+    counts = partition_counts(settings.kafka, (*settings.topics.features, *output_topics(settings)))
+    partitions = check_copartitioned(settings, counts={t: counts[t] for t in settings.topics.features})
+    limits = check_outputs(settings, counts)
+    settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"partitions": partitions})})
+    client = sync_client(settings.redis)
+    try:
+        warning = check_access(client, settings.output, aggregate_rule(settings))
+    finally:
+        client.close()
+    if warning:
+        log.warning(warning)
+    return settings, limits
 
 
 def status(pipeline: Any, app: Any) -> dict[str, Any]:

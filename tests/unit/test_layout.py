@@ -143,3 +143,60 @@ def test_the_unit_tier_refuses_network_connections() -> None:
 
     with socket.socket() as sock, pytest.raises(RuntimeError, match="unit tests use no network"):
         sock.connect(("127.0.0.1", 9))
+
+
+MAX_FUNCTION_LINES = 65  # about 60, with room for a signature and a docstring
+
+
+Definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+
+
+def definitions() -> list[tuple[str, Definition, list[ast.ClassDef]]]:
+    """(module, function or class node, enclosing classes) for every definition outside a function."""
+    found: list[tuple[str, Definition, list[ast.ClassDef]]] = []
+
+    def visit(name: str, node: ast.AST, classes: list[ast.ClassDef]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                found.append((name, child, classes))
+                if isinstance(child, ast.ClassDef):
+                    visit(name, child, [*classes, child])
+
+    for name, path in project_modules().items():
+        visit(name, ast.parse(path.read_text()), [])
+    return found
+
+
+def protocol_methods() -> set[str]:
+    """Methods a Protocol of ours documents: their implementations need not repeat the docstring."""
+    return {item.name for _, node, _ in definitions() if isinstance(node, ast.ClassDef)
+            and any(getattr(b, "id", getattr(b, "attr", "")) == "Protocol" for b in node.bases)
+            for item in node.body if isinstance(item, ast.FunctionDef) and ast.get_docstring(item)}
+
+
+def is_public(node: Definition, classes: list[ast.ClassDef]) -> bool:
+    return not any(n.name.startswith("_") for n in [*classes, node])
+
+
+def test_public_functions_and_classes_say_what_they_are_for() -> None:
+    documented_elsewhere = protocol_methods() | {"forward"}  # torch documents nn.Module.forward
+    missing = [f"{module}:{node.lineno} {node.name}" for module, node, classes in definitions()
+               if is_public(node, classes) and ast.get_docstring(node) is None
+               and not (classes and node.name in documented_elsewhere)]
+    assert not missing, "no docstring: " + ", ".join(missing)
+
+
+def test_public_signatures_name_their_parameters() -> None:
+    # the model's maths keeps its conventional letters (x, y, a, b, m ...); the service and extractors do not
+    one_letter = [f"{module}:{node.lineno} {node.name}({arg.arg})" for module, node, classes in definitions()
+                  if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and is_public(node, classes)
+                  and not module.startswith("mmcl")
+                  for arg in [*node.args.args, *node.args.kwonlyargs] if len(arg.arg) == 1]
+    assert not one_letter, ", ".join(one_letter)
+
+
+def test_functions_stay_short() -> None:
+    long = [f"{module}:{node.lineno} {node.name} ({n} lines)" for module, node, _ in definitions()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and (n := (node.end_lineno or node.lineno) - node.lineno + 1) > MAX_FUNCTION_LINES]
+    assert not long, "split these where their parts have names: " + ", ".join(long)
