@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job until the streaming demo lands: synthetic MOSI-shaped data -> train MMCL -> test metrics vs ideal.
+# Offline training: synthetic MOSI-shaped data -> train MMCL -> test metrics vs the ideal. Writes data/synth.npz and
+# runs/quickstart/ under QUICKSTART_DIR (default: the repository). Extra arguments go to `mmcl train`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/mmcl data synth --out data/synth.npz
-.venv/bin/mmcl train --data data/synth.npz --preset quick --decoupling calibrated --out runs/quickstart "$@"
+out="${QUICKSTART_DIR:-.}"
+.venv/bin/mmcl data synth --out "$out/data/synth.npz"
+.venv/bin/mmcl train --data "$out/data/synth.npz" --preset quick --decoupling calibrated --out "$out/runs/quickstart" "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint, then the whole test suite (unit, integration on the embedded broker and Redis, extractors on real media,
+# Lint and type-check, then the whole test suite (unit, integration on the embedded broker and Redis, extractors on real media,
 # end to end, deployment files); what CI runs. Installs every extractor extra, espeak-ng (Debian) for the test speech,
 # and Prometheus with promtool (Debian) for the monitoring tests.
 set -euo pipefail
@@ -16,4 +16,5 @@ apt_install() {  # command, Debian package
 apt_install espeak-ng espeak-ng
 apt_install promtool prometheus
 .venv/bin/ruff check .
+.venv/bin/mypy  # the files and strictness are in pyproject.toml
 .venv/bin/python -m pytest "$@"

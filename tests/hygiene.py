@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # written by the tools themselves, not by tests
 # threads a library starts once per process and keeps (tqdm's monitor of slow bars)
 PROCESS_SINGLETONS = {"tqdm_monitor"}
-TOOL_CACHES = (".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache", ".egg-info", ".mmcl/")
+TOOL_CACHES = (".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache", ".egg-info")
 
 
 def children(pid: int | None = None) -> set[int]:

@@ -5,6 +5,7 @@ The main command itself, the demo, is run in test_demo.py."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -17,11 +18,12 @@ def test_readme_names_the_two_scripts() -> None:
     assert re.findall(r"^bash (\S+)", head, flags=re.M) == ["scripts/demo.sh", "scripts/test.sh"]
 
 
-def test_quickstart_runs_from_the_readme() -> None:
-    r = subprocess.run(["bash", "scripts/quickstart.sh", "--epochs", "1", "--no-progress"], cwd=ROOT,
+def test_quickstart_runs_from_the_readme(tmp_path: Path) -> None:
+    env = {**os.environ, "QUICKSTART_DIR": str(tmp_path)}  # what a user gets in the repository, here in tmp_path
+    r = subprocess.run(["bash", "scripts/quickstart.sh", "--epochs", "1", "--no-progress"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=900, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "acc2_has0" in r.stdout and "ideal" in r.stdout
-    summary = json.loads((ROOT / "runs" / "quickstart" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "runs" / "quickstart" / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and summary["model"]["decoupling"] == "calibrated"
-    assert (ROOT / "runs" / "quickstart" / "best" / "checksums.sha256").is_file()
+    assert (tmp_path / "runs" / "quickstart" / "best" / "checksums.sha256").is_file()
