@@ -200,3 +200,9 @@ def test_functions_stay_short() -> None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and (n := (node.end_lineno or node.lineno) - node.lineno + 1) > MAX_FUNCTION_LINES]
     assert not long, "split these where their parts have names: " + ", ".join(long)
+
+
+def test_every_package_folder_is_a_package() -> None:
+    # setuptools packs only folders with an __init__.py: a namespace folder would be missing from the wheel and image
+    folders = {path.parent for path in project_modules().values()}
+    assert not [str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()]

@@ -1,0 +1,35 @@
+"""The extractors, by name: an explicit table, imported only when asked for (their packages are an extra)."""
+
+from __future__ import annotations
+
+import importlib
+
+from extractors.base import Extractor, missing_extra
+from mmcl.errors import ConfigError
+
+# name -> "module:Class". The name is the feature profile id stamped on every message it makes.
+EXTRACTORS: dict[str, str] = {
+    "minilm-384": "extractors.text:MiniLMText",
+    "librosa-42": "extractors.audio:LibrosaAudio",
+    "mediapipe-fer-19": "extractors.visual:MediaPipeFace",
+    "glove-50": "extractors.glove:GloveText",  # extra: glove
+    "egemaps-25": "extractors.smile:EGeMAPSAudio",  # extra: opensmile (non-commercial licence)
+}
+
+
+def names() -> list[str]:
+    """Every registered extractor name."""
+    return sorted(EXTRACTORS)
+
+
+def create(name: str) -> Extractor:
+    """A new instance of a registered extractor (its libraries are imported here, not before)."""
+    if name not in EXTRACTORS:
+        raise ConfigError(f"unknown extractor {name!r}; valid: {', '.join(names())}")
+    module, _, cls = EXTRACTORS[name].partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise missing_extra(f"extractor {name!r}", e.name or str(e)) from None
+    extractor: Extractor = getattr(mod, cls)()
+    return extractor

@@ -1,0 +1,244 @@
+"""`mmcl train`, `mmcl evaluate` and `mmcl data synth | convert | inspect | build`: the model tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmcl.config import MODALITIES, ModelConfig, TaskConfig, TaskKind, TrainConfig
+from mmcl.errors import ConfigError, DataFormatError
+
+if TYPE_CHECKING:
+    from mmcl.data import Dataset
+
+EXIT_INTERRUPTED = 130
+# `mmcl train` options that override a ModelConfig / TrainConfig field of the same name (None: keep the preset)
+MODEL_OPTIONS = ("seq_len", "d_model", "ff_dim")
+TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "seed", "modality_dropout", "aux_weight", "early_stop_patience")
+OPTION_TYPES: dict[str, type] = {
+    "epochs": int, "batch_size": int, "lr": float, "seq_len": int, "d_model": int, "ff_dim": int, "seed": int,
+    "modality_dropout": float, "aux_weight": float, "early_stop_patience": int,
+}
+
+
+def _int_triple(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected three positive integers like 768,5,20, got {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _modalities(text: str) -> tuple[str, ...]:
+    mods = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in mods if m not in MODALITIES]
+    if bad or not mods:
+        raise argparse.ArgumentTypeError(f"modalities are a comma list of {', '.join(MODALITIES)}; got {text!r}")
+    return mods
+
+
+def register(commands: Any) -> None:
+    """Add train, evaluate and data to the `mmcl` command."""
+    t = commands.add_parser("train", help="train MMCL or the late-fusion baseline on a dataset file (.npz)")
+    t.add_argument("--data", required=True, type=Path, help="dataset .npz (from `mmcl data synth|convert`)")
+    t.add_argument("--out", type=Path, default=Path("runs/latest"), help="run directory (checkpoint in OUT/best)")
+    t.add_argument("--preset", choices=["reference", "quick"], default="reference")
+    t.add_argument("--model", choices=["mmcl", "baseline"], default="mmcl")
+    t.add_argument("--decoupling", choices=["paper", "calibrated"], default="paper")
+    t.add_argument("--task", choices=[k.value for k in TaskKind], default=None,
+                   help="default: regression, or multitask for per-emotion labels")
+    t.add_argument("--num-classes", type=int, default=3, help="classification: number of classes")
+    t.add_argument("--modalities", type=_modalities, default=MODALITIES, help="baseline only: e.g. text,audio")
+    for name, typ in OPTION_TYPES.items():
+        t.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None)
+    t.add_argument("--no-act-reward", action="store_true", help="supervised only (ablation)")
+    t.add_argument("--extractor-id", action="append", default=[], metavar="MODALITY=ID",
+                   help="record which extractor made each modality's features in the checkpoint")
+    t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(handler=cmd_train)
+
+    e = commands.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")
+    e.add_argument("--checkpoint", required=True, type=Path)
+    e.add_argument("--data", required=True, type=Path)
+    e.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.set_defaults(handler=cmd_evaluate)
+
+    data = commands.add_parser("data", help="dataset tools")
+    data.set_defaults(handler=cmd_data)
+    d = data.add_subparsers(dest="data_command", required=True)
+    s = d.add_parser("synth", help="write a synthetic MOSI-shaped dataset")
+    s.add_argument("--out", type=Path, default=Path("data/synth.npz"))
+    s.add_argument("--sizes", type=_int_triple, default=(1284, 229, 686), help="train,valid,test")
+    s.add_argument("--dims", type=_int_triple, default=(768, 5, 20), help="text,audio,vision feature dims")
+    s.add_argument("--seq-len", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--pickle", action="store_true", help="write the MMSA pickle layout (aligned_50.pkl) instead")
+    c = d.add_parser("convert", help="public dataset pickle -> safe .npz (unpickles: only files you trust)")
+    c.add_argument("source", type=Path)
+    c.add_argument("dest", type=Path)
+    c.add_argument("--score-range", type=float, default=None, help="label range (3 MOSI/MOSEI, 1 SIMS); default: detect")
+    i = d.add_parser("inspect", help="splits, shapes, dims and label statistics of a dataset file")
+    i.add_argument("path", type=Path)
+    b = d.add_parser("build", help="labelled manifest of raw utterances (text/audio/video) -> dataset .npz for `train`")
+    b.add_argument("manifest", type=Path, help="manifest .jsonl/.csv (a `label` per row), or a folder holding one")
+    b.add_argument("--out", type=Path, required=True, help="dataset file to write (.npz)")
+    b.add_argument("--valid", type=float, default=0.1, help="share of calls held out for validation")
+    b.add_argument("--test", type=float, default=0.1, help="share of calls held out for testing")
+    b.add_argument("--seed", type=int, default=0, help="seed of the split by call")
+    b.add_argument("--score-range", type=float, default=3.0, help="labels lie in [-R, R] (3: MOSI scale)")
+    from extractors.options import add_extraction_options
+
+    add_extraction_options(b, for_model=False)
+
+
+def load_any(path: Path) -> Dataset:
+    """A dataset file: a safe .npz, or a public pickle to convert on the fly."""
+    from mmcl.data import load_dataset
+    from mmcl.data.formats import load_public_pickle
+
+    if path.suffix in {".pkl", ".pickle"}:
+        return load_public_pickle(path)
+    if path.suffix != ".npz":
+        raise DataFormatError(f"{path}: unknown format (expected .npz, or a .pkl to convert)")
+    return load_dataset(path)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model on a dataset file and print its test metrics."""
+    from mmcl.data import load_dataset
+    from mmcl.presets import PRESETS
+    from mmcl.train import train
+
+    if args.data.suffix != ".npz":
+        raise DataFormatError(f"{args.data}: training reads .npz only; convert pickles with `mmcl data convert`")
+    ds = load_dataset(args.data)
+    label_kind = ds.meta.get("label_kind", "score")
+    kind = TaskKind(args.task) if args.task else (TaskKind.MULTITASK if label_kind == "multitask" else TaskKind.REGRESSION)
+    task_kwargs: dict[str, Any] = {"kind": kind, "score_range": float(ds.meta.get("score_range", 3.0))}
+    if kind is TaskKind.CLASSIFICATION:
+        task_kwargs["num_classes"] = args.num_classes
+    if kind is TaskKind.MULTITASK and ds.meta.get("subtask_names"):
+        task_kwargs["class_names"] = tuple(ds.meta["subtask_names"])
+    preset = PRESETS[args.preset]
+    model_kw: dict[str, Any] = {**preset["model"], "kind": "mmcl" if args.model == "mmcl" else "late_fusion",
+                                "decoupling": args.decoupling, "input_dims": ds.dims, "task": TaskConfig(**task_kwargs),
+                                "use_modalities": args.modalities}
+    train_kw: dict[str, Any] = dict(preset["train"])
+    for names, target in ((MODEL_OPTIONS, model_kw), (TRAIN_OPTIONS, train_kw)):
+        target.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
+    if args.no_act_reward:
+        train_kw["act_reward"] = False
+    if "seq_len" not in model_kw:
+        model_kw["seq_len"] = int(ds.splits["train"].features["text"].shape[1])
+    extractor_ids = {}
+    for item in args.extractor_id:
+        mod, sep, ident = item.partition("=")
+        if not sep or mod not in MODALITIES or not ident:
+            raise ConfigError(f"--extractor-id takes MODALITY=ID with MODALITY one of {', '.join(MODALITIES)}; got {item!r}")
+        extractor_ids[mod] = ident
+    if extractor_ids:
+        ds.meta["extractor_ids"] = extractor_ids
+    mcfg, tcfg = ModelConfig(**model_kw), TrainConfig(**train_kw)
+    result = train(ds, mcfg, tcfg, args.out, progress=not args.no_progress, device=args.device)
+    print(f"\nbest epoch {result.best_epoch} of {result.epochs_run} ({result.seconds:.0f} s)"
+          + ("; interrupted" if result.interrupted else ""))
+    print(f"checkpoint: {result.checkpoint}")
+    ideal = ds.meta.get("ideal_test_metrics", {}).get("all") if kind is TaskKind.REGRESSION else None
+    _print_metrics("test", result.test, ideal)
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def _print_metrics(title: str, metrics: dict[str, float], ideal: dict[str, float] | None = None) -> None:
+    print(f"{'metric':<12}{title:>10}" + (f"{'ideal':>10}" if ideal else ""))
+    for k, v in metrics.items():
+        line = f"{k:<12}{v:>10.4f}"
+        if ideal and ideal.get(k) is not None:
+            line += f"{ideal[k]:>10.4f}"
+        print(line)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint on a dataset split."""
+    from mmcl.checkpoint import load_checkpoint
+    from mmcl.data import load_dataset
+    from mmcl.data.tensors import to_tensors
+    from mmcl.evaluate import evaluate
+
+    ckpt = load_checkpoint(args.checkpoint)
+    ds = load_dataset(args.data)
+    ev = evaluate(ckpt.model, to_tensors(ds.splits[args.split], ckpt.config), ckpt.config.task)
+    if args.json:
+        print(json.dumps({"split": args.split, "metrics": ev.metrics, "loss": ev.loss}, indent=2))
+    else:
+        _print_metrics(args.split, ev.metrics)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """The dataset tools: synth, convert, inspect, build."""
+    from mmcl.data import save_dataset
+    from mmcl.data.dataset import describe
+
+    if args.data_command == "synth":
+        import pickle
+
+        from mmcl.data.synth import SynthSpec, make_synthetic, to_mmsa_dict
+
+        if args.seq_len < 1:
+            raise ConfigError("--seq-len must be positive")
+        ds = make_synthetic(SynthSpec(sizes=args.sizes, seq_len=args.seq_len, dims=args.dims, seed=args.seed,
+                                      min_len=min(10, args.seq_len)))
+        if args.pickle:
+            out = args.out.with_suffix(".pkl")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("wb") as f:
+                pickle.dump(to_mmsa_dict(ds), f, protocol=4)
+        else:
+            out = save_dataset(ds, args.out)
+        ideal = ds.meta["ideal_test_metrics"]
+        print(f"wrote {out}: sizes {list(args.sizes)}, seq_len {args.seq_len}, dims {list(args.dims)}")
+        print("ideal test Acc-2 (has0): " + ", ".join(f"{k} {v['acc2_has0']:.3f}" for k, v in ideal.items()))
+        return 0
+    if args.data_command == "convert":
+        from mmcl.data.formats import load_public_pickle
+
+        if args.dest.suffix != ".npz":
+            raise ConfigError(f"{args.dest}: the destination must end in .npz")
+        ds = load_public_pickle(args.source, score_range=args.score_range)
+        out = save_dataset(ds, args.dest)
+        print(f"wrote {out} ({ds.meta['layout']} layout; " + ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items()) + ")")
+        return 0
+    if args.data_command == "build":
+        return _data_build(args)
+    print(json.dumps(describe(load_any(args.path)), indent=2))
+    return 0
+
+
+def _data_build(a: argparse.Namespace) -> int:
+    from extractors.build import build, print_progress
+    from extractors.options import maker_from_args
+    from extractors.utterance import read_manifest
+    from mmcl.data import save_dataset
+
+    if a.out.suffix != ".npz":
+        raise ConfigError(f"{a.out}: the dataset file must end in .npz")
+    if not (0 <= a.valid < 1 and 0 <= a.test < 1 and a.valid + a.test < 1):
+        raise ConfigError("--valid and --test are shares of the calls: each in [0, 1), together below 1")
+    maker = maker_from_args(a)
+    try:
+        ds, report = build(read_manifest(a.manifest), maker, (a.valid, a.test), a.seed, a.score_range, print_progress)
+    finally:
+        maker.close()
+    out = save_dataset(ds, a.out)
+    print(f"wrote {out}: " + ", ".join(f"{k} {n}" for k, n in report.per_split.items()) + f" utterances; dims "
+          f"{list(ds.dims)}; extractors " + ", ".join(f"{m}={n}" for m, n in maker.chosen.items()))
+    for m, n in report.missing.items():
+        if n:
+            print(f"  {n} utterances without {m} (masked in training)")
+    for utt, why in report.failed:
+        print(f"  skipped {utt}: {why}", file=sys.stderr)
+    return 0

@@ -1,0 +1,237 @@
+"""Kafka client settings (librdkafka and aiokafka spell them differently), topic creation and the co-partition check."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmcl.errors import ConfigError
+from streams.settings import KafkaSettings, LimitSettings, Settings, TopicSettings
+
+log = logging.getLogger(__name__)
+HOUR_MS = 3600 * 1000
+HEADERS_ROOM = 64 * 1024  # dead-letter headers (reason, error text, source) on top of the original bytes
+RECORD_OVERHEAD = 512  # a record's framing in its batch (batch header 61 B, varints, header keys), with room to spare
+OUTPUT_RECORD_BYTES = 1024 * 1024  # predictions, alerts, feedback labels: a few hundred bytes each
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """The largest record each kind of topic takes, all derived from the one input limit
+    (MMCL_LIMITS__MAX_MESSAGE_BYTES): topics are created with them, producers are configured with them, and the
+    worker checks every record against them (lowered to what the broker says at start-up) before sending it."""
+
+    feature: int  # a feature message at the input limit, with its producer's headers
+    dead_letter: int  # the same bytes, with our headers added
+    joined: int  # all of an utterance's parts in one record
+    output: int  # predictions and alerts
+
+    @property
+    def producer(self) -> int:
+        """librdkafka's message.max.bytes (its default of 1,000,000 refuses records we must write)."""
+        return max(self.feature, self.dead_letter, self.joined, self.output) + RECORD_OVERHEAD
+
+    def for_topic(self, topics: TopicSettings, topic: str) -> int:
+        """The largest record `topic` accepts from us."""
+        if topic in topics.features:
+            return self.feature
+        return {topics.dlq: self.dead_letter, topics.joined: self.joined}.get(topic, self.output)
+
+    def lowered(self, topics: TopicSettings, broker: dict[str, int]) -> RecordLimits:
+        """These limits, lowered to the broker's `max.message.bytes` of the topics it reported."""
+        def low(ours: int, *topics: str) -> int:
+            return min([ours, *(broker[name] for name in topics if name in broker)])
+
+        return RecordLimits(low(self.feature, *topics.features), low(self.dead_letter, topics.dlq),
+                            low(self.joined, topics.joined),
+                            low(self.output, topics.predictions, topics.alerts))
+
+
+def record_limits(max_message_bytes: int, modalities: int = 3) -> RecordLimits:
+    """The record size limits every producer, topic and check derive from the input limit."""
+    part = max_message_bytes + HEADERS_ROOM  # a feature message at the size limit must fit, and reach the DLQ
+    return RecordLimits(feature=part, dead_letter=part, joined=modalities * max_message_bytes + HEADERS_ROOM,
+                        output=OUTPUT_RECORD_BYTES)
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> int:
+    """What a record weighs against a topic's max.message.bytes when it travels alone in its batch."""
+    return (len(key or b"") + len(value or b"") + sum(len(k.encode()) + len(v or b"") + 8 for k, v in headers or ())
+            + RECORD_OVERHEAD)
+
+
+def librdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection and security settings for a librdkafka client."""
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol}
+    if kafka.sasl_mechanism:
+        conf["sasl.mechanism"] = kafka.sasl_mechanism
+        conf["sasl.username"] = kafka.sasl_username
+        conf["sasl.password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+    for ours, theirs in (("ssl_cafile", "ssl.ca.location"), ("ssl_certfile", "ssl.certificate.location"),
+                         ("ssl_keyfile", "ssl.key.location")):
+        if getattr(kafka, ours):
+            conf[theirs] = str(getattr(kafka, ours))
+    return conf
+
+
+def producer_config(kafka: KafkaSettings, linger_ms: int = 2, max_record_bytes: int | None = None) -> dict[str, Any]:
+    """`max_record_bytes`: the largest record this producer must send (librdkafka refuses more than 1,000,000 bytes
+    by default, so a producer of feature messages at the input limit, or the worker's, must raise it)."""
+    # murmur2_random: the Java client's and aiokafka's (Faust's) key hash; librdkafka's default would put a call's
+    # three modalities on partitions the worker does not read together.
+    conf = {**librdkafka_config(kafka), "partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": linger_ms}
+    if max_record_bytes is not None:
+        conf["message.max.bytes"] = max(1_000_000, max_record_bytes + RECORD_OVERHEAD)
+    return conf
+
+
+def produce(producer: Any, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+    """producer.produce, waiting while librdkafka's local queue is full (BufferError) instead of failing; other
+    errors (KafkaException) are the caller's."""
+    while True:
+        try:
+            producer.produce(topic, value, key=key, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)  # let deliveries drain
+
+
+def consumer_config(kafka: KafkaSettings, group_id: str) -> dict[str, Any]:
+    """A librdkafka consumer that commits only what it is told to."""
+    return {**librdkafka_config(kafka), "group.id": group_id, "auto.offset.reset": "earliest",
+            "session.timeout.ms": int(kafka.session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(kafka.heartbeat_interval_s * 1000),
+            "fetch.wait.max.ms": kafka.fetch_max_wait_ms, "enable.auto.commit": False}
+
+
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
+    """The TLS context for aiokafka (Faust), or None for plaintext."""
+    if kafka.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    ctx = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+    if kafka.ssl_certfile:
+        ctx.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None)
+    return ctx
+
+
+def partition_counts(kafka: KafkaSettings, topics: tuple[str, ...], timeout: float = 10.0) -> dict[str, int | None]:
+    """Each topic's partition count from the broker's metadata (None: no such topic)."""
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient(librdkafka_config(kafka)).list_topics(timeout=timeout)
+    return {t: (len(md.topics[t].partitions) if t in md.topics and md.topics[t].error is None else None) for t in topics}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """How a topic is created: its partitions and its configs."""
+
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(topics: TopicSettings, max_message_bytes: int = LimitSettings().max_message_bytes) -> dict[str, TopicSpec]:
+    """Every topic the service uses, with its partitions and topic-level configs: the one definition `mmcl up`,
+    `mmcl topics create` (the compose / Kubernetes init step) and `mmcl worker --create-topics` all apply."""
+
+    def spec(retention_h: float, message_bytes: int, policy: str = "delete") -> TopicSpec:
+        return TopicSpec(topics.partitions, {"cleanup.policy": policy, "retention.ms": str(int(retention_h * HOUR_MS)),
+                                        "max.message.bytes": str(message_bytes)})
+
+    lim = record_limits(max_message_bytes, len(topics.features))
+    out = {name: spec(topics.features_retention_h, lim.feature) for name in topics.features}
+    out[topics.predictions] = spec(topics.output_retention_h, lim.output)
+    out[topics.alerts] = spec(topics.output_retention_h, lim.output)
+    out[topics.dlq] = spec(topics.dlq_retention_h, lim.dead_letter)
+    out[topics.feedback] = spec(topics.feedback_retention_h, lim.output)
+    # all of an utterance's parts in one record; compacted too, so a re-delivered utterance is kept once
+    out[topics.joined] = spec(topics.joined_retention_h, lim.joined, "compact,delete")
+    # the latest announcement is all a worker needs; one partition keeps them in order
+    out[topics.model_updates] = TopicSpec(1, {"cleanup.policy": "compact"})
+    return out
+
+
+def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, timeout: float = 15.0,
+                  max_message_bytes: int = LimitSettings().max_message_bytes) -> dict[str, int | None]:
+    """Create the missing topics as `topic_specs` defines them (auto-created ones would get the broker's defaults).
+    Returns every topic's partition count as found (None: it was missing, and is now created as specified)."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at run time; the package's stub does not re-export it
+
+    specs = topic_specs(topics, max_message_bytes)
+    found = partition_counts(kafka, tuple(specs), timeout)
+    missing = [name for name, n in found.items() if n is None]
+    if missing:
+        admin = AdminClient(librdkafka_config(kafka))  # must outlive the futures: its destruction cancels them
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=specs[name].partitions, replication_factor=topics.replication,
+                      config=specs[name].config) for name in missing],
+            operation_timeout=timeout)
+        for name, fut in futures.items():
+            try:
+                fut.result(timeout)
+            except Exception as e:
+                if "TOPIC_ALREADY_EXISTS" not in str(e):
+                    raise ConfigError(f"could not create topic {name}: {e}") from None
+    return found
+
+
+def check_copartitioned(settings: Settings, timeout: float = 10.0,
+                        counts: dict[str, int | None] | None = None) -> int:
+    """The join needs a call's three parts on the same partition number: refuse to run otherwise. `counts`: the
+    feature topics' partition counts when the caller has them (else they are read from the broker)."""
+    if counts is None:
+        counts = partition_counts(settings.kafka, settings.topics.features, timeout)
+    absent = [t for t, n in counts.items() if n is None]
+    if absent:
+        raise ConfigError(f"feature topic(s) {', '.join(absent)} do not exist on {settings.kafka.bootstrap_servers} "
+                          "(create them with the same partition count, or run `mmcl up`)")
+    if len(set(counts.values())) != 1:
+        shown = ", ".join(f"{t}={n}" for t, n in counts.items())
+        raise ConfigError(f"feature topics are not co-partitioned ({shown}); the join needs the same partition count "
+                          "on all three: recreate them (Kafka cannot shrink a topic)")
+    return next(iter(counts.values()))  # type: ignore[return-value]
+
+
+def output_topics(settings: Settings) -> tuple[str, ...]:
+    """The topics the worker writes to."""
+    t = settings.topics
+    return (t.predictions, t.alerts, t.dlq, *([t.joined] if settings.trainer.keep_joined else []))
+
+
+def check_outputs(settings: Settings, counts: dict[str, int | None], timeout: float = 10.0) -> RecordLimits:
+    """At start-up: the topics the worker writes exist (`counts`: their partition counts, as partition_counts read
+    them), and the records it may write fit them. Returns the record limits to check outputs against: ours, lowered
+    where the broker's `max.message.bytes` of a topic is smaller (a record bound to be refused is then handled
+    before it is sent, with the reason known)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]  # exported at run time; the package's stub does not re-export it
+
+    t = settings.topics
+    outputs = output_topics(settings)
+    absent = [name for name in outputs if counts.get(name) is None]
+    if absent:
+        raise ConfigError(f"output topic(s) {', '.join(absent)} do not exist on {settings.kafka.bootstrap_servers} "
+                          "(mmcl topics create, or mmcl worker --create-topics)")
+    ours = record_limits(settings.limits.max_message_bytes, len(t.features))
+    admin = AdminClient(librdkafka_config(settings.kafka))
+    broker: dict[str, int] = {}
+    try:
+        futures = admin.describe_configs([ConfigResource("topic", name) for name in outputs])
+        for res, fut in futures.items():
+            entry = fut.result(timeout).get("max.message.bytes")
+            if entry is not None and entry.value is not None and str(entry.value).isdigit():
+                broker[res.name] = int(entry.value)
+    except Exception as e:  # a broker without DescribeConfigs: our limits stand, and a refusal is still handled
+        log.info("could not read the output topics' max.message.bytes (%s); checking records against our limits", e)
+    lowered = ours.lowered(t, broker)
+    for name, has in broker.items():
+        need = ours.for_topic(t, name)
+        if has < need:
+            what = {t.dlq: "dead letters of larger messages are truncated to fit",
+                    t.joined: "larger utterances are scored but not kept for training"}.get(name, "larger records are skipped")
+            log.warning("topic %s takes records up to %d bytes, below the %d that MMCL_LIMITS__MAX_MESSAGE_BYTES=%d needs: "
+                        "%s (raise it: kafka-configs --alter --entity-type topics --entity-name %s "
+                        "--add-config max.message.bytes=%d)", name, has, need, settings.limits.max_message_bytes, what, name,
+                        need)
+    return lowered

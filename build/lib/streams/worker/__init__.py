@@ -1,0 +1,1 @@
+"""The streaming worker: Faust app, start-up checks, decode -> join -> batch -> infer -> write -> ack."""

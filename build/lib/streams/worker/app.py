@@ -1,0 +1,132 @@
+"""The Faust app: one agent reads the three feature topics as raw bytes and hands each message to the Pipeline.
+
+Two things Faust 0.15.3 does not let us configure are set here, in one place:
+- the worker consumer's fetch wait (hard-coded 1500 ms: on a broker that does not answer a fetch early when data
+  arrives, every hop would cost up to 1.5 s);
+- the partition assignor: without tables Faust uses plain round-robin over all topic-partitions, which can give
+  `text` partition 1 and `audio` partition 1 to different workers. Faust's own assignor keeps co-partitioned topics
+  together, which the join needs as soon as there is more than one worker.
+
+And one default is wrong for a join: `stream_wait_empty` makes Faust wait, at every rebalance and at shutdown, until
+every message it handed out is acknowledged. A part waiting for its utterance's other parts can only be acknowledged
+by being decided, and with the flow stopped its partners never come: every rebalance and every restart dead-lettered
+good utterances as incomplete, and a write being retried kept a SIGTERM'd worker alive for minutes. The pipeline
+does the waiting itself instead, bounded: writes in flight finish, pending parts are left for the next reader.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streams.kafka import ssl_context
+from streams.settings import Settings
+from streams.worker.pipeline import Pipeline
+from streams.worker.records import Source
+
+log = logging.getLogger(__name__)
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        conf = self.app.conf
+        consumer._fetch_max_wait_ms = conf.mmcl_fetch_max_wait_ms  # read by AIOKafkaConsumer.start()
+        self._assignor = self.app.assignor
+        consumer._partition_assignment_strategy = [self.app.assignor]
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class StreamApp(faust.App):
+    """The Faust app, with the consumer settings Faust does not expose and shutdown hooks."""
+
+    on_stop_hooks: list[Callable[[], None]]
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+    async def on_stop(self) -> None:
+        # First thing at shutdown, before Faust stops the flow: from here on nothing pending may be decided.
+        """Run the stop hooks first: nothing pending may be decided once the flow stops."""
+        for hook in getattr(self, "on_stop_hooks", ()):
+            hook()
+        await super().on_stop()
+
+
+def build_app(settings: Settings) -> StreamApp:
+    """The worker's Faust app for the settings (no topic declaration, no web server, no tables)."""
+    k = settings.kafka
+    brokers = ";".join(f"kafka://{b.strip()}" for b in k.bootstrap_servers.split(","))
+    credentials: Any = None
+    if k.sasl_mechanism:
+        credentials = faust.SASLCredentials(
+            username=k.sasl_username, password=k.sasl_password.get_secret_value() if k.sasl_password else "",
+            mechanism=k.sasl_mechanism, ssl_context=ssl_context(k))
+    elif k.security_protocol == "SSL":
+        credentials = ssl_context(k)
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder of its datadir
+    app = StreamApp(
+        k.group_id,
+        broker=brokers,
+        broker_credentials=credentials,
+        processing_guarantee="at_least_once",  # the embedded broker has no transactions: exactly-once dies at start
+        broker_session_timeout=k.session_timeout_s,
+        broker_heartbeat_interval=k.heartbeat_interval_s,
+        broker_commit_interval=k.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,  # see the module docstring
+        table_standby_replicas=0,
+        stream_recovery_delay=0,
+        topic_partitions=settings.topics.partitions,
+        topic_allow_declare=False,  # `mmcl up` / ensure_topics create them with the right counts
+        topic_disable_leader=True,
+        web_enabled=False,
+        autodiscover=False,
+        store="memory://",
+        datadir=str(settings.state_dir / "faust" / k.group_id),  # Faust's default: ./<group>-data, wherever it was started
+    )
+    app.conf.mmcl_fetch_max_wait_ms = k.fetch_max_wait_ms
+    return app
+
+
+def attach_pipeline(app: StreamApp, settings: Settings, pipeline: Pipeline,
+                    on_shutdown: Callable[[], Awaitable[None]]) -> None:
+    """Wire the pipeline to the app: the agent, rebalances, and shutdown (`on_shutdown` runs once the flow has
+    stopped and before offsets are committed for the last time)."""
+    channel = app.topic(*settings.topics.features, key_type=bytes, value_type=bytes, key_serializer="raw",
+                        value_serializer="raw", allow_empty=True)
+
+    @app.agent(channel, name="mmcl-join")
+    async def join_agent(stream: Any) -> None:
+        async for event in stream.noack().events():
+            msg = event.message
+            await pipeline.on_message(Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                                             list(msg.headers or []), event))
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants a `signal` keyword; it arrives in **kwargs
+    async def on_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
+        await pipeline.on_revoked({(tp.topic, tp.partition) for tp in revoked}, app.consumer.commit)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's stub wants a `signal` keyword; it arrives in **kwargs
+    async def on_assigned(app: Any, assigned: set[Any], **kwargs: Any) -> None:
+        pipeline.on_assigned({(tp.topic, tp.partition) for tp in assigned})
+        log.info("assigned %d partitions", len(assigned))
+
+    app.on_stop_hooks = [pipeline.begin_shutdown]
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust's stub wants a `signal` keyword; it arrives in **kwargs
+    async def before_shutdown(app: Any, **kwargs: Any) -> None:
+        await on_shutdown()

@@ -1,0 +1,104 @@
+"""Raw Kafka bytes -> a validated feature part, or a rejection with a dead-letter reason. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import ValidationError
+
+from mmcl.config import by_wire
+from mmcl.predictor import Predictor
+from streams.messages import FeatureMessage
+from streams.settings import WIRE_MODALITIES, LimitSettings
+from streams.sinks.deadletter import Reason
+
+
+@dataclass(frozen=True)
+class Part:
+    """A validated feature part of an utterance."""
+
+    utterance_id: str
+    call_id: str | None
+    speaker: str
+    modality: str  # wire name: text | audio | visual
+    array: np.ndarray  # (T, D) float32
+    produced_at: int
+    start_ms: int | None
+    raw: bytes = b""  # the message as it arrived (kept by reference, for the joined-features record)
+
+    @property
+    def join_key(self) -> tuple[str, str]:
+        """What the join groups parts by: (call key, utterance id)."""
+        return (self.call_id or "", self.utterance_id)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A message that cannot be a part: why, for the dead-letter topic."""
+
+    reason: Reason
+    error: str
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """What the loaded model accepts: feature dim per wire modality, and extractor ids where the checkpoint names them."""
+
+    dims: dict[str, int]
+    extractor_ids: dict[str, str]
+
+
+def decode_part(raw: bytes | None, topic_modality: str, limits: LimitSettings, profile: ModelProfile) -> Part | Rejection:
+    """Raw bytes from a feature topic -> a Part, or a Rejection with its dead-letter reason."""
+    if raw is None:
+        return Rejection(Reason.NOT_JSON, "empty message value")
+    if len(raw) > limits.max_message_bytes:
+        return Rejection(Reason.OVERSIZE, f"{len(raw)} bytes > limit {limits.max_message_bytes}")
+    try:
+        msg = FeatureMessage.model_validate_json(raw)
+    except ValidationError as e:
+        return _schema_rejection(e)
+    if msg.modality not in WIRE_MODALITIES:
+        return Rejection(Reason.UNKNOWN_MODALITY, f"modality {msg.modality[:32]!r} is not one of {', '.join(WIRE_MODALITIES)}")
+    if msg.modality != topic_modality:
+        return Rejection(Reason.MODALITY_MISMATCH, f"a {msg.modality} message on the {topic_modality} topic")
+    if isinstance(msg.features, list):
+        t = len(msg.features)
+        d = len(msg.features[0]) if t else 0
+    else:
+        t, d = msg.features.shape
+    if t > limits.max_frames or d > limits.max_dim:
+        return Rejection(Reason.OVERSIZE, f"features [{t}, {d}] exceed the limit [{limits.max_frames}, {limits.max_dim}]")
+    want = profile.extractor_ids.get(msg.modality)
+    if msg.feature_profile is not None and want is not None and msg.feature_profile != want:
+        return Rejection(Reason.PROFILE_MISMATCH,
+                         f"{msg.modality} features from {msg.feature_profile!r}, the model needs {want!r}")
+    try:
+        arr = msg.array()
+    except ValueError as e:
+        return Rejection(Reason.SCHEMA, str(e))
+    if arr.shape[1] != profile.dims[msg.modality]:
+        need = profile.dims[msg.modality]
+        return Rejection(Reason.DIMS, f"{msg.modality} features have D={arr.shape[1]}, the model needs {need}")
+    if not np.isfinite(arr).all():
+        return Rejection(Reason.NON_FINITE, f"{msg.modality} features contain NaN or Inf")
+    return Part(msg.utterance_id, msg.call_id, msg.speaker, msg.modality, arr, msg.produced_at, msg.start_ms, raw)
+
+
+def _schema_rejection(e: ValidationError) -> Rejection:
+    errs = e.errors(include_url=False, include_input=False)
+    first = errs[0]
+    if first["type"] == "json_invalid":
+        return Rejection(Reason.NOT_JSON, first["msg"][:200])
+    for err in errs:
+        if err["loc"] and err["loc"][0] in ("utterance_id", "call_id") and err["type"] != "missing":
+            return Rejection(Reason.BAD_ID, f"{err['loc'][0]}: {err['msg']}"[:200])
+    where = ".".join(str(p) for p in first["loc"])
+    return Rejection(Reason.SCHEMA, f"{where}: {first['msg']}"[:200])
+
+
+def profile_of(predictor: Predictor) -> ModelProfile:
+    """What a part must match to be scored by `predictor`: its dims and extractors, by wire modality."""
+    dims = dict(zip(WIRE_MODALITIES, predictor.input_dims, strict=True))
+    return ModelProfile(dims, by_wire(predictor.checkpoint.profile.extractor_ids))
