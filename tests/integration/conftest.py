@@ -113,7 +113,7 @@ class Stack:
 
     def start_worker(self, **extra: str) -> Worker:
         port = free_port()
-        log = self.state_dir / f"worker-{self.prefix}-{len(self.workers)}.log"
+        log = self.state_dir / f"worker-{self.prefix}-{time.monotonic_ns()}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],
                                     env=self.env(MMCL_METRICS__PORT=str(port), **extra), stdout=out, stderr=subprocess.STDOUT)
@@ -250,6 +250,18 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+@pytest.fixture(autouse=True)
+def _workers_stop_with_their_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A worker a test starts on a module's stack stops when that test ends, not with the module."""
+    stacks = [request.getfixturevalue(name) for name in request.fixturenames if name.endswith("stack")]
+    before = [(st, len(st.workers)) for st in stacks if isinstance(st, Stack)]
+    yield
+    for st, n in before:
+        for worker in st.workers[n:]:
+            worker.stop()
+        del st.workers[n:]
 
 
 @pytest.fixture(scope="module")

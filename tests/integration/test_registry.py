@@ -92,7 +92,7 @@ def test_concurrent_promotions_keep_a_consistent_history(registry: Registry, tmp
 
 def test_one_trainer_lease_across_machines(redis_service: Service, tmp_path: Path) -> None:
     from mmcl.errors import ConfigError
-    from streams.learning.trainer import RedisLease
+    from streams.learning.lease import RedisLease
 
     client = redis.Redis.from_url(redis_service.url)
     key = f"test:{tmp_path.name}:lease"
