@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.learning.store import Example, TrainingStore
 from streams.learning.gate import split_by_time, to_split
+from streams.learning.store import Example, TrainingStore
 from streams.messages import EncodedArray, FeatureMessage, FeedbackLabel, JoinedFeatures
 
 
