@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmcl.errors import ConfigError
+from streams.errors import TransientError
 from streams.settings import KafkaSettings, LimitSettings, Settings, TopicSettings
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,24 @@ def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-def partition_counts(kafka: KafkaSettings, topics: tuple[str, ...], timeout: float = 10.0) -> dict[str, int | None]:
-    """Each topic's partition count from the broker's metadata (None: no such topic)."""
+def admin_client(kafka: KafkaSettings) -> Any:
+    """An admin client for the start-up checks. Its own log stays quiet below critical: a failure reaches the user
+    as our one-line error, not as librdkafka's connection log besides it."""
     from confluent_kafka.admin import AdminClient
 
-    md = AdminClient(librdkafka_config(kafka)).list_topics(timeout=timeout)
+    return AdminClient({**librdkafka_config(kafka), "log_level": 2})
+
+
+def partition_counts(kafka: KafkaSettings, topics: tuple[str, ...], timeout: float = 10.0) -> dict[str, int | None]:
+    """Each topic's partition count from the broker's metadata (None: no such topic). A TransientError when the
+    broker does not answer."""
+    from confluent_kafka import KafkaException
+
+    try:
+        md = admin_client(kafka).list_topics(timeout=timeout)
+    except KafkaException as e:
+        raise TransientError(f"the broker at {kafka.bootstrap_servers} did not answer within {timeout:g} s "
+                             f"({e.args[0].str() if e.args else e})") from None
     return {t: (len(md.topics[t].partitions) if t in md.topics and md.topics[t].error is None else None) for t in topics}
 
 
@@ -157,13 +171,13 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, timeout: float = 
                   max_message_bytes: int = LimitSettings().max_message_bytes) -> dict[str, int | None]:
     """Create the missing topics as `topic_specs` defines them (auto-created ones would get the broker's defaults).
     Returns every topic's partition count as found (None: it was missing, and is now created as specified)."""
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at run time; the package's stub does not re-export it
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # exported at run time; the package's stub does not re-export it
 
     specs = topic_specs(topics, max_message_bytes)
     found = partition_counts(kafka, tuple(specs), timeout)
     missing = [name for name, n in found.items() if n is None]
     if missing:
-        admin = AdminClient(librdkafka_config(kafka))  # must outlive the futures: its destruction cancels them
+        admin = admin_client(kafka)  # must outlive the futures: its destruction cancels them
         futures = admin.create_topics(
             [NewTopic(name, num_partitions=specs[name].partitions, replication_factor=topics.replication,
                       config=specs[name].config) for name in missing],
@@ -205,7 +219,7 @@ def check_outputs(settings: Settings, counts: dict[str, int | None], timeout: fl
     them), and the records it may write fit them. Returns the record limits to check outputs against: ours, lowered
     where the broker's `max.message.bytes` of a topic is smaller (a record bound to be refused is then handled
     before it is sent, with the reason known)."""
-    from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]  # exported at run time; the package's stub does not re-export it
+    from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]  # exported at run time; the package's stub does not re-export it
 
     t = settings.topics
     outputs = output_topics(settings)
@@ -214,7 +228,7 @@ def check_outputs(settings: Settings, counts: dict[str, int | None], timeout: fl
         raise ConfigError(f"output topic(s) {', '.join(absent)} do not exist on {settings.kafka.bootstrap_servers} "
                           "(mmcl topics create, or mmcl worker --create-topics)")
     ours = record_limits(settings.limits.max_message_bytes, len(t.features))
-    admin = AdminClient(librdkafka_config(settings.kafka))
+    admin = admin_client(settings.kafka)
     broker: dict[str, int] = {}
     try:
         futures = admin.describe_configs([ConfigResource("topic", name) for name in outputs])

@@ -11,7 +11,7 @@ from streams.settings import Settings, load_settings
 
 def base_settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with `--local` selecting the local profile (same as MMCL_RUNTIME=local)."""
-    return load_settings(runtime="local") if getattr(args, "local", False) else load_settings()
+    return load_settings(runtime="local") if args.local else load_settings()
 
 
 def service_settings(args: argparse.Namespace) -> Settings:

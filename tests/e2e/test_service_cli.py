@@ -36,6 +36,12 @@ def test_up_config_produce_down(tmp_path: Path) -> None:
         assert json.loads(configured.stdout)["kafka"]["bootstrap_servers"] == configured_kafka
         assert f"broker {configured_kafka}" in configured.stderr and "(configured)" in configured.stderr
         assert "s3cret" not in configured.stderr
+        worker = run(env, "worker")  # an error, never a quiet switch to the embedded broker that runs
+        assert worker.returncode == 1 and "Traceback" not in worker.stderr, worker.stderr
+        said = worker.stderr.splitlines()
+        assert len(said) == 2 and said[0] == (f"mmcl: broker {configured_kafka}, Redis "
+                                              f"redis://:***@{env['MMCL_REDIS__URL'].rsplit('@', 1)[1]} (configured)")
+        assert said[1].startswith(f"mmcl: error: the broker at {configured_kafka} did not answer within 10 s (")
         local = run(env, "--local", "config", "show")
         shown = json.loads(local.stdout)
         assert shown["kafka"]["bootstrap_servers"] == runtime["kafka"]["url"]

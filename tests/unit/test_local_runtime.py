@@ -56,3 +56,9 @@ def test_the_local_profile_points_at_the_embedded_services(tmp_path: Path, monke
     assert local.kafka.fetch_max_wait_ms == EMBEDDED_KAFKA_TIMINGS["fetch_max_wait_ms"]
     assert local.model.checkpoint == tmp_path / DEMO_MODEL
     assert "local profile" in describe_endpoints(local)
+
+
+def test_the_endpoints_line_masks_a_redis_password() -> None:
+    settings = Settings(redis={"url": "redis://user:hunter2@10.0.0.6:6379/0"})  # type: ignore[arg-type]
+    line = describe_endpoints(settings)
+    assert "hunter2" not in line and "redis://user:***@10.0.0.6:6379/0" in line
