@@ -19,7 +19,6 @@ def now_ms() -> int:
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 Speaker = Literal["agent", "customer", "unknown"]
 ModalityName = Literal["text", "audio", "visual"]
-Label = Literal["negative", "neutral", "positive"]
 
 
 class _Wire(BaseModel):
