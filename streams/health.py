@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from streams.metrics import Metrics
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 PATHS = ("/metrics", "/healthz", "/readyz")  # what the deployment's probes and scrapers may ask for
 
 
-async def start_http(metrics: Metrics, status: Callable[[], dict[str, Any]], host: str, port: int) -> web.AppRunner:
+class Exposed(Protocol):
+    """Metrics in a registry of their own (the worker's, the trainer's)."""
+
+    registry: CollectorRegistry
+
+
+async def start_http(metrics: Exposed, status: Callable[[], dict[str, Any]], host: str, port: int) -> web.AppRunner:
     """Serve /metrics, /healthz and /readyz on host:port; -> the running aiohttp runner."""
     async def metrics_view(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -205,7 +205,7 @@ def check_copartitioned(settings: Settings, timeout: float = 10.0,
         shown = ", ".join(f"{t}={n}" for t, n in counts.items())
         raise ConfigError(f"feature topics are not co-partitioned ({shown}); the join needs the same partition count "
                           "on all three: recreate them (Kafka cannot shrink a topic)")
-    return next(iter(counts.values()))  # type: ignore[return-value]
+    return next(n for n in counts.values() if n is not None)
 
 
 def output_topics(settings: Settings) -> tuple[str, ...]:

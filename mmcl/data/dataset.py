@@ -43,7 +43,8 @@ class Dataset:
     def dims(self) -> tuple[int, int, int]:
         """Feature dims per modality (text, audio, vision), from the train split."""
         f = self.splits["train"].features
-        return tuple(int(f[m].shape[2]) for m in MODALITIES)  # type: ignore[return-value]
+        text, audio, vision = (int(f[m].shape[2]) for m in MODALITIES)
+        return text, audio, vision
 
 
 def save_dataset(ds: Dataset, path: str | Path) -> Path:

@@ -53,7 +53,7 @@ def run_trainer(settings: Settings) -> int:
     return 0
 
 
-def _serve_metrics(loop: Any, trainer: Trainer, s: Settings) -> None:
+def _serve_metrics(loop: Any, trainer: Trainer, settings: Settings) -> None:
     import asyncio
 
     from streams.health import start_http
@@ -63,5 +63,5 @@ def _serve_metrics(loop: Any, trainer: Trainer, s: Settings) -> None:
     def status() -> dict[str, Any]:
         return {"ready": True, "training_set": trainer.store.size(), "training": trainer.training}
 
-    loop.run_until_complete(start_http(trainer.metrics, status, s.metrics.host, s.trainer.metrics_port))  # type: ignore[arg-type]
+    loop.run_until_complete(start_http(trainer.metrics, status, settings.metrics.host, settings.trainer.metrics_port))
     loop.run_forever()

@@ -271,7 +271,7 @@ class Joiner:
             self._deadlines.pop(g, None)
         for k in [k for k, (g, _) in self._emitted.items() if g in groups]:
             del self._emitted[k]
-        self.clocks.forget(lambda wk: wk[1] not in groups)  # type: ignore[index]
+        self.clocks.forget(lambda wk: not (isinstance(wk, tuple) and wk[1] in groups))  # keys are (modality, group)
         return len(gone)
 
     def assigned(self, groups: set[Hashable]) -> None:

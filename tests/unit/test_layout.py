@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,10 @@ def test_every_package_folder_is_a_package() -> None:
     # setuptools packs only folders with an __init__.py: a namespace folder would be missing from the wheel and image
     folders = {path.parent for path in project_modules().values()}
     assert not [str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()]
+
+
+def test_every_type_ignore_says_why() -> None:
+    bare = [f"{name}:{i}" for name, path in project_modules().items()
+            for i, line in enumerate(path.read_text().splitlines(), 1)
+            if "type: ignore" in line and not re.search(r"type: ignore\[[a-z-]+\]  # \S", line)]
+    assert not bare, "a type: ignore names its error code and says why: " + ", ".join(bare)
