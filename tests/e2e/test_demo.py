@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import redis
 
 from streams.local.embedded import free_port, pid_alive
@@ -16,13 +17,14 @@ from streams.sinks.redis_store import FEED, call_key
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(420)  # trains the demo's model, then runs 20 s
 def test_demo_leaves_results_in_redis_and_counts_predictions(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMCL_")}
     # point at ports where nothing listens: the demo must start its own broker and Redis, as on a fresh machine
     env.update({"MMCL_STATE_DIR": str(tmp_path / "state"), "MMCL_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
                 "MMCL_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0", "MMCL_METRICS__PORT": str(free_port())})
     r = subprocess.run(["bash", "scripts/demo.sh", "--duration", "20", "--rate", "30", "--keep"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600, check=False)
+                       capture_output=True, text=True, timeout=360, check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     m = re.search(r"results: (\d+) predictions, p95 latency (\d+) ms", r.stdout)
     assert m and int(m.group(1)) > 100, r.stdout[-2000:]  # read from the worker's /metrics before it stopped

@@ -7,6 +7,8 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+import pytest
+
 from streams.kafka import ensure_topics
 from streams.local import simulate
 from streams.local.runtime import embedded_kafka
@@ -15,6 +17,7 @@ from .conftest import Stack, covering_run_id, wait_for
 from .test_delivery import assert_delivered_once_without_dead_letters, feed_in_background
 
 
+@pytest.mark.timeout(240)  # workers join, die and come back one by one
 def test_workers_joining_dying_and_restarting_dead_letter_nothing(stack: Stack) -> None:
     st = Stack(stack.kafka, stack.redis_svc, stack.checkpoint, stack.state_dir, f"{stack.prefix}rb")
     ensure_topics(embedded_kafka(stack.kafka.url), st.topics)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from mmcl.data.synth import SynthSpec, make_synthetic
 from streams.kafka import ensure_topics
@@ -128,6 +129,7 @@ def replace(st: Stack, workers: list[Worker], i: int) -> None:
     workers[i] = st.start_worker(MMCL_REDIS__RETRY_MAX_S="0.5")
 
 
+@pytest.mark.timeout(300)  # a 90 s soak
 def test_soak(stack: Stack, tmp_path: Path) -> None:
     started = time.monotonic()
     own = start_redis(tmp_path)
