@@ -53,9 +53,11 @@ def within(module: str, package: str) -> bool:
 RULES = [
     ("mmcl", ("streams", "extractors"), "the model is usable from a notebook: no service and no media code"),
     ("extractors", ("streams",), "extractors turn media into features; only mmcl/ is below them"),
-    ("streams.worker", ("streams.local", "streams.cli"), "the worker never reaches for the development runtime"),
-    ("streams.learning", ("streams.local", "streams.cli"), "the trainer never reaches for the development runtime"),
-    ("streams.sinks", ("streams.worker", "streams.learning", "streams.local", "streams.cli"),
+    ("streams.worker", ("streams.local", "streams.cli", "extractors"),
+     "the worker never reaches for the development runtime, nor for media libraries"),
+    ("streams.learning", ("streams.worker", "streams.local", "streams.cli", "extractors"),
+     "the trainer reads what workers publish, and never reaches for the development runtime"),
+    ("streams.sinks", ("streams.worker", "streams.learning", "streams.local", "streams.cli", "extractors"),
      "sinks write what they are given"),
     ("streams.local", ("streams.cli",), "the CLI sits on top"),
 ]
