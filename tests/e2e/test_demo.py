@@ -23,14 +23,14 @@ def test_demo_leaves_results_in_redis_and_counts_predictions(tmp_path: Path) -> 
     # point at ports where nothing listens: the demo must start its own broker and Redis, as on a fresh machine
     env.update({"MMCL_STATE_DIR": str(tmp_path / "state"), "MMCL_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
                 "MMCL_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0", "MMCL_METRICS__PORT": str(free_port())})
-    r = subprocess.run(["bash", "scripts/demo.sh", "--duration", "20", "--rate", "30", "--keep"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=360, check=False)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    m = re.search(r"results: (\d+) predictions, p95 latency (\d+) ms", r.stdout)
-    assert m and int(m.group(1)) > 100, r.stdout[-2000:]  # read from the worker's /metrics before it stopped
-    assert "customer ewma" in r.stdout and "call-" in r.stdout  # the view's snapshot: calls and their sentiment
-    runtime = json.loads((tmp_path / "state" / "runtime.json").read_text())
-    try:
+    try:  # `mmcl down` also after a failure: --keep leaves the broker and Redis running
+        r = subprocess.run(["bash", "scripts/demo.sh", "--duration", "20", "--rate", "30", "--keep"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=360, check=False)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        m = re.search(r"results: (\d+) predictions, p95 latency (\d+) ms", r.stdout)
+        assert m and int(m.group(1)) > 100, r.stdout[-2000:]  # read from the worker's /metrics before it stopped
+        assert "customer ewma" in r.stdout and "call-" in r.stdout  # the view's snapshot: calls and their sentiment
+        runtime = json.loads((tmp_path / "state" / "runtime.json").read_text())
         client = redis.Redis.from_url(runtime["redis"]["url"], decode_responses=True)
         feed = client.xrange(FEED)
         assert len(feed) >= int(m.group(1))

@@ -23,10 +23,10 @@ def test_up_config_produce_down(tmp_path: Path) -> None:
     env.update({"MMCL_STATE_DIR": str(tmp_path / "state"), "MMCL_KAFKA__BOOTSTRAP_SERVERS": configured_kafka,
                 "MMCL_REDIS__URL": f"redis://:s3cret@127.0.0.1:{free_port()}/0", "MMCL_TOPICS__PREFIX": "cli",
                 "MMCL_REGISTRY__REDIS_URL": "redis://registry:r3gistry@127.0.0.1:1/0"})
-    up = run(env, "up")
-    assert up.returncode == 0, up.stderr
-    runtime = json.loads((tmp_path / "state" / "runtime.json").read_text())
-    try:
+    try:  # `mmcl down` also after a failure
+        up = run(env, "up")
+        assert up.returncode == 0, up.stderr
+        runtime = json.loads((tmp_path / "state" / "runtime.json").read_text())
         assert set(runtime) == {"kafka", "redis"} and all(pid_alive(s["pid"]) for s in runtime.values())
         assert runtime["kafka"]["url"] in up.stdout and "cli.features.text" in up.stdout
         again = run(env, "up")  # idempotent: finds them running
@@ -74,9 +74,9 @@ def test_topics_create_and_model_demo_for_the_deployment_init_steps(tmp_path: Pa
     env.update({"MMCL_STATE_DIR": str(tmp_path / "state"), "MMCL_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
                 "MMCL_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0", "MMCL_TOPICS__PREFIX": "init",
                 "MMCL_TOPICS__PARTITIONS": "3", "MMCL_TOPICS__DLQ_RETENTION_H": "5", "MMCL_TOPICS__BOGUS": "1"})
-    up = run(env, "up")
-    assert up.returncode == 0, up.stderr
-    try:
+    try:  # `mmcl down` also after a failure
+        up = run(env, "up")
+        assert up.returncode == 0, up.stderr
         kafka = json.loads((tmp_path / "state" / "runtime.json").read_text())["kafka"]["url"]
         made = run(env, "--local", "topics", "create")  # `up` made them: the init step finds them and says so
         assert made.returncode == 0, made.stderr
