@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Lint and type-check, then the whole test suite (unit, integration on the embedded broker and Redis, extractors on real media,
-# end to end, deployment files); what CI runs. Installs every extractor extra, espeak-ng (Debian) for the test speech,
-# and Prometheus with promtool (Debian) for the monitoring tests.
+# Lint and type-check, then the whole test suite (unit, integration on the embedded broker and Redis and on Apache
+# Kafka, extractors on real media, end to end, deployment files); what CI runs. Installs every extractor extra,
+# espeak-ng (Debian) for the test speech, Prometheus with promtool (Debian) for the monitoring tests, and Java 17 and
+# Maven (Debian) with Apache Kafka's jars (Maven Central, cached outside the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
@@ -15,6 +16,9 @@ apt_install() {  # command, Debian package
 }
 apt_install espeak-ng espeak-ng
 apt_install promtool prometheus
+apt_install java openjdk-17-jre-headless  # Apache Kafka's broker, run from its jars (scripts/kafka.sh)
+apt_install mvn maven                     # fetches those jars from Maven Central, once
+bash scripts/kafka.sh fetch >/dev/null
 .venv/bin/ruff check .
 .venv/bin/mypy  # the files and strictness are in pyproject.toml
 .venv/bin/python -m pytest "$@"

@@ -112,7 +112,8 @@ def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # noqa: S603 - our own binaries
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str, log: Path, deadline_s: float) -> None:
+def wait_started(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str, log: Path, deadline_s: float) -> None:
+    """Wait until `ready()`; an EmbeddedServiceError (with the log's last line) if the process exits or time runs out."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -144,7 +145,7 @@ def start_kafka(state_dir: Path, port: int | None = None, deadline_s: float = 20
         except Exception:
             return False
 
-    _wait_ready(proc, ready, "the embedded Kafka broker", log, deadline_s)
+    wait_started(proc, ready, "the embedded Kafka broker", log, deadline_s)
     return Service("kafka", proc.pid, port, url, str(log), proc)
 
 
@@ -167,7 +168,7 @@ def start_redis(state_dir: Path, port: int | None = None, deadline_s: float = 20
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
             return False
 
-    _wait_ready(proc, ready, "the embedded Redis", log, deadline_s)
+    wait_started(proc, ready, "the embedded Redis", log, deadline_s)
     return Service("redis", proc.pid, port, url, str(log), proc)
 
 

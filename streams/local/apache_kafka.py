@@ -1,0 +1,191 @@
+"""Apache Kafka from Maven Central, run from its jars: a pinned broker for tests, benchmarks and local runs.
+
+`fetch` resolves the broker's jars with Maven (a pinned pom) into a cache folder outside the repository, once;
+`start` writes a KRaft server.properties (broker and controller in one process) for a log folder, formats it the
+first time, starts the JVM on free loopback ports and waits until the broker answers a metadata request; `stop`
+ends it (SIGTERM, then SIGKILL after a grace time). The log folder is real and persistent: a broker started again
+on the same folder keeps its topics and offsets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmcl.errors import MMCLError
+from streams.local.embedded import Service, free_port, port_open, stop_pid, wait_started
+
+KAFKA_VERSION = "4.1.0"  # the compose stack's apache/kafka image
+POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>mmcl-stream</groupId><artifactId>apache-kafka-broker</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{KAFKA_VERSION}</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId>
+      <version>{KAFKA_VERSION}</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-reload4j</artifactId><version>1.7.36</version></dependency>
+  </dependencies>
+</project>
+"""
+# the broker's own log: warnings and up, to a file in its folder (log4j 1 through reload4j)
+LOG4J = """log4j.rootLogger=WARN, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File={path}
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+"""
+
+
+class ApacheKafkaError(MMCLError):
+    """Apache Kafka's jars could not be fetched, or its broker could not be started."""
+
+
+def default_cache() -> Path:
+    """Where the jars go: $KAFKA_JARS_DIR, else ~/.cache/mmcl-stream/kafka-<version>."""
+    given = os.environ.get("KAFKA_JARS_DIR")
+    return Path(given) if given else Path.home() / ".cache" / "mmcl-stream" / f"kafka-{KAFKA_VERSION}"
+
+
+def fetch(cache: Path | None = None, timeout_s: float = 900.0) -> Path:
+    """The folder of the broker's jars, resolved from Maven Central the first time. -> that folder."""
+    cache = cache or default_cache()
+    libs = cache / "libs"
+    done = cache / "complete"
+    if done.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ApacheKafkaError("Maven (mvn) is not installed: apt-get install maven, or see scripts/kafka.sh")
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "pom.xml").write_text(POM)
+    shutil.rmtree(libs, ignore_errors=True)
+    proc = subprocess.run([mvn, "-q", "-B", "-f", str(cache / "pom.xml"), "dependency:copy-dependencies",  # noqa: S603
+                           f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+                          capture_output=True, text=True, timeout=timeout_s, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise ApacheKafkaError(f"could not fetch Apache Kafka {KAFKA_VERSION} from Maven Central: {' | '.join(tail)}")
+    done.write_text(KAFKA_VERSION + "\n")
+    return libs
+
+
+@dataclass(frozen=True)
+class BrokerPorts:
+    """A KRaft node's two listeners."""
+
+    client: int
+    controller: int
+
+
+def server_properties(log_dir: Path, ports: BrokerPorts, extra: dict[str, str] | None = None) -> str:
+    """A single-node KRaft broker + controller on loopback, its log in `log_dir`."""
+    props = {
+        "process.roles": "broker,controller", "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{ports.controller}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{ports.client},CONTROLLER://127.0.0.1:{ports.controller}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{ports.client}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(log_dir / "data"),
+        # one node: the internal topics cannot have more replicas than that
+        "offsets.topic.replication.factor": "1", "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1", "share.coordinator.state.topic.replication.factor": "1",
+        "group.initial.rebalance.delay.ms": "0",  # the default 3 s only delays a test's first consumer group
+        **(extra or {}),
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def _java(libs: Path, log_dir: Path, *args: str) -> list[str]:
+    java = shutil.which("java")
+    if java is None:
+        raise ApacheKafkaError("Java is not installed: apt-get install openjdk-17-jre-headless, or see scripts/kafka.sh")
+    return [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", f"-Dlog4j.configuration=file:{log_dir / 'log4j.properties'}",
+            "-cp", f"{libs}/*", *args]
+
+
+def start(log_dir: Path, libs: Path | None = None, ports: BrokerPorts | None = None,
+          extra: dict[str, str] | None = None, deadline_s: float = 60.0) -> Service:
+    """Start a broker on `log_dir` (formatted the first time; reused after) and wait until it answers."""
+    libs = libs or fetch()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ports = ports or BrokerPorts(free_port(), free_port())
+    config = log_dir / "server.properties"
+    config.write_text(server_properties(log_dir, ports, extra))
+    log = log_dir / "broker.log"
+    (log_dir / "log4j.properties").write_text(LOG4J.format(path=log))
+    if not (log_dir / "data" / "meta.properties").exists():
+        cluster_id = uuid.uuid4().bytes  # a KRaft cluster id: 16 random bytes, base64 without padding
+        fmt = subprocess.run(_java(libs, log_dir, "kafka.tools.StorageTool", "format", "-t",  # noqa: S603
+                                   base64.urlsafe_b64encode(cluster_id).decode().rstrip("="), "-c", str(config)),
+                             capture_output=True, text=True, timeout=120, check=False)
+        if fmt.returncode != 0:
+            raise ApacheKafkaError(f"could not format {log_dir}: {(fmt.stdout + fmt.stderr).strip()[-300:]}")
+    url = f"127.0.0.1:{ports.client}"
+    with (log_dir / "stdout.log").open("ab") as out:
+        # its own session: Ctrl-C in the terminal that started it must not kill the broker
+        proc = subprocess.Popen(_java(libs, log_dir, "kafka.Kafka", str(config)), stdout=out,  # noqa: S603
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    (log_dir / "broker.pid").write_text(f"{proc.pid}\n")
+
+    def ready() -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        if not port_open("127.0.0.1", ports.client, 0.2):
+            return False
+        try:
+            AdminClient({"bootstrap.servers": url, "socket.timeout.ms": 1000, "log_level": 2}).list_topics(timeout=1)
+            return True
+        except Exception:
+            return False
+
+    wait_started(proc, ready, f"Apache Kafka {KAFKA_VERSION}", log_dir / "stdout.log", deadline_s)
+    return Service("kafka", proc.pid, ports.client, url, str(log), proc)
+
+
+def stop(log_dir: Path, grace_s: float = 20.0) -> bool:
+    """Stop the broker started on `log_dir` (a controlled shutdown first). -> whether one was running."""
+    pid_file = log_dir / "broker.pid"
+    if not pid_file.exists():
+        return False
+    stop_pid(int(pid_file.read_text()), grace_s)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m streams.local.apache_kafka fetch | start DIR | stop DIR` (what scripts/kafka.sh runs)."""
+    parser = argparse.ArgumentParser(prog="kafka.sh", description=f"Apache Kafka {KAFKA_VERSION} from Maven Central")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("fetch", help="resolve the broker's jars into the cache (once)")
+    start_parser = commands.add_parser("start", help="start a broker on a log folder; print its bootstrap address")
+    start_parser.add_argument("dir", type=Path)
+    start_parser.add_argument("--port", type=int, help="the client port (default: a free one)")
+    stop_parser = commands.add_parser("stop", help="stop the broker started on a log folder")
+    stop_parser.add_argument("dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            print(fetch())
+        elif args.command == "start":
+            ports = BrokerPorts(args.port, free_port()) if args.port else None
+            print(start(args.dir.resolve(), ports=ports).url)
+        else:
+            print("stopped" if stop(args.dir.resolve()) else "nothing was running")
+    except MMCLError as e:
+        print(f"kafka.sh: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The worker on Apache Kafka 4.1.0 (from Maven Central, run from its jars) with the production client defaults:
+every utterance scored once, offsets committed to the end, and the topic configs we write applied by the broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.kafka import ensure_topics, topic_specs
+from streams.local import apache_kafka, simulate
+from streams.local.embedded import Service
+from streams.settings import KafkaSettings, Settings
+
+from .conftest import Stack, wait_for
+from .test_delivery import SPLIT, assert_counted_once, results_complete
+
+# Apache Kafka's own defaults, which the worker ships with (the suite's other tests use the embedded broker's)
+PRODUCTION_TIMINGS = {f"MMCL_KAFKA__{name.upper()}": str(getattr(KafkaSettings(), name))
+                      for name in ("session_timeout_s", "heartbeat_interval_s", "fetch_max_wait_ms")}
+
+
+@pytest.fixture(scope="module")
+def apache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    log_dir = tmp_path_factory.mktemp("apache-kafka")
+    broker = apache_kafka.start(log_dir)  # fetches the jars the first time (scripts/test.sh does it beforehand)
+    yield broker
+    broker.stop(grace_s=20.0)  # a controlled shutdown; the Popen is reaped
+
+
+@pytest.fixture
+def apache_stack(apache: Service, redis_service: Service, checkpoint: Path, state_dir: Path) -> Iterator[Stack]:
+    st = Stack(apache, redis_service, checkpoint, state_dir, f"ak{uuid.uuid4().hex[:6]}")
+    ensure_topics(KafkaSettings(bootstrap_servers=apache.url), st.topics)
+    yield st
+    for worker in st.workers:
+        worker.stop()
+
+
+@pytest.mark.timeout(240)  # a JVM broker's start, and a group join with Kafka's own timings
+def test_round_trip_on_apache_kafka_with_production_timings(apache_stack: Stack) -> None:
+    st = apache_stack
+    worker = st.start_worker(**PRODUCTION_TIMINGS)
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers=st.kafka.url), topics=st.topics)
+    spec = simulate.SimSpec(calls=4, rate=60, limit=80, jitter_ms=50, run_id=f"{st.prefix}-", seed=3)
+    stats = simulate.run(settings, SPLIT, spec)
+    assert stats.errors == 0 and stats.utterances == 80
+    wait_for(lambda: results_complete(st, stats), 90, "every result in Redis")
+    assert_counted_once(st, stats)
+    assert len(st.consume_all(st.topics.predictions, 80, timeout=30)) == 80
+    assert worker.metric("mmcl_dead_letters_total") == 0
+    group = f"{st.prefix}-workers"
+
+    def committed_to_the_end() -> bool:
+        return all(st.committed(group, topic, p) == st.end_offset(topic, p)
+                   for topic in st.topics.features for p in range(st.topics.partitions))
+
+    wait_for(committed_to_the_end, 30, "offsets committed to the end of every feature partition", every=1.0)
+
+
+def test_the_broker_applies_the_topic_configs_we_write(apache_stack: Stack) -> None:
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": apache_stack.kafka.url})
+    specs = topic_specs(apache_stack.topics)
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in specs]
+    for res, fut in admin.describe_configs(resources).items():
+        applied = {k: v.value for k, v in fut.result(15).items()}
+        for key, value in specs[res.name].config.items():
+            assert applied[key] == value, (res.name, key)
