@@ -70,3 +70,29 @@ def test_the_broker_applies_the_topic_configs_we_write(apache_stack: Stack) -> N
         applied = {k: v.value for k, v in fut.result(15).items()}
         for key, value in specs[res.name].config.items():
             assert applied[key] == value, (res.name, key)
+
+
+@pytest.mark.timeout(240)  # a JVM broker's start, and a group join with Kafka's own timings
+def test_records_the_broker_refuses_for_their_size_are_skipped_one_by_one(apache_stack: Stack) -> None:
+    """Apache Kafka enforces a topic's max.message.bytes (the embedded broker has no limit at all). Lowered after the
+    worker's start-up check, the joined topic refuses every joined record at the broker: each one is counted and
+    skipped alone, while its utterance's result is written and published and the partitions go on."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    st = apache_stack
+    worker = st.start_worker(**PRODUCTION_TIMINGS)
+    joined = ConfigResource(ConfigResource.Type.TOPIC, st.topics.joined, incremental_configs=[
+        ConfigEntry("max.message.bytes", "400", incremental_operation=AlterConfigOpType.SET)])
+    admin = AdminClient({"bootstrap.servers": st.kafka.url})  # must outlive the future: its destruction cancels it
+    admin.incremental_alter_configs([joined])[joined].result(15)
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers=st.kafka.url), topics=st.topics)
+    spec = simulate.SimSpec(calls=4, rate=40, limit=30, jitter_ms=50, run_id=f"{st.prefix}-big-", seed=5)
+    stats = simulate.run(settings, SPLIT, spec)
+    wait_for(lambda: results_complete(st, stats), 90, "every result in Redis")
+    assert_counted_once(st, stats)
+    wait_for(lambda: worker.metric("mmcl_records_refused_total", output="joined", why="too_large") == 30, 30,
+             "every joined record refused by the broker, and counted")
+    assert len(st.consume_all(st.topics.predictions, 30, timeout=30)) == 30
+    assert st.consume_all(st.topics.joined, None, timeout=5) == []
+    assert worker.metric("mmcl_dead_letters_total") == 0
+    assert worker.status().get("ready") is True  # nothing stalled: the worker still takes messages
