@@ -105,6 +105,15 @@ def server_properties(log_dir: Path, ports: BrokerPorts, extra: dict[str, str] |
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
+def cluster_id() -> str:
+    """A new KRaft cluster id: 16 random bytes, URL-safe base64 without padding. Never one that starts with '-',
+    which the storage tool's argument parser would read as an option."""
+    while True:
+        made = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not made.startswith("-"):
+            return made
+
+
 def _java(libs: Path, log_dir: Path, *args: str) -> list[str]:
     java = shutil.which("java")
     if java is None:
@@ -124,9 +133,8 @@ def start(log_dir: Path, libs: Path | None = None, ports: BrokerPorts | None = N
     log = log_dir / "broker.log"
     (log_dir / "log4j.properties").write_text(LOG4J.format(path=log))
     if not (log_dir / "data" / "meta.properties").exists():
-        cluster_id = uuid.uuid4().bytes  # a KRaft cluster id: 16 random bytes, base64 without padding
         fmt = subprocess.run(_java(libs, log_dir, "kafka.tools.StorageTool", "format", "-t",  # noqa: S603
-                                   base64.urlsafe_b64encode(cluster_id).decode().rstrip("="), "-c", str(config)),
+                                   cluster_id(), "-c", str(config)),
                              capture_output=True, text=True, timeout=120, check=False)
         if fmt.returncode != 0:
             raise ApacheKafkaError(f"could not format {log_dir}: {(fmt.stdout + fmt.stderr).strip()[-300:]}")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from streams.kafka import ensure_topics, topic_specs
 from streams.local import apache_kafka, simulate
@@ -51,13 +52,20 @@ def test_round_trip_on_apache_kafka_with_production_timings(apache_stack: Stack)
     assert_counted_once(st, stats)
     assert len(st.consume_all(st.topics.predictions, 80, timeout=30)) == 80
     assert worker.metric("mmcl_dead_letters_total") == 0
-    group = f"{st.prefix}-workers"
+    tps = [TopicPartition(topic, p) for topic in st.topics.features for p in range(st.topics.partitions)]
+    probe = Consumer({"bootstrap.servers": st.kafka.url, "group.id": f"{st.prefix}-workers", "enable.auto.commit": False})
+    try:
+        # Apache Kafka's high watermarks are exact (the embedded broker's trail the log end)
+        ends = {(tp.topic, tp.partition): probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        assert sum(ends.values()) == stats.messages
 
-    def committed_to_the_end() -> bool:
-        return all(st.committed(group, topic, p) == st.end_offset(topic, p)
-                   for topic in st.topics.features for p in range(st.topics.partitions))
+        def committed_to_the_end() -> bool:  # a partition that got nothing has nothing committed (a negative offset)
+            return all(tp.offset == ends[(tp.topic, tp.partition)] or (ends[(tp.topic, tp.partition)] == 0 and tp.offset < 0)
+                       for tp in probe.committed(tps, timeout=10))
 
-    wait_for(committed_to_the_end, 30, "offsets committed to the end of every feature partition", every=1.0)
+        wait_for(committed_to_the_end, 30, "offsets committed to the end of every feature partition", every=0.5)
+    finally:
+        probe.close()
 
 
 def test_the_broker_applies_the_topic_configs_we_write(apache_stack: Stack) -> None:
@@ -85,6 +93,13 @@ def test_records_the_broker_refuses_for_their_size_are_skipped_one_by_one(apache
         ConfigEntry("max.message.bytes", "400", incremental_operation=AlterConfigOpType.SET)])
     admin = AdminClient({"bootstrap.servers": st.kafka.url})  # must outlive the future: its destruction cancels it
     admin.incremental_alter_configs([joined])[joined].result(15)
+    described = ConfigResource(ConfigResource.Type.TOPIC, st.topics.joined)
+
+    def limit_applied() -> bool:  # the controller acknowledges before the broker has applied the change
+        entries = admin.describe_configs([described])[described].result(15)
+        return bool(entries["max.message.bytes"].value == "400")
+
+    wait_for(limit_applied, 15, "the broker applying the lower limit")
     settings = Settings(kafka=KafkaSettings(bootstrap_servers=st.kafka.url), topics=st.topics)
     spec = simulate.SimSpec(calls=4, rate=40, limit=30, jitter_ms=50, run_id=f"{st.prefix}-big-", seed=5)
     stats = simulate.run(settings, SPLIT, spec)

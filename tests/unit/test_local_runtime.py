@@ -62,3 +62,10 @@ def test_the_endpoints_line_masks_a_redis_password() -> None:
     settings = Settings(redis={"url": "redis://user:hunter2@10.0.0.6:6379/0"})  # type: ignore[arg-type]
     line = describe_endpoints(settings)
     assert "hunter2" not in line and "redis://user:***@10.0.0.6:6379/0" in line
+
+
+def test_kraft_cluster_ids_never_look_like_an_option() -> None:
+    from streams.local.apache_kafka import cluster_id
+
+    made = {cluster_id() for _ in range(3000)}  # about one in 64 raw ids starts with '-'
+    assert len(made) == 3000 and all(len(c) == 22 and not c.startswith("-") for c in made)
