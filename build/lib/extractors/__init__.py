@@ -1,1 +1,0 @@
-"""Raw media -> per-modality feature sequences with models that work offline (an optional extra: `[extract]`)."""

@@ -1,7 +1,0 @@
-"""`python -m streams.cli`: the `mmcl` command."""
-
-import sys
-
-from streams.cli.main import main
-
-sys.exit(main())

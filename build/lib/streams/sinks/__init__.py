@@ -1,1 +1,0 @@
-"""Where results go: Redis (the atomic per-utterance write and its aggregates), Kafka outputs, dead letters."""

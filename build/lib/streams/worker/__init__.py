@@ -1,1 +1,0 @@
-"""The streaming worker: Faust app, start-up checks, decode -> join -> batch -> infer -> write -> ack."""
