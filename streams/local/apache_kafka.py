@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmcl.errors import MMCLError
-from streams.local.embedded import Service, free_port, port_open, stop_pid, wait_started
+from streams.local.embedded import Service, free_port, port_open, runs, stop_pid, wait_started
 
 KAFKA_VERSION = "4.1.0"  # the compose stack's apache/kafka image
 POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -165,8 +165,11 @@ def stop(log_dir: Path, grace_s: float = 20.0) -> bool:
     pid_file = log_dir / "broker.pid"
     if not pid_file.exists():
         return False
-    stop_pid(int(pid_file.read_text()), grace_s)
-    pid_file.unlink(missing_ok=True)
+    pid = int(pid_file.read_text())
+    pid_file.unlink()
+    if not runs(pid, str(log_dir / "server.properties").encode()):  # gone, or the pid now belongs to another program
+        return False
+    stop_pid(pid, grace_s)
     return True
 
 

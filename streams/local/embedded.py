@@ -210,17 +210,22 @@ def load_runtime(state_dir: Path) -> dict[str, Service]:
     return {k: s for k, s in services.items() if _is_ours(s)}
 
 
-def _is_ours(svc: Service) -> bool:
-    """Alive, and still the program we started (a recorded pid can be reused after a reboot)."""
-    if not pid_alive(svc.pid):
+def runs(pid: int, marker: bytes) -> bool:
+    """Whether `pid` is alive and still the program we started: its command line holds `marker` (a recorded pid
+    can be reused after a reboot)."""
+    if not pid_alive(pid):
         return False
-    cmdline = Path(f"/proc/{svc.pid}/cmdline")
+    cmdline = Path(f"/proc/{pid}/cmdline")
     if not cmdline.exists():  # not Linux: trust the pid
         return True
     try:
-        return (b"tansu" if svc.name == "kafka" else b"redis-server") in cmdline.read_bytes()
+        return marker in cmdline.read_bytes()
     except OSError:
         return False
+
+
+def _is_ours(svc: Service) -> bool:
+    return runs(svc.pid, b"tansu" if svc.name == "kafka" else b"redis-server")
 
 
 def stop_runtime(state_dir: Path) -> list[str]:
