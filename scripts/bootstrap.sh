@@ -8,6 +8,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-# torch first and pinned: a looser spec would pull a multi-GB CUDA build on CPU-only machines.
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
+# torch first and pinned. From PyPI that is the CUDA build (several GB; it runs on a CPU too). TORCH_INDEX_URL names
+# an index to take it from instead, e.g. a CPU-only one (https://download.pytorch.org/whl/cpu) or a mirror of it.
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  .venv/bin/python -m pip install --quiet --index-url "$TORCH_INDEX_URL" "torch==2.13.0"
+else
+  .venv/bin/python -m pip install --quiet "torch==2.13.0"
+fi
 .venv/bin/python -m pip install --quiet -e ".[test]"

@@ -152,7 +152,9 @@ def topic_specs(topics: TopicSettings, max_message_bytes: int = LimitSettings().
 
     def spec(retention_h: float, message_bytes: int, policy: str = "delete") -> TopicSpec:
         return TopicSpec(topics.partitions, {"cleanup.policy": policy, "retention.ms": str(int(retention_h * HOUR_MS)),
-                                        "max.message.bytes": str(message_bytes)})
+                                        "max.message.bytes": str(message_bytes), **durability})
+
+    durability = {"min.insync.replicas": str(topics.min_in_sync)}
 
     lim = record_limits(max_message_bytes, len(topics.features))
     out = {name: spec(topics.features_retention_h, lim.feature) for name in topics.features}
@@ -163,7 +165,7 @@ def topic_specs(topics: TopicSettings, max_message_bytes: int = LimitSettings().
     # all of an utterance's parts in one record; compacted too, so a re-delivered utterance is kept once
     out[topics.joined] = spec(topics.joined_retention_h, lim.joined, "compact,delete")
     # the latest announcement is all a worker needs; one partition keeps them in order
-    out[topics.model_updates] = TopicSpec(1, {"cleanup.policy": "compact"})
+    out[topics.model_updates] = TopicSpec(1, {"cleanup.policy": "compact", **durability})
     return out
 
 

@@ -62,6 +62,9 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_s: float = Field(3.0, gt=0)
     fetch_max_wait_ms: int = Field(500, ge=1, le=30_000)  # Kafka answers a fetch as soon as data arrives, before this
     commit_interval_s: float = Field(1.0, gt=0)
+    # which broker implementation answers: "tansu" (the embedded broker; the local profile sets it) turns on the
+    # workarounds for its protocol deviations, and nothing else does
+    broker_kind: Literal["apache", "tansu"] = "apache"
 
     @model_validator(mode="after")
     def _check(self) -> KafkaSettings:
@@ -92,12 +95,27 @@ class TopicSettings(BaseModel):
     prefix: str = "mmcl"  # every name below is <prefix>.<name>: tests and tenants get their own set
     partitions: int = Field(4, ge=1, le=1024)
     replication: int = Field(1, ge=1)
+    # replicas that must have a record before the broker acknowledges it to an acks=all producer (all of ours);
+    # unset: 2 when there are at least 2 replicas, so one broker can fail without losing an acknowledged record
+    min_insync_replicas: int | None = Field(None, ge=1)
     # retention (hours) of the topics `mmcl topics create` / `mmcl up` make; existing topics are left as they are
     features_retention_h: float = Field(24.0, gt=0)  # replay window for the worker
     output_retention_h: float = Field(7 * 24.0, gt=0)  # predictions and alerts, for downstream consumers
     dlq_retention_h: float = Field(14 * 24.0, gt=0)  # time to look at what was refused
     feedback_retention_h: float = Field(30 * 24.0, gt=0)
     joined_retention_h: float = Field(14 * 24.0, gt=0)  # at least as long as labels take to come (trainer retention)
+
+    @model_validator(mode="after")
+    def _in_sync_fits(self) -> TopicSettings:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication:
+            raise ValueError(f"min_insync_replicas ({self.min_insync_replicas}) is more than the replication "
+                             f"({self.replication}): no write could ever be acknowledged")
+        return self
+
+    @property
+    def min_in_sync(self) -> int:
+        """min.insync.replicas of the topics we create."""
+        return self.min_insync_replicas or min(2, self.replication)
 
     def feature(self, modality: str) -> str:
         """The feature topic of a wire modality."""
@@ -156,6 +174,10 @@ class JoinSettings(BaseModel):
     # Default: a quarter of timeout_s, at most 0.5 s.
     max_clock_skew_s: float | None = Field(None, ge=0)
     max_wait_s: float = Field(30.0, gt=0)  # an utterance is decided after this long at most, whatever the clocks say
+    # A modality's partition that was delivering parts and falls silent is waited for this long before its parts are
+    # presumed absent: a leader failover holds a partition's parts in the producers for 10 s and more, while the
+    # other modalities' partitions flow. A partition silent for longer than this is presumed idle: timeout_s applies.
+    stall_wait_s: float = Field(15.0, gt=0)
 
     @field_validator("required")
     @classmethod
@@ -175,6 +197,9 @@ class JoinSettings(BaseModel):
             raise ValueError(f"max_clock_skew_s={self.max_clock_skew_s:g} must be below half of timeout_s={self.timeout_s:g}")
         if self.max_wait_s < self.timeout_s:
             raise ValueError(f"max_wait_s={self.max_wait_s:g} cannot be below timeout_s={self.timeout_s:g}")
+        if not self.timeout_s <= self.stall_wait_s <= self.max_wait_s:
+            raise ValueError(f"stall_wait_s={self.stall_wait_s:g} must lie between timeout_s={self.timeout_s:g} and "
+                             f"max_wait_s={self.max_wait_s:g}")
         return self
 
 

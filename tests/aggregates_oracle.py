@@ -6,9 +6,13 @@ call hash exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
 
 from streams.sinks.aggregates import AggregateRule
+from streams.sinks.redis_store import call_key, timeline_key
 
 
 def fold(entries: Iterable[tuple[str, float]], rule: AggregateRule) -> tuple[dict[str, float | str], list[int]]:
@@ -56,3 +60,20 @@ def _floats(text: str | float) -> list[float]:
 
 def _fmt(x: float) -> str:
     return repr(float(x))
+
+
+def assert_calls_match(redis: Any, calls: Mapping[str, Iterable[str]], rule: AggregateRule) -> None:
+    """Each call's timeline in Redis holds exactly its utterances, once, and its hash equals the fold of that
+    timeline (`redis`: a client that decodes responses)."""
+    for call, utts in calls.items():
+        timeline = redis.xrange(timeline_key(call))
+        assert sorted(e["utterance_id"] for _, e in timeline) == sorted(utts), call
+        got = redis.hgetall(call_key(call))
+        want, _ = fold([(e["speaker"], float(e["score"])) for _, e in timeline], rule)
+        for key, value in want.items():
+            if isinstance(value, str) and key.endswith(":recent"):
+                assert np.allclose([float(x) for x in got[key].split(",")], [float(x) for x in value.split(",")])
+            elif isinstance(value, str):
+                assert got[key] == value, (call, key)
+            else:
+                assert abs(float(got[key]) - float(value)) < 1e-9, (call, key)

@@ -15,7 +15,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,26 +81,41 @@ def fetch(cache: Path | None = None, timeout_s: float = 900.0) -> Path:
 
 
 @dataclass(frozen=True)
-class BrokerPorts:
-    """A KRaft node's two listeners."""
+class Node:
+    """One KRaft node (broker and controller in one process): its id and its two loopback listeners."""
 
+    node_id: int
     client: int
     controller: int
 
+    @property
+    def url(self) -> str:
+        """Its client listener, host:port."""
+        return f"127.0.0.1:{self.client}"
 
-def server_properties(log_dir: Path, ports: BrokerPorts, extra: dict[str, str] | None = None) -> str:
-    """A single-node KRaft broker + controller on loopback, its log in `log_dir`."""
+
+def new_node(node_id: int = 1, client: int | None = None) -> Node:
+    """A node on free loopback ports (`client` given: that client port)."""
+    return Node(node_id, client or free_port(), free_port())
+
+
+def server_properties(log_dir: Path, node: Node, voters: Sequence[Node] = (),
+                      extra: Mapping[str, str] | None = None) -> str:
+    """A KRaft broker + controller on loopback, its log in `log_dir`, one of `voters` (default: alone). Internal
+    topics get as many replicas as there are nodes, up to 3, and need two in sync when there are three."""
+    voters = voters or (node,)
+    replicas, in_sync = str(min(3, len(voters))), str(min(2, len(voters)))
     props = {
-        "process.roles": "broker,controller", "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{ports.controller}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{ports.client},CONTROLLER://127.0.0.1:{ports.controller}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{ports.client}",
+        "process.roles": "broker,controller", "node.id": str(node.node_id),
+        "controller.quorum.voters": ",".join(f"{v.node_id}@127.0.0.1:{v.controller}" for v in voters),
+        "listeners": f"PLAINTEXT://{node.url},CONTROLLER://127.0.0.1:{node.controller}",
+        "advertised.listeners": f"PLAINTEXT://{node.url}",
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": str(log_dir / "data"),
-        # one node: the internal topics cannot have more replicas than that
-        "offsets.topic.replication.factor": "1", "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1", "share.coordinator.state.topic.replication.factor": "1",
+        "offsets.topic.replication.factor": replicas, "transaction.state.log.replication.factor": replicas,
+        "share.coordinator.state.topic.replication.factor": replicas, "default.replication.factor": replicas,
+        "transaction.state.log.min.isr": in_sync, "min.insync.replicas": in_sync,
         "group.initial.rebalance.delay.ms": "0",  # the default 3 s only delays a test's first consumer group
         **(extra or {}),
     }
@@ -122,42 +139,85 @@ def _java(libs: Path, log_dir: Path, *args: str) -> list[str]:
             "-cp", f"{libs}/*", *args]
 
 
-def start(log_dir: Path, libs: Path | None = None, ports: BrokerPorts | None = None,
-          extra: dict[str, str] | None = None, deadline_s: float = 60.0) -> Service:
-    """Start a broker on `log_dir` (formatted the first time; reused after) and wait until it answers."""
-    libs = libs or fetch()
+def launch(log_dir: Path, libs: Path, node: Node, voters: Sequence[Node] = (), cluster: str | None = None,
+           extra: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start one node's JVM on `log_dir` (formatted with `cluster` as its id the first time) without waiting."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    ports = ports or BrokerPorts(free_port(), free_port())
     config = log_dir / "server.properties"
-    config.write_text(server_properties(log_dir, ports, extra))
-    log = log_dir / "broker.log"
-    (log_dir / "log4j.properties").write_text(LOG4J.format(path=log))
+    config.write_text(server_properties(log_dir, node, voters, extra))
+    (log_dir / "log4j.properties").write_text(LOG4J.format(path=log_dir / "broker.log"))
     if not (log_dir / "data" / "meta.properties").exists():
         fmt = subprocess.run(_java(libs, log_dir, "kafka.tools.StorageTool", "format", "-t",  # noqa: S603
-                                   cluster_id(), "-c", str(config)),
+                                   cluster or cluster_id(), "-c", str(config)),
                              capture_output=True, text=True, timeout=120, check=False)
         if fmt.returncode != 0:
             raise ApacheKafkaError(f"could not format {log_dir}: {(fmt.stdout + fmt.stderr).strip()[-300:]}")
-    url = f"127.0.0.1:{ports.client}"
     with (log_dir / "stdout.log").open("ab") as out:
         # its own session: Ctrl-C in the terminal that started it must not kill the broker
         proc = subprocess.Popen(_java(libs, log_dir, "kafka.Kafka", str(config)), stdout=out,  # noqa: S603
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     (log_dir / "broker.pid").write_text(f"{proc.pid}\n")
+    return proc
 
-    def ready() -> bool:
-        from confluent_kafka.admin import AdminClient
 
-        if not port_open("127.0.0.1", ports.client, 0.2):
-            return False
-        try:
-            AdminClient({"bootstrap.servers": url, "socket.timeout.ms": 1000, "log_level": 2}).list_topics(timeout=1)
-            return True
-        except Exception:
-            return False
+def answers(url: str) -> bool:
+    """Whether a broker at `url` answers a metadata request."""
+    from confluent_kafka.admin import AdminClient
 
-    wait_started(proc, ready, f"Apache Kafka {KAFKA_VERSION}", log_dir / "stdout.log", deadline_s)
-    return Service("kafka", proc.pid, ports.client, url, str(log), proc)
+    host, _, port = url.rpartition(":")
+    if not port_open(host, int(port), 0.2):
+        return False
+    try:
+        AdminClient({"bootstrap.servers": url, "socket.timeout.ms": 1000, "log_level": 2}).list_topics(timeout=1)
+        return True
+    except Exception:
+        return False
+
+
+def wait_ready(proc: subprocess.Popen[bytes], log_dir: Path, node: Node, deadline_s: float) -> Service:
+    """Wait until the node started by `launch` answers. -> it, as a Service."""
+    wait_started(proc, lambda: answers(node.url), f"Apache Kafka {KAFKA_VERSION} (node {node.node_id})",
+                 log_dir / "stdout.log", deadline_s)
+    return Service("kafka", proc.pid, node.client, node.url, str(log_dir / "broker.log"), proc)
+
+
+def start(log_dir: Path, libs: Path | None = None, node: Node | None = None,
+          extra: Mapping[str, str] | None = None, deadline_s: float = 60.0) -> Service:
+    """Start a single-node broker on `log_dir` (formatted the first time; reused after) and wait until it answers."""
+    node = node or new_node()
+    proc = launch(log_dir, libs or fetch(), node, extra=extra)
+    return wait_ready(proc, log_dir, node, deadline_s)
+
+
+@dataclass(frozen=True)
+class GroupPartition:
+    """One row of `kafka-consumer-groups --describe`: a partition's committed offset, end and lag."""
+
+    topic: str
+    partition: int
+    current: int | None  # the group's committed offset ('-' when none)
+    end: int
+    lag: int | None
+
+
+def describe_group(bootstrap: str, group: str, libs: Path | None = None, timeout_s: float = 120.0) -> list[GroupPartition]:
+    """Kafka's own `kafka-consumer-groups --describe --group G`, run from the same jars, parsed."""
+    libs = libs or fetch()
+    with tempfile.TemporaryDirectory() as scratch:
+        tool_dir = Path(scratch)
+        (tool_dir / "log4j.properties").write_text("log4j.rootLogger=ERROR\n")
+        proc = subprocess.run(_java(libs, tool_dir, "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",  # noqa: S603
+                                    "--bootstrap-server", bootstrap, "--describe", "--group", group),
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+    if proc.returncode != 0:
+        raise ApacheKafkaError(f"kafka-consumer-groups failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
+    rows = []
+    for line in proc.stdout.splitlines():
+        cols = line.split()
+        if len(cols) >= 6 and cols[0] == group and cols[2].isdigit():
+            rows.append(GroupPartition(cols[1], int(cols[2]), None if cols[3] == "-" else int(cols[3]), int(cols[4]),
+                                       None if cols[5] == "-" else int(cols[5])))
+    return rows
 
 
 def stop(log_dir: Path, grace_s: float = 20.0) -> bool:
@@ -188,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             print(fetch())
         elif args.command == "start":
-            ports = BrokerPorts(args.port, free_port()) if args.port else None
-            print(start(args.dir.resolve(), ports=ports).url)
+            print(start(args.dir.resolve(), node=new_node(client=args.port)).url)
         else:
             print("stopped" if stop(args.dir.resolve()) else "nothing was running")
     except MMCLError as e:

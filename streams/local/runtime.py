@@ -22,18 +22,18 @@ DEMO_MODEL = "demo-model"
 # costs the whole fetch wait: 50 ms here, where Kafka's default of 500 ms would add half a second per hop. A group
 # join takes about half of the session timeout, so a short one keeps its rebalances quick. Apache Kafka answers a
 # fetch as soon as data arrives; the production defaults in Settings are Kafka's own.
-EMBEDDED_KAFKA_TIMINGS: dict[str, float | int] = {"session_timeout_s": 6.0, "heartbeat_interval_s": 0.3,
-                                                  "fetch_max_wait_ms": 50}
+EMBEDDED_KAFKA_SETTINGS: dict[str, float | int | str] = {"session_timeout_s": 6.0, "heartbeat_interval_s": 0.3,
+                                                        "fetch_max_wait_ms": 50, "broker_kind": "tansu"}
 
 
 def embedded_kafka_env() -> dict[str, str]:
-    """EMBEDDED_KAFKA_TIMINGS as MMCL_* variables, for a process pointed at the embedded broker by hand."""
-    return {f"MMCL_KAFKA__{name.upper()}": str(value) for name, value in EMBEDDED_KAFKA_TIMINGS.items()}
+    """EMBEDDED_KAFKA_SETTINGS as MMCL_* variables, for a process pointed at the embedded broker by hand."""
+    return {f"MMCL_KAFKA__{name.upper()}": str(value) for name, value in EMBEDDED_KAFKA_SETTINGS.items()}
 
 
 def embedded_kafka(bootstrap_servers: str) -> KafkaSettings:
     """Client settings for an embedded broker at `bootstrap_servers`: its timings, everything else the defaults."""
-    return KafkaSettings(bootstrap_servers=bootstrap_servers, **EMBEDDED_KAFKA_TIMINGS)
+    return KafkaSettings(bootstrap_servers=bootstrap_servers, **EMBEDDED_KAFKA_SETTINGS)
 
 
 def follow_local(settings: Settings) -> Settings:
@@ -44,7 +44,7 @@ def follow_local(settings: Settings) -> Settings:
         raise ConfigError(f"the local profile is selected (MMCL_RUNTIME=local) but no embedded {' or '.join(missing)} "
                           f"runs for the state folder {settings.state_dir}: start them with `mmcl up`")
     # a timing set explicitly (MMCL_KAFKA__SESSION_TIMEOUT_S=...) wins over the embedded broker's
-    timings = {k: v for k, v in EMBEDDED_KAFKA_TIMINGS.items() if k not in settings.kafka.model_fields_set}
+    timings = {k: v for k, v in EMBEDDED_KAFKA_SETTINGS.items() if k not in settings.kafka.model_fields_set}
     update: dict[str, Any] = {
         "kafka": settings.kafka.model_copy(update={"bootstrap_servers": services["kafka"].url, **timings}),
         "redis": settings.redis.model_copy(update={"url": SecretUrl(services["redis"].url)}),

@@ -26,6 +26,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from streams.kafka import ssl_context
 from streams.settings import Settings
 from streams.worker.pipeline import Pipeline
+from streams.worker.progress import FetchSnapshot
 from streams.worker.records import Source
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,26 @@ def build_app(settings: Settings) -> StreamApp:
     )
     app.conf.mmcl_fetch_max_wait_ms = k.fetch_max_wait_ms
     return app
+
+
+def fetch_state(app: StreamApp) -> Callable[[str, int], FetchSnapshot | None]:
+    """The consumer's position, high watermark and last poll time of a partition, read from aiokafka's partition
+    state (Faust offers the high watermark alone, and nothing tells whether a fetch answered recently). None while
+    the partition has no position or no fetch answer yet, or when the state cannot be read."""
+    from aiokafka.structs import TopicPartition
+
+    def snapshot(topic: str, partition: int) -> FetchSnapshot | None:
+        try:
+            consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]  # the aiokafka driver's, not in faust's ConsumerT
+            assignment = consumer._subscription.subscription.assignment
+            state = assignment.state_value(TopicPartition(topic, partition)) if assignment is not None else None
+        except Exception:  # not started, stopping, or between assignments
+            return None
+        if state is None or not state.has_valid_position or state.highwater is None or state.timestamp is None:
+            return None
+        return FetchSnapshot(int(state.position), int(state.highwater), int(state.timestamp))
+
+    return snapshot
 
 
 def attach_pipeline(app: StreamApp, settings: Settings, pipeline: Pipeline,

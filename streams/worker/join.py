@@ -8,7 +8,11 @@ part before emission replaces the earlier one; a part after emission is `late`. 
 The deadline is in event time, not arrival time: an utterance whose first part was produced at P may still get a
 part from modality m until m's partition (`group`: the partition number, the same for the three co-partitioned
 topics) has delivered parts produced after P + timeout (its watermark passed), or until that partition has been
-quiet for the timeout while the utterance waited at least as long. Deciding on arrival time alone would drop
+quiet for the timeout while the utterance waited at least as long, and (when the worker tells) a fetch answered after
+that wait showed the partition read to its end: quiet because nothing was produced, not because nothing could be
+fetched. A partition that was delivering parts when the utterance began and then fell silent is given `stall_wait_s`
+instead of the timeout: a leader failing over holds that partition's parts in the producers while the other
+modalities flow. Deciding on arrival time alone would drop
 whole backlogs as incomplete whenever the worker is behind (after a restart, a burst, an outage), because the
 three topics are not read at the same pace. `clock` is live time: the worker stops it while it is not taking
 messages (back-pressure, a rebalance), so a pause does not make partitions look quiet. Producer clocks are kept
@@ -141,6 +145,8 @@ class Joiner:
         max_clock_skew_s: float = 0.5,
         max_wait_s: float | None = None,
         count_skew: Callable[[str, str], None] = lambda modality, side: None,
+        caught_up: Callable[[str, Hashable], float | None] | None = None,
+        stall_wait_s: float | None = None,
     ) -> None:
         self.required = tuple(required)
         self.allowed = allowed
@@ -151,7 +157,10 @@ class Joiner:
         self.clock = clock
         self.count = count  # join outcome counter: complete, partial, incomplete, late, duplicate, redelivered
         self.count_skew = count_skew  # (modality, "ahead" | "behind") of a part whose clock was corrected
+        # (modality, group) -> live time its partition was last seen read to its end; None: quiet is trusted as is
+        self.caught_up = caught_up
         self.max_wait_s = max_wait_s if max_wait_s is not None else 15 * timeout_s
+        self.stall_wait_s = stall_wait_s if stall_wait_s is not None else timeout_s
         self.clocks = ClockGuard(int(max_clock_skew_s * 1000))
         self._pending: OrderedDict[JoinKey, _Pending] = OrderedDict()  # in arrival order
         self._emitted: OrderedDict[JoinKey, tuple[Hashable, frozenset[str]]] = OrderedDict()  # -> (group, used)
@@ -243,8 +252,20 @@ class Joiner:
         wk = (modality, entry.group)
         if self._watermark.get(wk, -1) >= entry.deadline_ms:
             return True  # that partition already delivered parts produced after the deadline
-        quiet_since = self._last_arrival.get(wk, self._group_start[entry.group])
-        return now - entry.first_at >= self.timeout_s and now - quiet_since >= self.timeout_s
+        last = self._last_arrival.get(wk)
+        quiet_since = last if last is not None else self._group_start[entry.group]
+        # a partition that was delivering parts when the utterance began and fell silent is more likely stalled (a
+        # leader failing over holds its parts in the producers) than done: it gets stall_wait_s, not timeout_s
+        flowing = last is not None and entry.first_at - last < self.stall_wait_s
+        quiet_for = self.stall_wait_s if flowing else self.timeout_s
+        if now - entry.first_at < self.timeout_s or now - quiet_since < quiet_for:
+            return False
+        if self.caught_up is None:
+            return True
+        # quiet because nothing more was produced, not because nothing could be fetched: the broker answered after
+        # the utterance had waited its timeout, and everything up to its end had been handed over
+        seen = self.caught_up(modality, entry.group)
+        return seen is not None and seen >= entry.first_at + self.timeout_s
 
     def _push(self, entry: _Pending, key: JoinKey) -> None:
         self._seq += 1

@@ -2,9 +2,10 @@
 
 Lag is the log end offset minus the group's committed offset: what Kafka's own tools report. It is read from the
 broker by a task of its own (the blocking calls on a thread), not from the worker's fetches, so it keeps growing
-while the worker is stuck: the "no events while input grows" alert depends on that. The end offset is the larger
-of the broker's answer and the high watermark the worker last fetched: Tansu answers ListOffsets(latest) with the
-last batch's base offset + 1, which only the fetched watermark corrects.
+while the worker is stuck: the "no events while input grows" alert depends on that. On the embedded broker (Tansu)
+the end offset is the larger of the broker's answer and the high watermark the worker last fetched: Tansu answers
+ListOffsets(latest) with the last batch's base offset + 1, which only the fetched watermark corrects. Apache Kafka's
+answer is exact, and is used as it is.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class LagProbe:
         from confluent_kafka import Consumer
 
         self.timeout_s = timeout_s
+        self.trust_fetched = k.broker_kind == "tansu"  # see the module docstring
         self._consumer = Consumer(consumer_config(k, group_id))
 
     def measure(self, tps: Iterable[TP], fetched: Mapping[TP, int | None]) -> dict[TP, PartitionLag]:
@@ -66,7 +68,8 @@ class LagProbe:
         out = {}
         for t, p in tps:
             low, high = self._consumer.get_watermark_offsets(TopicPartition(t, p), timeout=self.timeout_s, cached=False)
-            out[(t, p)] = partition_lag(low, high, fetched.get((t, p)), committed.get((t, p)))
+            seen = fetched.get((t, p)) if self.trust_fetched else None
+            out[(t, p)] = partition_lag(low, high, seen, committed.get((t, p)))
         return out
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from streams.worker.decode import Rejection, decode_part, profile_of
 from streams.worker.inference import BatchResult, InferenceThread
 from streams.worker.join import Dropped, Ignored, Joiner, LiveClock, Outcome, Redelivered
 from streams.worker.outputs import Outputs
+from streams.worker.progress import FetchSnapshot, ReadProgress
 from streams.worker.records import Publisher, Source, joined_record, predictions_of
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class Pipeline(Outputs):
     def __init__(self, settings: Settings, predictor: Predictor, metrics: Metrics, make_writer: Callable[[], ResultWriter],
                  publisher: Publisher, ack: Callable[[Any], None], limits: RecordLimits,
                  on_fatal: Callable[[str], None] = lambda why: None, clock: Callable[[], float] = time.monotonic,
-                 wall_ms: Callable[[], int] = now_ms) -> None:
+                 wall_ms: Callable[[], int] = now_ms,
+                 fetch_state: Callable[[str, int], FetchSnapshot | None] | None = None) -> None:
         # the writer's redis.asyncio client must be made on the loop that uses it, so it is made in start()
         self.settings, self.predictor, self.metrics, self.publisher = settings, predictor, metrics, publisher
         self.limits = limits
@@ -59,10 +61,16 @@ class Pipeline(Outputs):
         self.acker = OrderedAcker(ack)
         self.live = LiveClock(clock)  # stands still while back-pressure or a rebalance holds the agent
         j = settings.join
+        # the consumer's view of each partition (None: without one, a quiet partition is trusted to be caught up)
+        self._fetch_state = fetch_state
+        self.progress = ReadProgress()
+        caught_up = None if fetch_state is None else \
+            (lambda m, g: self.progress.caught_up_at((settings.topics.feature(m), g)))
         self.joiner = Joiner(j.required, settings.policy.allowed, j.timeout_s, j.max_pending, j.remember_emitted,
                              self.live, count=lambda o: metrics.join_outcomes.labels(o).inc(),
                              max_clock_skew_s=j.clock_skew_s, max_wait_s=j.max_wait_s,
-                             count_skew=lambda m, side: metrics.clock_skew.labels(m, side).inc())
+                             count_skew=lambda m, side: metrics.clock_skew.labels(m, side).inc(), caught_up=caught_up,
+                             stall_wait_s=j.stall_wait_s)
         self._slots = asyncio.Semaphore(settings.batch.queue_size)
         self._results: asyncio.Queue[BatchResult] = asyncio.Queue()
         self._inference = InferenceThread(predictor, settings.batch.max_size, settings.batch.wait_ms / 1000, self._deliver)
@@ -174,6 +182,7 @@ class Pipeline(Outputs):
         self.joiner.forget_groups({g for g in groups if not any(tp[1] == g for tp in self.owned)})
         self.joiner.forget(lambda src: src.tp not in tps)
         self.acker.forget(set(tps))
+        self.progress.forget(tps)
         self.metrics.pending_joins.set(len(self.joiner))
 
     # consuming -----------------------------------------------------------------------------------------------
@@ -266,6 +275,7 @@ class Pipeline(Outputs):
         try:
             while True:
                 await asyncio.sleep(tick)
+                self._observe_fetches()
                 await self._handle(self.joiner.expire())
         except SinkRefused as e:
             self._fail(str(e))
@@ -274,6 +284,13 @@ class Pipeline(Outputs):
         except Exception as e:  # a bug of ours: stop loudly rather than leave every pending utterance undecided
             log.exception("deciding pending utterances failed")
             self._fail(f"internal error in the join's deadlines ({type(e).__name__}: {e})")
+
+    def _observe_fetches(self) -> None:
+        if self._fetch_state is None:
+            return
+        now = self.live()
+        for tp in self.owned:
+            self.progress.observe(tp, self._fetch_state(*tp), now)
 
     # results -------------------------------------------------------------------------------------------------
     def _deliver(self, result: BatchResult) -> None:  # on the inference thread

@@ -34,7 +34,7 @@ def run_worker(settings: Settings, create_topics: bool = False) -> int:
     from streams.sinks.aggregates import aggregate_rule
     from streams.sinks.publisher import KafkaPublisher
     from streams.sinks.redis_store import ResultWriter, async_client
-    from streams.worker.app import attach_pipeline, build_app
+    from streams.worker.app import attach_pipeline, build_app, fetch_state
     from streams.worker.pipeline import Pipeline
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -52,8 +52,8 @@ def run_worker(settings: Settings, create_topics: bool = False) -> int:
     def make_writer() -> ResultWriter:
         return ResultWriter(async_client(settings.redis), settings.output, aggregate_rule(settings))
 
-    pipeline = Pipeline(settings, predictor, metrics, make_writer,
-                        publisher, ack=lambda event: event.ack(), limits=limits, on_fatal=on_fatal)
+    pipeline = Pipeline(settings, predictor, metrics, make_writer, publisher, ack=lambda event: event.ack(),
+                        limits=limits, on_fatal=on_fatal, fetch_state=fetch_state(app))
 
     follower = ModelFollower(settings, registry, lambda: pipeline.predictor, pipeline.swap,
                              lambda result: metrics.model_swaps.labels(result).inc())

@@ -1,5 +1,5 @@
-"""Integration fixtures: a real Kafka-protocol broker (embedded Tansu) and a real Redis, started once per session;
-workers are real `mmcl worker` processes. Each test module gets its own topic prefix and consumer group."""
+"""Integration fixtures: Apache Kafka (from Maven Central, run from its jars) and a real Redis, started once per
+session; workers are real `mmcl worker` processes. Each test module gets its own topic prefix and consumer group."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pytest
@@ -24,15 +24,25 @@ from mmcl.checkpoint import FeatureProfile, save_checkpoint
 from mmcl.config import ModelConfig
 from mmcl.model import build_model
 from streams.kafka import ensure_topics, producer_config
-from streams.local.embedded import Service, free_port, start_kafka, start_redis
-from streams.local.runtime import embedded_kafka, embedded_kafka_env
+from streams.local import apache_kafka
+from streams.local.embedded import Service, free_port, start_redis
 from streams.messages import EncodedArray, FeatureMessage
-from streams.settings import TopicSettings
+from streams.settings import KafkaSettings, TopicSettings
 
 DIMS = {"text": 24, "audio": 5, "visual": 8}
 SEQ_LEN = 12
 # the workers' model device: cpu here and in CI; benchmarks/cuda_check.sh sets cuda on a GPU machine
 DEVICE = os.environ.get("MMCL_TEST_DEVICE", "cpu")
+# Client timings that keep a test's group joins and failovers short; the production defaults are tested on their own
+# (test_apache_kafka). A session timeout under the broker's default minimum of 6 s needs TEST_BROKER's setting.
+QUICK_TIMINGS: dict[str, float | int] = {"session_timeout_s": 3.0, "heartbeat_interval_s": 0.3, "fetch_max_wait_ms": 50}
+QUICK_ENV = {f"MMCL_KAFKA__{name.upper()}": str(value) for name, value in QUICK_TIMINGS.items()}
+TEST_BROKER = {"group.min.session.timeout.ms": "1000"}
+
+
+def quick_kafka(bootstrap_servers: str) -> KafkaSettings:
+    """Client settings for the suite's broker: QUICK_TIMINGS, everything else the defaults."""
+    return KafkaSettings(bootstrap_servers=bootstrap_servers, **QUICK_TIMINGS)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
@@ -52,9 +62,10 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def kafka(state_dir: Path) -> Iterator[Service]:
-    svc = start_kafka(state_dir)
+    """Apache Kafka, one KRaft node; the jars are fetched the first time (scripts/test.sh does it beforehand)."""
+    svc = apache_kafka.start(state_dir / "apache-kafka", extra=TEST_BROKER)
     yield svc
-    svc.stop()
+    svc.stop(grace_s=20.0)
 
 
 @pytest.fixture(scope="session")
@@ -79,15 +90,23 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("model") / "ckpt")
 
 
+class Endpoint(Protocol):
+    """A broker or a cluster: what clients need of it."""
+
+    @property
+    def url(self) -> str: ...  # a bootstrap list
+
+
 @dataclass
 class Stack:
     """One test module's view: its own topics and group on the shared broker and Redis."""
 
-    kafka: Service
+    kafka: Endpoint
     redis_svc: Service
     checkpoint: Path
     state_dir: Path
     prefix: str
+    replication: int = 1
     redis: redis.Redis = field(init=False)
     workers: list[Worker] = field(default_factory=list)
 
@@ -96,15 +115,16 @@ class Stack:
 
     @property
     def topics(self) -> TopicSettings:
-        return TopicSettings(prefix=self.prefix, partitions=4)
+        return TopicSettings(prefix=self.prefix, partitions=4, replication=self.replication)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MMCL_")}
         env.update({
             "MMCL_KAFKA__BOOTSTRAP_SERVERS": self.kafka.url, "MMCL_REDIS__URL": self.redis_svc.url,
-            "MMCL_TOPICS__PREFIX": self.prefix, "MMCL_KAFKA__GROUP_ID": f"{self.prefix}-workers",
+            "MMCL_TOPICS__PREFIX": self.prefix, "MMCL_TOPICS__REPLICATION": str(self.replication),
+            "MMCL_KAFKA__GROUP_ID": f"{self.prefix}-workers",
             "MMCL_MODEL__CHECKPOINT": str(self.checkpoint), "MMCL_STATE_DIR": str(self.state_dir),
-            **embedded_kafka_env(), "MMCL_KAFKA__SESSION_TIMEOUT_S": "3", "MMCL_JOIN__TIMEOUT_S": "1.0",
+            **QUICK_ENV, "MMCL_JOIN__TIMEOUT_S": "1.0",
             "MMCL_LOG_LEVEL": "info",
             "MMCL_MODEL__DEVICE": DEVICE, "MMCL_REGISTRY__PATH": str(self.state_dir / f"registry-{self.prefix}"),
         })
@@ -125,7 +145,7 @@ class Stack:
     def producer(self, max_record_bytes: int | None = None) -> Any:
         from confluent_kafka import Producer
 
-        conf = producer_config(embedded_kafka(self.kafka.url))
+        conf = producer_config(quick_kafka(self.kafka.url))
         if max_record_bytes is not None:  # librdkafka refuses records over 1,000,000 bytes by default
             conf["message.max.bytes"] = max_record_bytes
         return Producer(conf)
@@ -172,6 +192,18 @@ class Stack:
             return int(tp.offset)
         finally:
             c.close()
+
+    def set_topic_config(self, topic: str, key: str, value: str) -> None:
+        """Change one config of a topic and wait until the broker applies it (the controller acknowledges first)."""
+        from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+        change = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+            ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)])
+        admin = AdminClient({"bootstrap.servers": self.kafka.url})  # must outlive the futures: destruction cancels them
+        admin.incremental_alter_configs([change])[change].result(15)
+        described = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        wait_for(lambda: admin.describe_configs([described])[described].result(15)[key].value == value, 15,
+                 f"the broker applying {key}={value} to {topic}")
 
     def end_offset(self, topic: str, partition: int) -> int:
         return len([m for m in self.consume_all(topic, None, timeout=10) if m.partition() == partition])
@@ -268,7 +300,7 @@ def _workers_stop_with_their_test(request: pytest.FixtureRequest) -> Iterator[No
 def stack(kafka: Service, redis_service: Service, checkpoint: Path, state_dir: Path) -> Iterator[Stack]:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     st = Stack(kafka, redis_service, checkpoint, state_dir, prefix)
-    ensure_topics(embedded_kafka(kafka.url), st.topics)
+    ensure_topics(quick_kafka(kafka.url), st.topics)
     yield st
     for w in st.workers:
         w.stop()

@@ -11,30 +11,22 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streams.kafka import ensure_topics, topic_specs
-from streams.local import apache_kafka, simulate
+from streams.local import simulate
 from streams.local.embedded import Service
 from streams.settings import KafkaSettings, Settings
 
 from .conftest import Stack, wait_for
 from .test_delivery import SPLIT, assert_counted_once, results_complete
 
-# Apache Kafka's own defaults, which the worker ships with (the suite's other tests use the embedded broker's)
+# Apache Kafka's own defaults, which the worker ships with (the suite's other tests use quicker ones)
 PRODUCTION_TIMINGS = {f"MMCL_KAFKA__{name.upper()}": str(getattr(KafkaSettings(), name))
                       for name in ("session_timeout_s", "heartbeat_interval_s", "fetch_max_wait_ms")}
 
 
-@pytest.fixture(scope="module")
-def apache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    log_dir = tmp_path_factory.mktemp("apache-kafka")
-    broker = apache_kafka.start(log_dir)  # fetches the jars the first time (scripts/test.sh does it beforehand)
-    yield broker
-    broker.stop(grace_s=20.0)  # a controlled shutdown; the Popen is reaped
-
-
 @pytest.fixture
-def apache_stack(apache: Service, redis_service: Service, checkpoint: Path, state_dir: Path) -> Iterator[Stack]:
-    st = Stack(apache, redis_service, checkpoint, state_dir, f"ak{uuid.uuid4().hex[:6]}")
-    ensure_topics(KafkaSettings(bootstrap_servers=apache.url), st.topics)
+def apache_stack(kafka: Service, redis_service: Service, checkpoint: Path, state_dir: Path) -> Iterator[Stack]:
+    st = Stack(kafka, redis_service, checkpoint, state_dir, f"ak{uuid.uuid4().hex[:6]}")
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka.url), st.topics)
     yield st
     for worker in st.workers:
         worker.stop()
@@ -85,21 +77,9 @@ def test_records_the_broker_refuses_for_their_size_are_skipped_one_by_one(apache
     """Apache Kafka enforces a topic's max.message.bytes (the embedded broker has no limit at all). Lowered after the
     worker's start-up check, the joined topic refuses every joined record at the broker: each one is counted and
     skipped alone, while its utterance's result is written and published and the partitions go on."""
-    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
-
     st = apache_stack
     worker = st.start_worker(**PRODUCTION_TIMINGS)
-    joined = ConfigResource(ConfigResource.Type.TOPIC, st.topics.joined, incremental_configs=[
-        ConfigEntry("max.message.bytes", "400", incremental_operation=AlterConfigOpType.SET)])
-    admin = AdminClient({"bootstrap.servers": st.kafka.url})  # must outlive the future: its destruction cancels it
-    admin.incremental_alter_configs([joined])[joined].result(15)
-    described = ConfigResource(ConfigResource.Type.TOPIC, st.topics.joined)
-
-    def limit_applied() -> bool:  # the controller acknowledges before the broker has applied the change
-        entries = admin.describe_configs([described])[described].result(15)
-        return bool(entries["max.message.bytes"].value == "400")
-
-    wait_for(limit_applied, 15, "the broker applying the lower limit")
+    st.set_topic_config(st.topics.joined, "max.message.bytes", "400")
     settings = Settings(kafka=KafkaSettings(bootstrap_servers=st.kafka.url), topics=st.topics)
     spec = simulate.SimSpec(calls=4, rate=40, limit=30, jitter_ms=50, run_id=f"{st.prefix}-big-", seed=5)
     stats = simulate.run(settings, SPLIT, spec)

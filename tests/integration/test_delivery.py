@@ -17,18 +17,17 @@ from mmcl.data.synth import SynthSpec, make_synthetic
 from streams.kafka import ensure_topics
 from streams.local import simulate
 from streams.local.embedded import start_redis
-from streams.local.runtime import embedded_kafka
 from streams.settings import Settings, TopicSettings
 from streams.sinks.redis_store import call_key, timeline_key, utt_key
 
-from .conftest import DIMS, SEQ_LEN, Stack, covering_run_id, wait_for
+from .conftest import DIMS, SEQ_LEN, Stack, covering_run_id, quick_kafka, wait_for
 
 SPLIT = make_synthetic(SynthSpec(sizes=(8, 8, 300), seq_len=SEQ_LEN, dims=(DIMS["text"], DIMS["audio"], DIMS["visual"]),
                                  min_len=4, seed=11)).splits["test"]
 
 
 def sim_settings(stack: Stack) -> Settings:
-    return Settings(kafka=embedded_kafka(stack.kafka.url), topics=stack.topics)
+    return Settings(kafka=quick_kafka(stack.kafka.url), topics=stack.topics)
 
 
 def results_complete(stack: Stack, stats: simulate.SimStats) -> bool:
@@ -90,7 +89,7 @@ def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(stack: 
 def test_redis_outage_pauses_and_recovers_without_loss(stack: Stack, tmp_path: Path) -> None:
     own = start_redis(tmp_path)  # this test stops its Redis; the others keep theirs
     local = Stack(stack.kafka, own, stack.checkpoint, stack.state_dir, f"{stack.prefix}o")
-    ensure_topics(embedded_kafka(stack.kafka.url), local.topics)
+    ensure_topics(quick_kafka(stack.kafka.url), local.topics)
     try:
         worker = local.start_worker(MMCL_REDIS__RETRY_MAX_S="0.5")
         spec = simulate.SimSpec(calls=4, rate=100, jitter_ms=50, limit=40, seed=4, run_id=f"{local.prefix}-a-")
@@ -119,7 +118,7 @@ def test_redis_outage_pauses_and_recovers_without_loss(stack: Stack, tmp_path: P
 
 def test_a_backlog_is_joined_completely_and_batched(stack: Stack) -> None:
     local = Stack(stack.kafka, stack.redis_svc, stack.checkpoint, stack.state_dir, f"{stack.prefix}b")
-    ensure_topics(embedded_kafka(stack.kafka.url), local.topics)
+    ensure_topics(quick_kafka(stack.kafka.url), local.topics)
     # The whole backlog is in the topics before the worker starts. It must not score one utterance at a time, and
     # reading three topics at different paces must not make parts miss each other (the join runs on event time).
     spec = simulate.SimSpec(calls=8, rate=2000, jitter_ms=5, limit=1200, seed=6, run_id=f"{local.prefix}-")
@@ -138,7 +137,7 @@ def test_a_backlog_is_joined_completely_and_batched(stack: Stack) -> None:
 
 def test_worker_refuses_feature_topics_that_are_not_copartitioned(stack: Stack) -> None:
     prefix = f"np{uuid.uuid4().hex[:6]}"
-    k = embedded_kafka(stack.kafka.url)
+    k = quick_kafka(stack.kafka.url)
     ensure_topics(k, TopicSettings(prefix=prefix, partitions=4))
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -159,7 +158,7 @@ def test_three_workers_split_the_partitions_without_splitting_a_call(stack: Stac
     """A call's three feature partitions must go to the same worker, or its parts never meet. Three workers on four
     partitions: plain round-robin over the 12 topic-partitions would give text:2 and audio:2 to different workers."""
     local = Stack(stack.kafka, stack.redis_svc, stack.checkpoint, stack.state_dir, f"{stack.prefix}w")
-    ensure_topics(embedded_kafka(stack.kafka.url), local.topics)
+    ensure_topics(quick_kafka(stack.kafka.url), local.topics)
     try:
         workers = [local.start_worker() for _ in range(3)]
 

@@ -13,11 +13,10 @@ from mmcl.data.synth import SynthSpec, make_synthetic
 from streams.learning.follower import announce
 from streams.learning.registry import DirRegistry
 from streams.local import simulate
-from streams.local.runtime import embedded_kafka
 from streams.settings import Settings
 from streams.sinks.redis_store import FEED
 
-from .conftest import DIMS, SEQ_LEN, Stack, make_checkpoint, wait_for
+from .conftest import DIMS, SEQ_LEN, Stack, make_checkpoint, quick_kafka, wait_for
 from .test_delivery import assert_counted_once, results_complete
 
 SPLIT = make_synthetic(SynthSpec(sizes=(8, 8, 400), seq_len=SEQ_LEN, dims=(DIMS["text"], DIMS["audio"], DIMS["visual"]),
@@ -34,7 +33,7 @@ def mmcl(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_promote_rollback_and_a_corrupt_version_under_load(stack: Stack, tmp_path: Path) -> None:
-    s = Settings(kafka=embedded_kafka(stack.kafka.url), topics=stack.topics)
+    s = Settings(kafka=quick_kafka(stack.kafka.url), topics=stack.topics)
     reg = DirRegistry(stack.state_dir / f"registry-{stack.prefix}")
     a = reg.publish(make_checkpoint(tmp_path / "a", seed=10)).version
     reg.promote(a)

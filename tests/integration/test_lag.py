@@ -1,6 +1,7 @@
 """Consumer lag, read from the broker: exact on a partition with a known commit, and, through a running worker,
-growing while the worker is stuck (Redis down: writes retried, consumption paused) and draining after. That pair,
-input growing while nothing is consumed, is what MMCLNoEventsWhileInputGrows alerts on."""
+growing while the worker is stuck (Redis down: writes retried, consumption paused), equal to what Kafka's own
+`kafka-consumer-groups --describe` reports, and draining after. That pair, input growing while nothing is consumed,
+is what MMCLNoEventsWhileInputGrows alerts on."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.kafka import ensure_topics
+from streams.local import apache_kafka
 from streams.local.embedded import start_redis
-from streams.local.runtime import embedded_kafka
 from streams.worker.lag import LagProbe
 
-from .conftest import Stack, part, wait_for
+from .conftest import Stack, Worker, part, quick_kafka, wait_for
 
 
 def test_probe_reports_end_minus_committed_per_partition(stack: Stack) -> None:
-    k = embedded_kafka(stack.kafka.url)
+    k = quick_kafka(stack.kafka.url)
     topic, group = stack.topics.feedback, f"{stack.prefix}-lag-probe"
     p = Producer({"bootstrap.servers": stack.kafka.url})
     for i in range(10):
@@ -31,10 +32,25 @@ def test_probe_reports_end_minus_committed_per_partition(stack: Stack) -> None:
         got = probe.measure({(topic, 0), (topic, 1)}, {})
         assert (got[(topic, 0)].end, got[(topic, 0)].committed, got[(topic, 0)].lag) == (10, 4, 6)
         assert got[(topic, 1)].lag == 0  # empty, never committed
-        # a fetched high watermark beyond the broker's answer wins (Tansu's ListOffsets can trail the log end)
-        assert probe.measure({(topic, 0)}, {(topic, 0): 12})[(topic, 0)].lag == 8
+        # Apache Kafka's answer is exact: a fetched high watermark does not move it
+        assert probe.measure({(topic, 0)}, {(topic, 0): 12})[(topic, 0)].lag == 6
     finally:
         probe.close()
+    tansu = LagProbe(k.model_copy(update={"broker_kind": "tansu"}), group)
+    try:  # on the embedded broker a fetched high watermark beyond its answer wins (its ListOffsets trails the end)
+        assert tansu.measure({(topic, 0)}, {(topic, 0): 12})[(topic, 0)].lag == 8
+    finally:
+        tansu.close()
+
+
+def assert_lag_matches_kafkas_own_tool(local: Stack, w: Worker) -> None:
+    """mmcl_consumer_lag per partition equals the LAG column of `kafka-consumer-groups --describe`, run from the
+    broker's own jars, while the backlog stands still (nothing consumed, nothing committed)."""
+    rows = apache_kafka.describe_group(local.kafka.url, f"{local.prefix}-workers")
+    theirs = {(r.topic, r.partition): r.lag for r in rows if r.topic in local.topics.features}
+    assert len(theirs) == 3 * local.topics.partitions and sum(lag or 0 for lag in theirs.values()) > 0
+    ours = {(t, p): w.metric("mmcl_consumer_lag", topic=t, partition=str(p)) for t, p in theirs}
+    assert ours == {tp: float(lag or 0) for tp, lag in theirs.items()}
 
 
 def send(local: Stack, producer: Producer, wave: str, n: int) -> None:
@@ -48,7 +64,7 @@ def send(local: Stack, producer: Producer, wave: str, n: int) -> None:
 def test_lag_grows_while_the_worker_is_stuck_and_drains_after(stack: Stack, tmp_path: Path) -> None:
     own = start_redis(tmp_path)  # this test stops its Redis: not the shared one
     local = Stack(stack.kafka, own, stack.checkpoint, stack.state_dir, f"{stack.prefix}lag")
-    ensure_topics(embedded_kafka(stack.kafka.url), local.topics)
+    ensure_topics(quick_kafka(stack.kafka.url), local.topics)
     try:
         w = local.start_worker(MMCL_METRICS__LAG_INTERVAL_S="0.3", MMCL_BATCH__QUEUE_SIZE="2",
                                MMCL_REDIS__SOCKET_TIMEOUT_S="0.5", MMCL_REDIS__RETRY_MAX_S="0.5")
@@ -68,6 +84,7 @@ def test_lag_grows_while_the_worker_is_stuck_and_drains_after(stack: Stack, tmp_
         send(local, producer, "c", 10)  # more input while stuck: lag grows, nothing more is consumed
         wait_for(lambda: w.metric("mmcl_consumer_lag") >= lag + 30, 20, "the lag to grow")
         assert w.metric("mmcl_messages_consumed_total") == consumed
+        assert_lag_matches_kafkas_own_tool(local, w)
 
         own = start_redis(tmp_path, port=own.port)  # the same port and data: the worker reconnects by itself
         wait_for(lambda: w.status().get("written", 0) >= 38, 60, "every result once Redis is back")

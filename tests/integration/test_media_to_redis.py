@@ -18,11 +18,10 @@ from mmcl.config import ModelConfig
 from mmcl.model import build_model
 from streams.kafka import ensure_topics
 from streams.local.embedded import Service
-from streams.local.runtime import embedded_kafka
 from streams.sinks.redis_store import read_call, utt_key
 from tests.media import call_folder
 
-from .conftest import Stack, wait_for
+from .conftest import Stack, quick_kafka, wait_for
 
 IDS = {"text": "minilm-384", "audio": "librosa-42", "vision": "mediapipe-fer-19"}
 
@@ -37,7 +36,7 @@ def media_stack(kafka: Service, redis_service: Service, state_dir: Path,
     ckpt = save_checkpoint(tmp_path_factory.mktemp("media-model") / "ckpt", build_model(cfg).eval(), cfg,
                            FeatureProfile(cfg.input_dims, IDS), {"seed": 0})
     st = Stack(kafka, redis_service, ckpt, state_dir, f"m{uuid.uuid4().hex[:8]}")
-    ensure_topics(embedded_kafka(kafka.url), st.topics)
+    ensure_topics(quick_kafka(kafka.url), st.topics)
     yield st
     for w in st.workers:
         w.stop()

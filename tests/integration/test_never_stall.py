@@ -19,10 +19,9 @@ import redis
 
 from streams.kafka import ensure_topics
 from streams.local.embedded import Service, free_port, redis_binary
-from streams.local.runtime import embedded_kafka
 from streams.sinks.redis_store import call_key, utt_key
 
-from .conftest import DIMS, Stack, features, keys_on, part, wait_for
+from .conftest import DIMS, Stack, features, keys_on, part, quick_kafka, wait_for
 
 MB = 1_000_000
 
@@ -32,7 +31,7 @@ LOCAL: list[Stack] = []  # every stack a test made: its workers are stopped when
 
 def local_stack(stack: Stack, suffix: str, redis_svc: Service | None = None) -> Stack:
     st = Stack(stack.kafka, redis_svc or stack.redis_svc, stack.checkpoint, stack.state_dir, f"{stack.prefix}{suffix}")
-    ensure_topics(embedded_kafka(stack.kafka.url), st.topics)
+    ensure_topics(quick_kafka(stack.kafka.url), st.topics)
     LOCAL.append(st)
     return st
 
@@ -65,6 +64,8 @@ def test_records_over_a_megabyte_are_written_or_dead_lettered_and_the_partition_
     text part with the wrong D, and a valid utterance of nested-list parts whose joined record is over 1 MB (its
     result reached Redis, then each retry published its batch's predictions again)."""
     st = local_stack(stack, "big")
+    # a text topic made with more room than the worker's input limit (4 MiB): the worker must still refuse the rest
+    st.set_topic_config(st.topics.feature("text"), "max.message.bytes", str(12 * MB))
     worker = st.start_worker()
     call = f"{st.prefix}-big"
     producer = st.producer(max_record_bytes=12 * MB)

@@ -11,16 +11,15 @@ import pytest
 
 from streams.kafka import ensure_topics
 from streams.local import simulate
-from streams.local.runtime import embedded_kafka
 
-from .conftest import Stack, covering_run_id, wait_for
+from .conftest import Stack, covering_run_id, quick_kafka, wait_for
 from .test_delivery import assert_delivered_once_without_dead_letters, feed_in_background
 
 
 @pytest.mark.timeout(240)  # workers join, die and come back one by one
 def test_workers_joining_dying_and_restarting_dead_letter_nothing(stack: Stack) -> None:
     st = Stack(stack.kafka, stack.redis_svc, stack.checkpoint, stack.state_dir, f"{stack.prefix}rb")
-    ensure_topics(embedded_kafka(stack.kafka.url), st.topics)
+    ensure_topics(quick_kafka(stack.kafka.url), st.topics)
     try:
         first = st.start_worker()
         # every utterance complete (no missing visual): any dead letter or incomplete join is a bug

@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from mmcl.data.synth import SynthSpec, make_synthetic
@@ -25,13 +24,12 @@ from streams.kafka import ensure_topics
 from streams.learning.registry import DirRegistry
 from streams.local import simulate
 from streams.local.embedded import start_redis
-from streams.local.runtime import embedded_kafka
 from streams.settings import Settings
 from streams.sinks.aggregates import aggregate_rule
-from streams.sinks.redis_store import FEED, call_key, timeline_key, utt_key
-from tests.aggregates_oracle import fold
+from streams.sinks.redis_store import FEED, call_key, utt_key
+from tests.aggregates_oracle import assert_calls_match
 
-from .conftest import DIMS, SEQ_LEN, Stack, Worker, covering_run_id, features, make_checkpoint, part, wait_for
+from .conftest import DIMS, SEQ_LEN, Stack, Worker, covering_run_id, features, make_checkpoint, part, quick_kafka, wait_for
 
 UTTERANCES, CALLS, RATE = 5000, 40, 80.0  # about a minute of traffic
 BAD_SHARE, SLOW_MS = 0.02, 2000
@@ -134,7 +132,7 @@ def test_soak(stack: Stack, tmp_path: Path) -> None:
     started = time.monotonic()
     own = start_redis(tmp_path)
     st = Stack(stack.kafka, own, make_checkpoint(tmp_path / "a", seed=20), stack.state_dir, f"{stack.prefix}soak")
-    ensure_topics(embedded_kafka(stack.kafka.url), st.topics)
+    ensure_topics(quick_kafka(stack.kafka.url), st.topics)
     reg = DirRegistry(stack.state_dir / f"registry-{st.prefix}")
     first_model = reg.publish(st.checkpoint).version
     reg.promote(first_model)
@@ -179,19 +177,7 @@ def test_soak(stack: Stack, tmp_path: Path) -> None:
         wait_for(all_written, 120, "every good utterance's result", every=1.0)
 
         # exactly once, and aggregates that equal a recomputation from each call's timeline
-        rule = aggregate_rule(Settings())
-        for call, utts in calls.items():
-            timeline = st.redis.xrange(timeline_key(call))
-            assert sorted(e["utterance_id"] for _, e in timeline) == sorted(utts), call
-            got = st.redis.hgetall(call_key(call))
-            want, _ = fold([(e["speaker"], float(e["score"])) for _, e in timeline], rule)
-            for key, value in want.items():
-                if isinstance(value, str) and key.endswith(":recent"):
-                    assert np.allclose([float(x) for x in got[key].split(",")], [float(x) for x in value.split(",")])
-                elif isinstance(value, str):
-                    assert got[key] == value, (call, key)
-                else:
-                    assert abs(float(got[key]) - float(value)) < 1e-9, (call, key)
+        assert_calls_match(st.redis, calls, aggregate_rule(Settings()))
 
         # the dead-letter topic holds every bad message with its reason, and nothing else of this run
         # (a bad message read again after a worker was killed may be dead-lettered twice: at-least-once)

@@ -22,12 +22,11 @@ from streams.kafka import ensure_topics
 from streams.learning.registry import DirRegistry
 from streams.local import simulate
 from streams.local.embedded import free_port
-from streams.local.runtime import embedded_kafka
 from streams.messages import FeedbackLabel
 from streams.settings import Settings
 from streams.sinks.redis_store import FEED
 
-from .conftest import DIMS, SEQ_LEN, Stack, Worker, make_checkpoint, wait_for
+from .conftest import DIMS, SEQ_LEN, Stack, Worker, make_checkpoint, quick_kafka, wait_for
 from .test_delivery import results_complete
 
 DATA = make_synthetic(SynthSpec(sizes=(300, 60, 60), seq_len=SEQ_LEN, dims=(DIMS["text"], DIMS["audio"], DIMS["visual"]),
@@ -55,7 +54,7 @@ def local(stack: Stack, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
     st = Stack(stack.kafka, stack.redis_svc, stack.checkpoint, tmp_path / "state",
                f"{stack.prefix}{request.node.name[5:9]}{len(request.node.name)}")
     st.state_dir.mkdir(parents=True, exist_ok=True)
-    ensure_topics(embedded_kafka(stack.kafka.url), st.topics)
+    ensure_topics(quick_kafka(stack.kafka.url), st.topics)
     yield st
     for w in st.workers:
         w.stop()
@@ -76,7 +75,7 @@ def start_trainer(local: Stack, **extra: str) -> Worker:
 
 def stream_and_label(local: Stack, run_id: str, shuffle_older: float = 0.0) -> dict[str, float]:
     """Publish N utterances of the synthetic split through the worker, then label each one."""
-    s = Settings(kafka=embedded_kafka(local.kafka.url), topics=local.topics)
+    s = Settings(kafka=quick_kafka(local.kafka.url), topics=local.topics)
     spec = simulate.SimSpec(calls=8, rate=300, jitter_ms=20, limit=N, seed=5, run_id=run_id)
     rows = {parts[0].utterance_id: i for i, parts in enumerate(simulate.plan(SPLIT, spec))}
     stats = simulate.run(s, SPLIT, spec)
@@ -127,7 +126,7 @@ def test_labels_retrain_promote_and_every_worker_swaps(local: Stack, tmp_path: P
         trainer.metric("mmcl_training_evaluation", model="current", metric="mae")
     for w in workers:  # both workers heard the announcement and swapped
         wait_for(lambda w=w: w.metric("mmcl_model_info", version=b) == 1, 30, "the swap")
-    s = Settings(kafka=embedded_kafka(local.kafka.url), topics=local.topics)
+    s = Settings(kafka=quick_kafka(local.kafka.url), topics=local.topics)
     after = simulate.SimSpec(calls=4, rate=100, jitter_ms=20, limit=20, seed=6, run_id=f"{local.prefix}-after-")
     stats = simulate.run(s, SPLIT, after)
     wait_for(lambda: results_complete(local, stats), 30, "results after the swap")

@@ -10,6 +10,7 @@ from streams.sinks.deadletter import Reason
 from streams.worker.decode import Part
 from streams.worker.event_time import ClockGuard
 from streams.worker.join import Dropped, Joined, Joiner, Outcome
+from streams.worker.progress import FetchSnapshot, ReadProgress
 
 YEAR_MS = 365 * 24 * 3600 * 1000
 
@@ -176,3 +177,75 @@ def test_clock_guard_corrects_outliers_not_the_consensus() -> None:
 def test_skew_must_leave_the_join_a_window() -> None:
     with pytest.raises(ValueError, match="below half"):
         JoinSettings(timeout_s=1.0, max_clock_skew_s=0.5)
+
+
+def test_a_quiet_partition_that_cannot_be_fetched_is_waited_for_not_decided() -> None:
+    """Audio's leader is failing over: its partition is silent but not read to its end. The text-only utterance
+    waits for its audio (up to max_wait) instead of being dead-lettered as incomplete."""
+    clocks = Clocks()
+    progress = ReadProgress()
+    j = joiner(clocks, caught_up=lambda m, g: progress.caught_up_at((m, g)), max_wait_s=30.0)
+    j.add(part("text", "u1", "c", 0), "t1")
+    clocks.step(5)
+    progress.observe(("audio", 0), None, clocks())  # no fetch answer at all: nothing known
+    assert j.expire() == []
+    # a fetch answers, but the broker holds audio the worker has not been handed yet
+    progress.observe(("audio", 0), FetchSnapshot(position=10, highwater=12, polled_ms=1), clocks())
+    assert j.expire() == []
+    clocks.step(10)
+    assert j.expire() == []  # 15 s: still waiting, well inside max_wait
+    j.add(part("audio", "u1", "c", 0), "a1")  # it arrives; visual's partition is then seen read to its end
+    progress.observe(("visual", 0), FetchSnapshot(3, 3, polled_ms=1), clocks())
+    clocks.step(0.1)
+    (out,) = j.expire()
+    assert isinstance(out, Joined) and set(out.parts) == {"text", "audio"}
+
+
+def test_a_partition_read_to_its_end_after_the_wait_lets_the_join_decide() -> None:
+    clocks = Clocks()
+    progress = ReadProgress()
+    j = joiner(clocks, caught_up=lambda m, g: progress.caught_up_at((m, g)))
+    j.add(part("text", "u1", "c", 0), "t1")
+    j.add(part("audio", "u1", "c", 0), "a1")  # visual never comes, and its partition is read to its end
+    clocks.step(1.0)
+    progress.observe(("visual", 0), FetchSnapshot(12, 12, polled_ms=1), clocks())  # seen caught up, but too early
+    clocks.step(1.5)
+    assert j.expire() == []  # quiet for 2.5 s, yet no fetch answered since the utterance waited its timeout
+    progress.observe(("visual", 0), FetchSnapshot(12, 12, polled_ms=1), clocks())  # the same answer: no evidence
+    assert j.expire() == []
+    progress.observe(("visual", 0), FetchSnapshot(12, 12, polled_ms=2), clocks())  # a new answer: nothing left
+    (out,) = j.expire()
+    assert isinstance(out, Joined) and not out.complete and set(out.parts) == {"text", "audio"}
+
+
+def test_read_progress_is_forgotten_with_the_partition() -> None:
+    progress = ReadProgress()
+    progress.observe("tp", FetchSnapshot(5, 5, polled_ms=1), 3.0)
+    assert progress.caught_up_at("tp") == 3.0
+    progress.observe("tp", FetchSnapshot(5, 9, polled_ms=2), 4.0)  # more arrived: the last evidence stands
+    assert progress.caught_up_at("tp") == 3.0
+    progress.forget(["tp"])
+    assert progress.caught_up_at("tp") is None
+
+
+def test_a_flowing_partition_that_falls_silent_is_waited_for_longer_than_an_idle_one() -> None:
+    """Audio parts were arriving, then the audio partition's leader fails over: its parts wait in the producers.
+    The utterance waits stall_wait_s for them; once audio has been silent that long, new utterances get timeout_s."""
+    clocks = Clocks()
+    j = joiner(clocks, stall_wait_s=10.0, max_wait_s=30.0)
+    j.add(part("audio", "u0", "c", 0), "a0")
+    j.add(part("text", "u0", "c", 0), "t0")
+    j.add(part("visual", "u0", "c", 0), "v0")  # complete: the three partitions were flowing
+    clocks.step(0.5)
+    j.add(part("text", "u1", "c", 500), "t1")
+    j.add(part("visual", "u1", "c", 500), "v1")
+    clocks.step(5)
+    assert j.expire() == []  # audio silent 5.5 s: more likely stalled than done
+    (joined,) = j.add(part("audio", "u1", "c", 500), "a1")  # the failover is over: a complete result
+    assert isinstance(joined, Joined) and joined.complete
+    clocks.step(20)  # audio idle ever since
+    j.add(part("text", "u2", "c", 26_000), "t2")
+    j.add(part("visual", "u2", "c", 26_000), "v2")
+    clocks.step(2.1)
+    (out,) = j.expire()  # text, visual and no audio: audio is required, so it is dropped after timeout_s
+    assert isinstance(out, Dropped) and out.reason == Reason.INCOMPLETE

@@ -9,7 +9,7 @@ import pytest
 from mmcl.errors import ConfigError
 from streams.local import runtime
 from streams.local.embedded import Service
-from streams.local.runtime import DEMO_MODEL, EMBEDDED_KAFKA_TIMINGS, describe_endpoints, resolve
+from streams.local.runtime import DEMO_MODEL, EMBEDDED_KAFKA_SETTINGS, describe_endpoints, resolve
 from streams.settings import KafkaSettings, Settings, load_settings
 
 
@@ -52,8 +52,8 @@ def test_the_local_profile_points_at_the_embedded_services(tmp_path: Path, monke
     assert local.kafka.bootstrap_servers == "127.0.0.1:19092"
     assert local.redis.url.get_secret_value() == "redis://127.0.0.1:16379/0"
     assert local.kafka.session_timeout_s == 4
-    assert local.kafka.heartbeat_interval_s == EMBEDDED_KAFKA_TIMINGS["heartbeat_interval_s"]
-    assert local.kafka.fetch_max_wait_ms == EMBEDDED_KAFKA_TIMINGS["fetch_max_wait_ms"]
+    assert local.kafka.heartbeat_interval_s == EMBEDDED_KAFKA_SETTINGS["heartbeat_interval_s"]
+    assert local.kafka.fetch_max_wait_ms == EMBEDDED_KAFKA_SETTINGS["fetch_max_wait_ms"]
     assert local.model.checkpoint == tmp_path / DEMO_MODEL
     assert "local profile" in describe_endpoints(local)
 

@@ -78,7 +78,12 @@ def test_topic_specs_size_retention_and_compaction() -> None:
     specs = topic_specs(t, max_message_bytes=1_000_000)
     assert set(specs) == {*t.all, t.model_updates}
     assert {specs[n].partitions for n in t.all} == {6} and specs[t.model_updates].partitions == 1
-    assert specs[t.model_updates].config == {"cleanup.policy": "compact"}
+    assert specs[t.model_updates].config == {"cleanup.policy": "compact", "min.insync.replicas": "1"}
+    # replicated: an acknowledged record survives one broker's loss (every producer uses acks=all)
+    replicated = topic_specs(TopicSettings(replication=3))
+    assert {spec.config["min.insync.replicas"] for spec in replicated.values()} == {"2"}
+    with pytest.raises(ValueError, match="no write could ever be acknowledged"):
+        TopicSettings(replication=2, min_insync_replicas=3)
     text = specs[t.feature("text")].config
     assert text["retention.ms"] == str(2 * 3600 * 1000) and text["max.message.bytes"] == str(1_000_000 + HEADERS_ROOM)
     assert specs[t.dlq].config["max.message.bytes"] == text["max.message.bytes"]  # a refused message fits the DLQ
