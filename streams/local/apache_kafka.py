@@ -142,11 +142,17 @@ def _java(libs: Path, log_dir: Path, *args: str) -> list[str]:
 def launch(log_dir: Path, libs: Path, node: Node, voters: Sequence[Node] = (), cluster: str | None = None,
            extra: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start one node's JVM on `log_dir` (formatted with `cluster` as its id the first time) without waiting."""
+    return launch_config(log_dir, libs, server_properties(log_dir, node, voters, extra), cluster)
+
+
+def launch_config(log_dir: Path, libs: Path, config_text: str, cluster: str | None = None) -> subprocess.Popen[bytes]:
+    """Start a broker from a server.properties text, its log folder formatted the first time, without waiting."""
     log_dir.mkdir(parents=True, exist_ok=True)
     config = log_dir / "server.properties"
-    config.write_text(server_properties(log_dir, node, voters, extra))
+    config.write_text(config_text)
     (log_dir / "log4j.properties").write_text(LOG4J.format(path=log_dir / "broker.log"))
-    if not (log_dir / "data" / "meta.properties").exists():
+    formatted = any((Path(d) / "meta.properties").exists() for d in _log_dirs(config_text))
+    if not formatted:
         fmt = subprocess.run(_java(libs, log_dir, "kafka.tools.StorageTool", "format", "-t",  # noqa: S603
                                    cluster or cluster_id(), "-c", str(config)),
                              capture_output=True, text=True, timeout=120, check=False)
@@ -158,6 +164,14 @@ def launch(log_dir: Path, libs: Path, node: Node, voters: Sequence[Node] = (), c
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     (log_dir / "broker.pid").write_text(f"{proc.pid}\n")
     return proc
+
+
+def _log_dirs(config_text: str) -> list[str]:
+    for line in config_text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("log.dirs", "log.dir"):
+            return [d.strip() for d in value.split(",") if d.strip()]
+    return []
 
 
 def answers(url: str) -> bool:
