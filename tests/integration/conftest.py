@@ -37,7 +37,9 @@ DEVICE = os.environ.get("MMCL_TEST_DEVICE", "cpu")
 # (test_apache_kafka). A session timeout under the broker's default minimum of 6 s needs TEST_BROKER's setting.
 QUICK_TIMINGS: dict[str, float | int] = {"session_timeout_s": 3.0, "heartbeat_interval_s": 0.3, "fetch_max_wait_ms": 50}
 QUICK_ENV = {f"MMCL_KAFKA__{name.upper()}": str(value) for name, value in QUICK_TIMINGS.items()}
-TEST_BROKER = {"group.min.session.timeout.ms": "1000"}
+TEST_BROKER = {"group.min.session.timeout.ms": "1000",
+               # the log cleaner and the retention check run every 15 s and 5 min by default: a test would wait that long
+               "log.cleaner.backoff.ms": "200", "log.retention.check.interval.ms": "200"}
 
 
 def quick_kafka(bootstrap_servers: str) -> KafkaSettings:

@@ -91,3 +91,69 @@ def test_records_the_broker_refuses_for_their_size_are_skipped_one_by_one(apache
     assert st.consume_all(st.topics.joined, None, timeout=5) == []
     assert worker.metric("mmcl_dead_letters_total") == 0
     assert worker.status().get("ready") is True  # nothing stalled: the worker still takes messages
+
+
+def read_all(url: str, topic: str, partitions: int, timeout: float = 10.0) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every record a topic holds now, partition by partition."""
+    from confluent_kafka import OFFSET_BEGINNING
+
+    c = Consumer({"bootstrap.servers": url, "group.id": f"read-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=timeout)[1] for tp in tps}
+        c.assign([tp for tp in tps if ends[tp.partition] > 0])
+        out: list[tuple[bytes, bytes]] = []
+        done: set[int] = {p for p, end in ends.items() if end == 0}
+        wait_for(lambda: _drain(c, out, ends, done) or len(done) == partitions, timeout, f"reading {topic}")
+        return out
+    finally:
+        c.close()
+
+
+def _drain(c: Consumer, out: list[tuple[bytes, bytes]], ends: dict[int, int], done: set[int]) -> None:
+    msg = c.poll(0.2)
+    if msg is not None and msg.error() is None:
+        out.append((msg.key(), msg.value()))
+        if msg.offset() + 1 >= ends[msg.partition()]:
+            done.add(msg.partition())
+
+
+def test_compaction_and_retention_of_our_topics_on_the_broker(apache_stack: Stack) -> None:
+    """The model-updates topic (compacted) keeps the latest announcement per key, the joined topic (compacted and
+    deleted) keeps one record per utterance and drops records past their retention, as the broker applies them.
+    Segments are made to roll at once so the cleaner gets to them in seconds rather than days."""
+    from confluent_kafka import Producer
+
+    st = apache_stack
+    updates, joined = st.topics.model_updates, st.topics.joined
+    for topic in (updates, joined):
+        st.set_topic_config(topic, "segment.ms", "100")
+        st.set_topic_config(topic, "min.cleanable.dirty.ratio", "0.01")
+    p = Producer({"bootstrap.servers": st.kafka.url, "linger.ms": 0})
+
+    def send(topic: str, key: bytes, value: bytes, partition: int = 0) -> None:
+        p.produce(topic, value, key=key, partition=partition)
+        p.flush(10)
+
+    for version in (b"v1", b"v2", b"v3"):
+        send(updates, b"current", version)
+        send(joined, b"utt-1", version)
+    send(updates, b"rollback", b"r1")
+
+    def compacted() -> bool:
+        send(updates, b"tick", b"t")  # rolls the active segment so the cleaner can take the one before
+        send(joined, b"tick", b"t")
+        held = read_all(st.kafka.url, updates, 1)
+        latest = dict(held)
+        return [v for k, v in held if k == b"current"] == [b"v3"] and latest[b"rollback"] == b"r1" and \
+            [v for k, v in read_all(st.kafka.url, joined, 1) if k == b"utt-1"] == [b"v3"]
+
+    wait_for(compacted, 60, "the broker compacting both topics to the latest record per key", every=0.5)
+
+    st.set_topic_config(joined, "retention.ms", "1000")  # then every joined record is past its retention
+
+    def expired() -> bool:
+        send(joined, b"tick", b"t")
+        return not [k for k, _ in read_all(st.kafka.url, joined, 1) if k == b"utt-1"]
+
+    wait_for(expired, 60, "the broker deleting joined records past their retention", every=0.5)
