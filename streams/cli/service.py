@@ -14,8 +14,11 @@ from streams.settings import masked
 
 def register(commands: Any) -> None:
     """Add the service's commands to the `mmcl` command."""
-    commands.add_parser("up", help="start the embedded broker and Redis (the local profile: select it with --local)"
-                        ).set_defaults(handler=cmd_up)
+    up = commands.add_parser("up", help="start the embedded broker and Redis (the local profile: select it with --local)")
+    up.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
+                    help="tansu: the embedded broker (default, no Java); kafka: Apache Kafka 4.1.0 from its jars "
+                         "(Java 17 and Maven; the jars are fetched from Maven Central once)")
+    up.set_defaults(handler=cmd_up)
     commands.add_parser("down", help="stop what `mmcl up` started").set_defaults(handler=cmd_down)
     worker = commands.add_parser("worker", help="run the streaming worker against the configured broker and Redis")
     worker.add_argument("--create-topics", action="store_true",
@@ -50,10 +53,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Start the embedded broker and Redis (where they do not run yet) and create the topics."""
     from streams.local.runtime import up
 
-    res = up(base_settings(args))
+    res = up(base_settings(args), broker="apache" if args.broker == "kafka" else "tansu")
     settings = res.settings
     for name, svc in res.embedded.items():
-        print(f"{name}: embedded, {svc.url} (pid {svc.pid}, log {svc.log})"
+        what = "Apache Kafka" if svc.kind == "apache" else "embedded"
+        print(f"{name}: {what}, {svc.url} (pid {svc.pid}, log {svc.log})"
               + ("" if name in res.started else " [already up]"))
     print(f"topics: {', '.join(settings.topics.all)}")
     print("mmcl commands use these with `mmcl --local ...` or MMCL_RUNTIME=local (otherwise: the configured ones);")

@@ -192,7 +192,7 @@ def wait_ready(proc: subprocess.Popen[bytes], log_dir: Path, node: Node, deadlin
     """Wait until the node started by `launch` answers. -> it, as a Service."""
     wait_started(proc, lambda: answers(node.url), f"Apache Kafka {KAFKA_VERSION} (node {node.node_id})",
                  log_dir / "stdout.log", deadline_s)
-    return Service("kafka", proc.pid, node.client, node.url, str(log_dir / "broker.log"), proc)
+    return Service("kafka", proc.pid, node.client, node.url, str(log_dir / "broker.log"), proc, kind="apache")
 
 
 def start(log_dir: Path, libs: Path | None = None, node: Node | None = None,

@@ -40,10 +40,12 @@ class Service:
     log: str
     # the Popen when this process started it: kept so the child is reaped (and not reported as leaked) on stop
     proc: Any = field(default=None, compare=False, repr=False)
+    kind: str = ""  # the broker's implementation: "tansu" or "apache" (empty for Redis)
 
     def to_json(self) -> dict[str, Any]:
         """As recorded in the state folder."""
-        return {"name": self.name, "pid": self.pid, "port": self.port, "url": self.url, "log": self.log}
+        return {"name": self.name, "pid": self.pid, "port": self.port, "url": self.url, "log": self.log,
+                "kind": self.kind}
 
     def stop(self, grace_s: float = 6.0) -> None:
         """Stop the process (SIGTERM, then SIGKILL after grace_s) and reap it if it is our child."""
@@ -146,7 +148,7 @@ def start_kafka(state_dir: Path, port: int | None = None, deadline_s: float = 20
             return False
 
     wait_started(proc, ready, "the embedded Kafka broker", log, deadline_s)
-    return Service("kafka", proc.pid, port, url, str(log), proc)
+    return Service("kafka", proc.pid, port, url, str(log), proc, kind="tansu")
 
 
 def start_redis(state_dir: Path, port: int | None = None, deadline_s: float = 20.0) -> Service:
@@ -224,8 +226,14 @@ def runs(pid: int, marker: bytes) -> bool:
         return False
 
 
+# what the command line of each recorded service holds (a pid alone can have been reused)
+MARKERS = {"tansu": b"tansu", "apache": b"kafka.Kafka", "": b"redis-server"}
+GRACE_S = {"apache": 20.0}  # a JVM broker's controlled shutdown takes longer than the default
+
+
 def _is_ours(svc: Service) -> bool:
-    return runs(svc.pid, b"tansu" if svc.name == "kafka" else b"redis-server")
+    kind = svc.kind or ("tansu" if svc.name == "kafka" else "")  # records written before `kind` existed
+    return runs(svc.pid, MARKERS.get(kind, b"\0"))
 
 
 def stop_runtime(state_dir: Path) -> list[str]:
@@ -237,7 +245,7 @@ def stop_runtime(state_dir: Path) -> list[str]:
             for name, raw in json.loads(path.read_text()).items():
                 svc = Service(**raw)
                 if _is_ours(svc):
-                    stop_pid(svc.pid)
+                    stop_pid(svc.pid, GRACE_S.get(svc.kind, 6.0))
                     stopped.append(name)
         path.unlink(missing_ok=True)
     return stopped

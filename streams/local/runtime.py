@@ -13,6 +13,7 @@ from typing import Any
 
 from mmcl.errors import ConfigError
 from streams.kafka import ensure_topics
+from streams.local import apache_kafka
 from streams.local.embedded import Service, load_runtime, save_runtime, start_kafka, start_redis
 from streams.settings import KafkaSettings, SecretUrl, Settings
 
@@ -43,8 +44,10 @@ def follow_local(settings: Settings) -> Settings:
     if missing:
         raise ConfigError(f"the local profile is selected (MMCL_RUNTIME=local) but no embedded {' or '.join(missing)} "
                           f"runs for the state folder {settings.state_dir}: start them with `mmcl up`")
-    # a timing set explicitly (MMCL_KAFKA__SESSION_TIMEOUT_S=...) wins over the embedded broker's
-    timings = {k: v for k, v in EMBEDDED_KAFKA_SETTINGS.items() if k not in settings.kafka.model_fields_set}
+    # a timing set explicitly (MMCL_KAFKA__SESSION_TIMEOUT_S=...) wins over the embedded broker's; Apache Kafka
+    # started by `mmcl up --broker kafka` gets the production defaults, as a real cluster would
+    own = EMBEDDED_KAFKA_SETTINGS if services["kafka"].kind != "apache" else {"broker_kind": "apache"}
+    timings = {k: v for k, v in own.items() if k not in settings.kafka.model_fields_set}
     update: dict[str, Any] = {
         "kafka": settings.kafka.model_copy(update={"bootstrap_servers": services["kafka"].url, **timings}),
         "redis": settings.redis.model_copy(update={"url": SecretUrl(services["redis"].url)}),
@@ -74,13 +77,18 @@ class UpResult:
     embedded: dict[str, Service]  # every embedded service now running
 
 
-def up(settings: Settings) -> UpResult:
+def up(settings: Settings, broker: str = "tansu") -> UpResult:
     """Start the embedded broker and Redis where they do not run yet, record them as the local profile, create
-    the topics, and return the settings of that profile."""
+    the topics, and return the settings of that profile. `broker`: "tansu" (the embedded one, no Java) or "apache"
+    (Apache Kafka from its jars, fetched from Maven Central the first time: Java 17 and Maven needed)."""
     running = load_runtime(settings.state_dir)
+    if "kafka" in running and (running["kafka"].kind or "tansu") != broker:
+        raise ConfigError(f"a {running['kafka'].kind or 'tansu'} broker already runs for {settings.state_dir}: "
+                          f"`mmcl down` first to start {broker} instead")
     started: dict[str, Service] = {}
     if "kafka" not in running:
-        started["kafka"] = start_kafka(settings.state_dir)
+        started["kafka"] = start_kafka(settings.state_dir) if broker == "tansu" else \
+            apache_kafka.start(settings.state_dir / "apache-kafka")
     if "redis" not in running:
         started["redis"] = start_redis(settings.state_dir)
     embedded = {**running, **started}

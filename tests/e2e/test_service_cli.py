@@ -95,3 +95,25 @@ def test_topics_create_and_model_demo_for_the_deployment_init_steps(tmp_path: Pa
         assert f"* {version}" in run(env, "--local", "model", "list").stdout
     finally:
         run(env, "down")
+
+
+def test_up_with_apache_kafka_instead_of_the_embedded_broker(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMCL_")}
+    env.update({"MMCL_STATE_DIR": str(tmp_path / "state"), "MMCL_TOPICS__PREFIX": "ak"})
+    try:
+        up = run(env, "up", "--broker", "kafka")
+        assert up.returncode == 0, up.stderr
+        runtime = json.loads((tmp_path / "state" / "runtime.json").read_text())
+        assert runtime["kafka"]["kind"] == "apache" and "kafka: Apache Kafka, 127.0.0.1:" in up.stdout
+        other = run(env, "up")  # the embedded broker cannot run beside it for the same state folder
+        assert other.returncode == 1 and other.stderr.strip().endswith("`mmcl down` first to start tansu instead")
+        shown = json.loads(run(env, "--local", "config", "show").stdout)
+        # Apache Kafka answers fetches early: the production client settings, not the embedded broker's
+        assert shown["kafka"]["bootstrap_servers"] == runtime["kafka"]["url"]
+        assert shown["kafka"]["broker_kind"] == "apache" and shown["kafka"]["fetch_max_wait_ms"] == 500
+        sent = run(env, "--local", "produce", "--limit", "6", "--rate", "100", "--calls", "2", "--missing-visual", "0")
+        assert sent.returncode == 0 and "sent 6 utterances (18 messages, 2 calls" in sent.stdout, sent.stderr
+    finally:
+        down = run(env, "down")
+    assert down.returncode == 0 and "stopped: kafka, redis" in down.stdout
+    assert not any(pid_alive(s["pid"]) for s in runtime.values())
