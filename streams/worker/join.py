@@ -36,6 +36,7 @@ from typing import Any
 from streams.sinks.deadletter import Reason
 from streams.worker.decode import Part
 from streams.worker.event_time import ClockGuard, Stamped
+from streams.worker.progress import Fetched
 
 JoinKey = tuple[str, str]
 
@@ -145,7 +146,7 @@ class Joiner:
         max_clock_skew_s: float = 0.5,
         max_wait_s: float | None = None,
         count_skew: Callable[[str, str], None] = lambda modality, side: None,
-        caught_up: Callable[[str, Hashable], float | None] | None = None,
+        fetched: Callable[[str, Hashable], Fetched | None] | None = None,
         stall_wait_s: float | None = None,
     ) -> None:
         self.required = tuple(required)
@@ -157,8 +158,8 @@ class Joiner:
         self.clock = clock
         self.count = count  # join outcome counter: complete, partial, incomplete, late, duplicate, redelivered
         self.count_skew = count_skew  # (modality, "ahead" | "behind") of a part whose clock was corrected
-        # (modality, group) -> live time its partition was last seen read to its end; None: quiet is trusted as is
-        self.caught_up = caught_up
+        # (modality, group) -> what the consumer saw of its partition; None: quiet is trusted as is
+        self.fetched = fetched
         self.max_wait_s = max_wait_s if max_wait_s is not None else 15 * timeout_s
         self.stall_wait_s = stall_wait_s if stall_wait_s is not None else timeout_s
         self.clocks = ClockGuard(int(max_clock_skew_s * 1000))
@@ -257,15 +258,16 @@ class Joiner:
         # a partition that was delivering parts when the utterance began and fell silent is more likely stalled (a
         # leader failing over holds its parts in the producers) than done: it gets stall_wait_s, not timeout_s
         flowing = last is not None and entry.first_at - last < self.stall_wait_s
+        if self.fetched is not None:
+            # quiet because nothing more was produced, not because nothing could be fetched: a fetch answered after
+            # the utterance had waited its timeout and everything up to the partition's end had been handed over;
+            # and quiet is counted from when fetches were answered again after an outage, never across it
+            seen = self.fetched(modality, entry.group)
+            if seen is None or seen.caught_up_at is None or seen.caught_up_at < entry.first_at + self.timeout_s:
+                return False
+            quiet_since = max(quiet_since, seen.answering_since)
         quiet_for = self.stall_wait_s if flowing else self.timeout_s
-        if now - entry.first_at < self.timeout_s or now - quiet_since < quiet_for:
-            return False
-        if self.caught_up is None:
-            return True
-        # quiet because nothing more was produced, not because nothing could be fetched: the broker answered after
-        # the utterance had waited its timeout, and everything up to its end had been handed over
-        seen = self.caught_up(modality, entry.group)
-        return seen is not None and seen >= entry.first_at + self.timeout_s
+        return now - entry.first_at >= self.timeout_s and now - quiet_since >= quiet_for
 
     def _push(self, entry: _Pending, key: JoinKey) -> None:
         self._seq += 1

@@ -64,12 +64,11 @@ class Pipeline(Outputs):
         # the consumer's view of each partition (None: without one, a quiet partition is trusted to be caught up)
         self._fetch_state = fetch_state
         self.progress = ReadProgress()
-        caught_up = None if fetch_state is None else \
-            (lambda m, g: self.progress.caught_up_at((settings.topics.feature(m), g)))
+        fetched = None if fetch_state is None else (lambda m, g: self.progress.fetched((settings.topics.feature(m), g)))
         self.joiner = Joiner(j.required, settings.policy.allowed, j.timeout_s, j.max_pending, j.remember_emitted,
                              self.live, count=lambda o: metrics.join_outcomes.labels(o).inc(),
                              max_clock_skew_s=j.clock_skew_s, max_wait_s=j.max_wait_s,
-                             count_skew=lambda m, side: metrics.clock_skew.labels(m, side).inc(), caught_up=caught_up,
+                             count_skew=lambda m, side: metrics.clock_skew.labels(m, side).inc(), fetched=fetched,
                              stall_wait_s=j.stall_wait_s)
         self._slots = asyncio.Semaphore(settings.batch.queue_size)
         self._results: asyncio.Queue[BatchResult] = asyncio.Queue()
@@ -80,6 +79,7 @@ class Pipeline(Outputs):
         self._idle: asyncio.Event | None = None  # set while _inflight == 0
         self.abort: asyncio.Event | None = None  # set when a shutdown's grace time is over: writes give up
         self.owned: set[tuple[str, int]] = set()
+        self._revoke_commit_timeout_s = min(settings.worker.shutdown_timeout_s, settings.kafka.session_timeout_s / 2)
         self._rebalancing = False
         self.stopping = False
         self.fatal: str | None = None
@@ -175,8 +175,12 @@ class Pipeline(Outputs):
         if tps and self._idle is not None and not self.stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.settings.worker.shutdown_timeout_s)
-            with contextlib.suppress(Exception):  # a failed commit only means more is re-read
-                await commit()
+            # Bounded: this runs inside the consumer's rebalance, and a commit needs the group coordinator. When the
+            # coordinator was lost (a broker restart, the session expired) finding it again is the rebalance's own
+            # job, so an unbounded wait here deadlocked the consumer for good. A failed or abandoned commit only
+            # means more is re-read.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(commit(), self._revoke_commit_timeout_s)
         self.owned -= tps
         groups = {p for _, p in tps}
         self.joiner.forget_groups({g for g in groups if not any(tp[1] == g for tp in self.owned)})

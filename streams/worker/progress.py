@@ -24,11 +24,27 @@ class FetchSnapshot:
     polled_ms: int  # when that answer came (the consumer's wall clock, ms)
 
 
-class ReadProgress:
-    """Per partition, the live time of the latest fetch answer that showed nothing left to read."""
+@dataclass(frozen=True)
+class Fetched:
+    """What the join may rely on about one partition, in live time."""
 
-    def __init__(self) -> None:
+    caught_up_at: float | None  # the latest fetch answer that showed it read to its end (None: none yet)
+    answering_since: float  # since when its fetches have been answered without a gap
+
+
+class ReadProgress:
+    """Per partition: when a fetch answer last showed it read to its end, and since when fetches are answered.
+
+    The second matters after an outage: the producers then still hold what they made meanwhile, and deliver it
+    only once they have reconnected, seconds after the worker's fetches are answered again. A partition is quiet
+    only from the moment its fetches are answered again, never across the outage.
+    """
+
+    def __init__(self, gap_s: float = 2.0) -> None:
+        self.gap_s = gap_s  # no new fetch answer for this long (live time) is a gap: the partition was unreachable
         self._polled: dict[Hashable, int] = {}
+        self._answered_at: dict[Hashable, float] = {}
+        self._answering_since: dict[Hashable, float] = {}
         self._caught_up_at: dict[Hashable, float] = {}
 
     def observe(self, tp: Hashable, snap: FetchSnapshot | None, now: float) -> None:
@@ -36,15 +52,20 @@ class ReadProgress:
         if snap is None or snap.polled_ms == self._polled.get(tp):
             return  # no new answer from the broker: no new evidence either way
         self._polled[tp] = snap.polled_ms
+        last = self._answered_at.get(tp)
+        if last is None or now - last > self.gap_s:
+            self._answering_since[tp] = now
+        self._answered_at[tp] = now
         if snap.position >= snap.highwater:
             self._caught_up_at[tp] = now
 
-    def caught_up_at(self, tp: Hashable) -> float | None:
-        """The live time the partition was last seen read to its end (None: never, since its assignment)."""
-        return self._caught_up_at.get(tp)
+    def fetched(self, tp: Hashable) -> Fetched | None:
+        """What is known of the partition (None: no fetch answer since its assignment)."""
+        since = self._answering_since.get(tp)
+        return None if since is None else Fetched(self._caught_up_at.get(tp), since)
 
     def forget(self, tps: Iterable[Hashable]) -> None:
         """Partitions revoked: what was seen of them is stale for their next assignment."""
         for tp in tps:
-            self._polled.pop(tp, None)
-            self._caught_up_at.pop(tp, None)
+            for table in (self._polled, self._answered_at, self._answering_since, self._caught_up_at):
+                table.pop(tp, None)

@@ -10,7 +10,7 @@ from streams.sinks.deadletter import Reason
 from streams.worker.decode import Part
 from streams.worker.event_time import ClockGuard
 from streams.worker.join import Dropped, Joined, Joiner, Outcome
-from streams.worker.progress import FetchSnapshot, ReadProgress
+from streams.worker.progress import Fetched, FetchSnapshot, ReadProgress
 
 YEAR_MS = 365 * 24 * 3600 * 1000
 
@@ -184,7 +184,7 @@ def test_a_quiet_partition_that_cannot_be_fetched_is_waited_for_not_decided() ->
     waits for its audio (up to max_wait) instead of being dead-lettered as incomplete."""
     clocks = Clocks()
     progress = ReadProgress()
-    j = joiner(clocks, caught_up=lambda m, g: progress.caught_up_at((m, g)), max_wait_s=30.0)
+    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), max_wait_s=30.0)
     j.add(part("text", "u1", "c", 0), "t1")
     clocks.step(5)
     progress.observe(("audio", 0), None, clocks())  # no fetch answer at all: nothing known
@@ -195,8 +195,9 @@ def test_a_quiet_partition_that_cannot_be_fetched_is_waited_for_not_decided() ->
     clocks.step(10)
     assert j.expire() == []  # 15 s: still waiting, well inside max_wait
     j.add(part("audio", "u1", "c", 0), "a1")  # it arrives; visual's partition is then seen read to its end
-    progress.observe(("visual", 0), FetchSnapshot(3, 3, polled_ms=1), clocks())
-    clocks.step(0.1)
+    for polled in range(1, 6):
+        clocks.step(0.5)
+        progress.observe(("visual", 0), FetchSnapshot(3, 3, polled_ms=polled), clocks())
     (out,) = j.expire()
     assert isinstance(out, Joined) and set(out.parts) == {"text", "audio"}
 
@@ -204,28 +205,54 @@ def test_a_quiet_partition_that_cannot_be_fetched_is_waited_for_not_decided() ->
 def test_a_partition_read_to_its_end_after_the_wait_lets_the_join_decide() -> None:
     clocks = Clocks()
     progress = ReadProgress()
-    j = joiner(clocks, caught_up=lambda m, g: progress.caught_up_at((m, g)))
+    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)))
     j.add(part("text", "u1", "c", 0), "t1")
     j.add(part("audio", "u1", "c", 0), "a1")  # visual never comes, and its partition is read to its end
-    clocks.step(1.0)
-    progress.observe(("visual", 0), FetchSnapshot(12, 12, polled_ms=1), clocks())  # seen caught up, but too early
+    for polled in range(1, 3):  # fetches answered every half second, the partition caught up, before the wait ended
+        clocks.step(0.5)
+        progress.observe(("visual", 0), FetchSnapshot(12, 12, polled_ms=polled), clocks())
     clocks.step(1.5)
     assert j.expire() == []  # quiet for 2.5 s, yet no fetch answered since the utterance waited its timeout
-    progress.observe(("visual", 0), FetchSnapshot(12, 12, polled_ms=1), clocks())  # the same answer: no evidence
+    progress.observe(("visual", 0), FetchSnapshot(12, 12, polled_ms=2), clocks())  # the same answer: no evidence
     assert j.expire() == []
-    progress.observe(("visual", 0), FetchSnapshot(12, 12, polled_ms=2), clocks())  # a new answer: nothing left
+    progress.observe(("visual", 0), FetchSnapshot(12, 12, polled_ms=3), clocks())  # a new answer: nothing left
     (out,) = j.expire()
     assert isinstance(out, Joined) and not out.complete and set(out.parts) == {"text", "audio"}
 
 
+def test_quiet_is_counted_from_when_fetches_are_answered_again_after_an_outage() -> None:
+    """The whole cluster was down for 20 s: the producers deliver what they made meanwhile only after reconnecting.
+    Silence during the outage is no evidence; the partition must stay quiet while its fetches are answered."""
+    clocks = Clocks()
+    progress = ReadProgress(gap_s=2.0)
+    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    progress.observe(("audio", 0), FetchSnapshot(3, 3, polled_ms=1), clocks())
+    j.add(part("audio", "u0", "c", 0), "a0")
+    j.add(part("text", "u0", "c", 0), "t0")
+    j.add(part("visual", "u0", "c", 0), "v0")
+    j.add(part("text", "u1", "c", 100), "t1")  # then the cluster goes down: no fetch answers for 20 s
+    j.add(part("visual", "u1", "c", 100), "v1")
+    clocks.step(20)
+    progress.observe(("audio", 0), FetchSnapshot(4, 4, polled_ms=2), clocks())  # back, and caught up
+    clocks.step(0.5)
+    assert j.expire() == []  # silent 20.5 s, but answered for 0.5 s only: its producers may not have reconnected
+    for polled in range(3, 23):
+        clocks.step(0.5)
+        progress.observe(("audio", 0), FetchSnapshot(4, 4, polled_ms=polled), clocks())
+    (out,) = j.expire()  # 10.5 s of answered fetches and still no audio: it is not coming
+    assert isinstance(out, Dropped) and out.reason == Reason.INCOMPLETE
+
+
 def test_read_progress_is_forgotten_with_the_partition() -> None:
-    progress = ReadProgress()
+    progress = ReadProgress(gap_s=2.0)
     progress.observe("tp", FetchSnapshot(5, 5, polled_ms=1), 3.0)
-    assert progress.caught_up_at("tp") == 3.0
+    assert progress.fetched("tp") == Fetched(3.0, 3.0)
     progress.observe("tp", FetchSnapshot(5, 9, polled_ms=2), 4.0)  # more arrived: the last evidence stands
-    assert progress.caught_up_at("tp") == 3.0
+    assert progress.fetched("tp") == Fetched(3.0, 3.0)
+    progress.observe("tp", FetchSnapshot(9, 9, polled_ms=3), 9.0)  # 5 s without an answer: a gap
+    assert progress.fetched("tp") == Fetched(9.0, 9.0)
     progress.forget(["tp"])
-    assert progress.caught_up_at("tp") is None
+    assert progress.fetched("tp") is None
 
 
 def test_a_flowing_partition_that_falls_silent_is_waited_for_longer_than_an_idle_one() -> None:
