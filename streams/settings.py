@@ -174,8 +174,8 @@ class JoinSettings(BaseModel):
     # Default: a quarter of timeout_s, at most 0.5 s.
     max_clock_skew_s: float | None = Field(None, ge=0)
     max_wait_s: float = Field(30.0, gt=0)  # an utterance is decided after this long at most, whatever the clocks say
-    # A modality's partition that was delivering parts and falls silent is waited for this long before its parts are
-    # presumed absent: a leader failover holds a partition's parts in the producers for 10 s and more, while the
+    # A required modality's partition that was delivering parts and falls silent is waited for this long before its
+    # parts are presumed absent: a leader failover holds a partition's parts in the producers for 10 s and more, while the
     # other modalities' partitions flow. A partition silent for longer than this is presumed idle: timeout_s applies.
     stall_wait_s: float = Field(15.0, gt=0)
 

@@ -10,8 +10,8 @@ part from modality m until m's partition (`group`: the partition number, the sam
 topics) has delivered parts produced after P + timeout (its watermark passed), or until that partition has been
 quiet for the timeout while the utterance waited at least as long, and (when the worker tells) a fetch answered after
 that wait showed the partition read to its end: quiet because nothing was produced, not because nothing could be
-fetched. A partition that was delivering parts when the utterance began and then fell silent is given `stall_wait_s`
-instead of the timeout: a leader failing over holds that partition's parts in the producers while the other
+fetched. A required modality's partition that was delivering parts when the utterance began and then fell silent is given
+`stall_wait_s` instead of the timeout: a leader failing over holds that partition's parts in the producers while the other
 modalities flow. Deciding on arrival time alone would drop
 whole backlogs as incomplete whenever the worker is behind (after a restart, a burst, an outage), because the
 three topics are not read at the same pace. `clock` is live time: the worker stops it while it is not taking
@@ -256,8 +256,10 @@ class Joiner:
         last = self._last_arrival.get(wk)
         quiet_since = last if last is not None else self._group_start[entry.group]
         # a partition that was delivering parts when the utterance began and fell silent is more likely stalled (a
-        # leader failing over holds its parts in the producers) than done: it gets stall_wait_s, not timeout_s
-        flowing = last is not None and entry.first_at - last < self.stall_wait_s
+        # leader failing over holds its parts in the producers) than done: it gets stall_wait_s, not timeout_s. Only
+        # for a required modality, whose absence dead-letters the utterance; an optional one missing costs a partial
+        # result, which sparse traffic would otherwise wait stall_wait_s for every time
+        flowing = modality in self.required and last is not None and entry.first_at - last < self.stall_wait_s
         if self.fetched is not None:
             # quiet because nothing more was produced, not because nothing could be fetched: a fetch answered after
             # the utterance had waited its timeout and everything up to the partition's end had been handed over;
