@@ -150,11 +150,12 @@ def topic_specs(topics: TopicSettings, max_message_bytes: int = LimitSettings().
     """Every topic the service uses, with its partitions and topic-level configs: the one definition `mmcl up`,
     `mmcl topics create` (the compose / Kubernetes init step) and `mmcl worker --create-topics` all apply."""
 
+    durability = {"min.insync.replicas": str(topics.min_in_sync)}
+
     def spec(retention_h: float, message_bytes: int, policy: str = "delete") -> TopicSpec:
         return TopicSpec(topics.partitions, {"cleanup.policy": policy, "retention.ms": str(int(retention_h * HOUR_MS)),
                                         "max.message.bytes": str(message_bytes), **durability})
 
-    durability = {"min.insync.replicas": str(topics.min_in_sync)}
 
     lim = record_limits(max_message_bytes, len(topics.features))
     out = {name: spec(topics.features_retention_h, lim.feature) for name in topics.features}

@@ -8,6 +8,7 @@ command uses them only when that profile is selected (`mmcl --local`, MMCL_RUNTI
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -206,7 +207,7 @@ def load_runtime(state_dir: Path) -> dict[str, Service]:
         return {}
     try:
         raw = json.loads(path.read_text())
-        services = {k: Service(**v) for k, v in raw.items()}
+        services = {k: _recorded(v) for k, v in raw.items()}
     except (ValueError, TypeError):
         return {}
     return {k: s for k, s in services.items() if _is_ours(s)}
@@ -231,9 +232,14 @@ MARKERS = {"tansu": b"tansu", "apache": b"kafka.Kafka", "": b"redis-server"}
 GRACE_S = {"apache": 20.0}  # a JVM broker's controlled shutdown takes longer than the default
 
 
+def _recorded(raw: dict[str, Any]) -> Service:
+    """A service as recorded in runtime.json; a broker recorded before `kind` existed was Tansu."""
+    svc = Service(**raw)
+    return dataclasses.replace(svc, kind="tansu") if svc.name == "kafka" and not svc.kind else svc
+
+
 def _is_ours(svc: Service) -> bool:
-    kind = svc.kind or ("tansu" if svc.name == "kafka" else "")  # records written before `kind` existed
-    return runs(svc.pid, MARKERS.get(kind, b"\0"))
+    return runs(svc.pid, MARKERS.get(svc.kind, b"\0"))
 
 
 def stop_runtime(state_dir: Path) -> list[str]:
@@ -243,7 +249,7 @@ def stop_runtime(state_dir: Path) -> list[str]:
     if path.exists():
         with contextlib.suppress(ValueError, TypeError):
             for name, raw in json.loads(path.read_text()).items():
-                svc = Service(**raw)
+                svc = _recorded(raw)
                 if _is_ours(svc):
                     stop_pid(svc.pid, GRACE_S.get(svc.kind, 6.0))
                     stopped.append(name)

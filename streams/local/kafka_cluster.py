@@ -15,7 +15,6 @@ from pathlib import Path
 
 from streams.local import apache_kafka
 from streams.local.apache_kafka import ApacheKafkaError, Node
-from streams.local.embedded import pid_alive
 
 
 class Cluster:
@@ -85,12 +84,13 @@ class Cluster:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
         end = time.monotonic() + grace_s
-        while time.monotonic() < end and any(pid_alive(p.pid) and p.poll() is None for p in procs):
-            time.sleep(0.1)
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, end - time.monotonic()))
         self.kill(*self.running())
 
     def leader(self, topic: str, partition: int, timeout_s: float = 10.0) -> int:
-        """The node that leads a partition now (-1: none does)."""
+        """The node that leads a partition now (-1: none does), as the running nodes report it."""
         from confluent_kafka.admin import AdminClient
 
         running = [self.node(i).url for i in self.running()]
@@ -98,11 +98,3 @@ class Cluster:
             raise ApacheKafkaError("no node of the cluster runs")
         meta = AdminClient({"bootstrap.servers": ",".join(running), "log_level": 2}).list_topics(topic, timeout=timeout_s)
         return int(meta.topics[topic].partitions[partition].leader)
-
-    def in_sync(self, topic: str, partition: int, timeout_s: float = 10.0) -> list[int]:
-        """A partition's in-sync replicas, as the cluster reports them now."""
-        from confluent_kafka.admin import AdminClient
-
-        running = [self.node(i).url for i in self.running()]
-        meta = AdminClient({"bootstrap.servers": ",".join(running), "log_level": 2}).list_topics(topic, timeout=timeout_s)
-        return sorted(int(r) for r in meta.topics[topic].partitions[partition].isrs)

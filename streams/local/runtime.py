@@ -9,7 +9,7 @@ that merely does not answer: an unreachable production broker is an error, not a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from mmcl.errors import ConfigError
 from streams.kafka import ensure_topics
@@ -77,13 +77,13 @@ class UpResult:
     embedded: dict[str, Service]  # every embedded service now running
 
 
-def up(settings: Settings, broker: str = "tansu") -> UpResult:
+def up(settings: Settings, broker: Literal["tansu", "apache"] = "tansu") -> UpResult:
     """Start the embedded broker and Redis where they do not run yet, record them as the local profile, create
     the topics, and return the settings of that profile. `broker`: "tansu" (the embedded one, no Java) or "apache"
     (Apache Kafka from its jars, fetched from Maven Central the first time: Java 17 and Maven needed)."""
     running = load_runtime(settings.state_dir)
-    if "kafka" in running and (running["kafka"].kind or "tansu") != broker:
-        raise ConfigError(f"a {running['kafka'].kind or 'tansu'} broker already runs for {settings.state_dir}: "
+    if "kafka" in running and running["kafka"].kind != broker:
+        raise ConfigError(f"a {running['kafka'].kind} broker already runs for {settings.state_dir}: "
                           f"`mmcl down` first to start {broker} instead")
     started: dict[str, Service] = {}
     if "kafka" not in running:

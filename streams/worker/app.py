@@ -17,7 +17,7 @@ does the waiting itself instead, bounded: writes in flight finish, pending parts
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
@@ -103,24 +103,27 @@ def build_app(settings: Settings) -> StreamApp:
     return app
 
 
-def fetch_state(app: StreamApp) -> Callable[[str, int], FetchSnapshot | None]:
-    """The consumer's position, high watermark and last poll time of a partition, read from aiokafka's partition
-    state (Faust offers the high watermark alone, and nothing tells whether a fetch answered recently). None while
-    the partition has no position or no fetch answer yet, or when the state cannot be read."""
+def fetch_state(app: StreamApp) -> Callable[[Iterable[tuple[str, int]]], dict[tuple[str, int], FetchSnapshot]]:
+    """The consumer's position, high watermark and last poll time of partitions, read from aiokafka's partition
+    state (Faust offers the high watermark alone, and nothing tells whether a fetch answered recently). Partitions
+    with no position or no fetch answer yet are left out, and all of them while the state cannot be read."""
     from aiokafka.structs import TopicPartition
 
-    def snapshot(topic: str, partition: int) -> FetchSnapshot | None:
-        try:
+    def snapshots(tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], FetchSnapshot]:
+        try:  # once per call: the join's deadline loop asks every few tens of milliseconds
             consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]  # the aiokafka driver's, not in faust's ConsumerT
             assignment = consumer._subscription.subscription.assignment
-            state = assignment.state_value(TopicPartition(topic, partition)) if assignment is not None else None
         except Exception:  # not started, stopping, or between assignments
-            return None
-        if state is None or not state.has_valid_position or state.highwater is None or state.timestamp is None:
-            return None
-        return FetchSnapshot(int(state.position), int(state.highwater), int(state.timestamp))
+            return {}
+        out = {}
+        for topic, partition in tps:
+            state = assignment.state_value(TopicPartition(topic, partition)) if assignment is not None else None
+            if state is not None and state.has_valid_position and state.highwater is not None \
+                    and state.timestamp is not None:
+                out[(topic, partition)] = FetchSnapshot(int(state.position), int(state.highwater), int(state.timestamp))
+        return out
 
-    return snapshot
+    return snapshots
 
 
 def attach_pipeline(app: StreamApp, settings: Settings, pipeline: Pipeline,

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from mmcl.predictor import Predictor
@@ -47,7 +47,8 @@ class Pipeline(Outputs):
                  publisher: Publisher, ack: Callable[[Any], None], limits: RecordLimits,
                  on_fatal: Callable[[str], None] = lambda why: None, clock: Callable[[], float] = time.monotonic,
                  wall_ms: Callable[[], int] = now_ms,
-                 fetch_state: Callable[[str, int], FetchSnapshot | None] | None = None) -> None:
+                 fetch_state: Callable[[Iterable[tuple[str, int]]], dict[tuple[str, int], FetchSnapshot]] | None = None
+                 ) -> None:
         # the writer's redis.asyncio client must be made on the loop that uses it, so it is made in start()
         self.settings, self.predictor, self.metrics, self.publisher = settings, predictor, metrics, publisher
         self.limits = limits
@@ -293,8 +294,9 @@ class Pipeline(Outputs):
         if self._fetch_state is None:
             return
         now = self.live()
+        snapshots = self._fetch_state(self.owned)
         for tp in self.owned:
-            self.progress.observe(tp, self._fetch_state(*tp), now)
+            self.progress.observe(tp, snapshots.get(tp), now)
 
     # results -------------------------------------------------------------------------------------------------
     def _deliver(self, result: BatchResult) -> None:  # on the inference thread

@@ -207,6 +207,20 @@ class Stack:
         wait_for(lambda: admin.describe_configs([described])[described].result(15)[key].value == value, 15,
                  f"the broker applying {key}={value} to {topic}")
 
+    def committed_to_the_end(self, group: str) -> bool:
+        """Whether `group` has committed every feature partition up to its end (a partition that received nothing
+        has nothing committed)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        tps = [TopicPartition(t, p) for t in self.topics.features for p in range(self.topics.partitions)]
+        probe = Consumer({"bootstrap.servers": self.kafka.url, "group.id": group, "enable.auto.commit": False})
+        try:
+            ends = {(tp.topic, tp.partition): probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+            return all(tp.offset == ends[(tp.topic, tp.partition)] or (ends[(tp.topic, tp.partition)] == 0 and tp.offset < 0)
+                       for tp in probe.committed(tps, timeout=10))
+        finally:
+            probe.close()
+
     def end_offset(self, topic: str, partition: int) -> int:
         return len([m for m in self.consume_all(topic, None, timeout=10) if m.partition() == partition])
 

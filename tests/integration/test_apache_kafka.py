@@ -46,18 +46,12 @@ def test_round_trip_on_apache_kafka_with_production_timings(apache_stack: Stack)
     assert worker.metric("mmcl_dead_letters_total") == 0
     tps = [TopicPartition(topic, p) for topic in st.topics.features for p in range(st.topics.partitions)]
     probe = Consumer({"bootstrap.servers": st.kafka.url, "group.id": f"{st.prefix}-workers", "enable.auto.commit": False})
-    try:
-        # Apache Kafka's high watermarks are exact (the embedded broker's trail the log end)
-        ends = {(tp.topic, tp.partition): probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
-        assert sum(ends.values()) == stats.messages
-
-        def committed_to_the_end() -> bool:  # a partition that got nothing has nothing committed (a negative offset)
-            return all(tp.offset == ends[(tp.topic, tp.partition)] or (ends[(tp.topic, tp.partition)] == 0 and tp.offset < 0)
-                       for tp in probe.committed(tps, timeout=10))
-
-        wait_for(committed_to_the_end, 30, "offsets committed to the end of every feature partition", every=0.5)
+    try:  # Apache Kafka's high watermarks are exact (the embedded broker's trail the log end)
+        assert sum(probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps) == stats.messages
     finally:
         probe.close()
+    wait_for(lambda: st.committed_to_the_end(f"{st.prefix}-workers"), 30,
+             "offsets committed to the end of every feature partition", every=0.5)
 
 
 def test_the_broker_applies_the_topic_configs_we_write(apache_stack: Stack) -> None:
@@ -93,29 +87,9 @@ def test_records_the_broker_refuses_for_their_size_are_skipped_one_by_one(apache
     assert worker.status().get("ready") is True  # nothing stalled: the worker still takes messages
 
 
-def read_all(url: str, topic: str, partitions: int, timeout: float = 10.0) -> list[tuple[bytes, bytes]]:
-    """(key, value) of every record a topic holds now, partition by partition."""
-    from confluent_kafka import OFFSET_BEGINNING
-
-    c = Consumer({"bootstrap.servers": url, "group.id": f"read-{uuid.uuid4().hex}", "enable.auto.commit": False})
-    try:
-        tps = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
-        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=timeout)[1] for tp in tps}
-        c.assign([tp for tp in tps if ends[tp.partition] > 0])
-        out: list[tuple[bytes, bytes]] = []
-        done: set[int] = {p for p, end in ends.items() if end == 0}
-        wait_for(lambda: _drain(c, out, ends, done) or len(done) == partitions, timeout, f"reading {topic}")
-        return out
-    finally:
-        c.close()
-
-
-def _drain(c: Consumer, out: list[tuple[bytes, bytes]], ends: dict[int, int], done: set[int]) -> None:
-    msg = c.poll(0.2)
-    if msg is not None and msg.error() is None:
-        out.append((msg.key(), msg.value()))
-        if msg.offset() + 1 >= ends[msg.partition()]:
-            done.add(msg.partition())
+def held(st: Stack, topic: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every record partition 0 of a topic holds now, in offset order."""
+    return [(m.key(), m.value()) for m in st.consume_all(topic, None, timeout=10) if m.partition() == 0]
 
 
 def test_compaction_and_retention_of_our_topics_on_the_broker(apache_stack: Stack) -> None:
@@ -143,10 +117,10 @@ def test_compaction_and_retention_of_our_topics_on_the_broker(apache_stack: Stac
     def compacted() -> bool:
         send(updates, b"tick", b"t")  # rolls the active segment so the cleaner can take the one before
         send(joined, b"tick", b"t")
-        held = read_all(st.kafka.url, updates, 1)
-        latest = dict(held)
-        return [v for k, v in held if k == b"current"] == [b"v3"] and latest[b"rollback"] == b"r1" and \
-            [v for k, v in read_all(st.kafka.url, joined, 1) if k == b"utt-1"] == [b"v3"]
+        records = held(st, updates)
+        latest = dict(records)
+        return [v for k, v in records if k == b"current"] == [b"v3"] and latest[b"rollback"] == b"r1" and \
+            [v for k, v in held(st, joined) if k == b"utt-1"] == [b"v3"]
 
     wait_for(compacted, 60, "the broker compacting both topics to the latest record per key", every=0.5)
 
@@ -154,6 +128,6 @@ def test_compaction_and_retention_of_our_topics_on_the_broker(apache_stack: Stac
 
     def expired() -> bool:
         send(joined, b"tick", b"t")
-        return not [k for k, _ in read_all(st.kafka.url, joined, 1) if k == b"utt-1"]
+        return not [k for k, _ in held(st, joined) if k == b"utt-1"]
 
     wait_for(expired, 60, "the broker deleting joined records past their retention", every=0.5)

@@ -153,18 +153,6 @@ def test_leader_killed_and_cluster_restarted_lose_nothing(cluster: Cluster, clus
     # resumed from committed offsets: at most a few commit intervals were read twice, not the stream from its start
     redelivered = sum(w.metric("mmcl_redelivered_utterances_total") for w in running)
     assert redelivered < len(sent) / 2, redelivered
-    wait_for(lambda: committed_to_the_end(st), 30, "offsets committed to the end of every feature partition")
+    wait_for(lambda: st.committed_to_the_end(f"{st.prefix}-workers"), 30,
+             "offsets committed to the end of every feature partition")
 
-
-def committed_to_the_end(st: Stack) -> bool:
-    """Whether the workers' group has committed every feature partition up to its end."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    tps = [TopicPartition(t, p) for t in st.topics.features for p in range(st.topics.partitions)]
-    probe = Consumer({"bootstrap.servers": st.kafka.url, "group.id": f"{st.prefix}-workers", "enable.auto.commit": False})
-    try:
-        ends = {(tp.topic, tp.partition): probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
-        return all(tp.offset == ends[(tp.topic, tp.partition)] or (ends[(tp.topic, tp.partition)] == 0 and tp.offset < 0)
-                   for tp in probe.committed(tps, timeout=10))
-    finally:
-        probe.close()
