@@ -174,7 +174,13 @@ def test_soak(stack: Stack, tmp_path: Path) -> None:
                         pipe.exists(utt_key(call, u))
                 return all(pipe.execute())
 
-        wait_for(all_written, 120, "every good utterance's result", every=1.0)
+        try:
+            wait_for(all_written, 120, "every good utterance's result", every=1.0)
+        except AssertionError as e:  # say which are missing and what the workers decided: it failed once, unexplained
+            gone = [u for c, utts in calls.items() for u in utts if not st.redis.exists(utt_key(c, u))]
+            counters = [[line for line in w.get("/metrics")[1].splitlines()
+                         if line.startswith(("mmcl_dead_letters_total", "mmcl_join_outcomes_total"))] for w in workers]
+            raise AssertionError(f"{e}: {len(gone)} missing, e.g. {gone[:5]}; workers' counters: {counters}") from None
 
         # exactly once, and aggregates that equal a recomputation from each call's timeline
         assert_calls_match(st.redis, calls, aggregate_rule(Settings()))
