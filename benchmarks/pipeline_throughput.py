@@ -1,5 +1,6 @@
-"""End-to-end pipeline benchmark on the embedded broker and Redis: throughput and latency of the worker against a
-naive consumer and against the model alone, all measured in one run on this machine.
+"""End-to-end pipeline benchmark on a local broker and Redis: throughput and latency of the worker against a naive
+consumer and against the model alone, all measured in one run on this machine, on Apache Kafka (one KRaft node from
+the pinned jars, the production client settings) and on the embedded broker (Tansu, the local profile's settings).
 
 - service: `mmcl worker` (Faust, join, batched inference thread, one Redis pipeline per batch, acked outputs).
 - naive: a plain confluent-kafka consumer loop that joins in a dict, scores one utterance at a time and writes
@@ -11,7 +12,8 @@ result in Redis (the feed entry's id is the Redis server's clock at the write; s
 sustained when every result arrives, results arrive at >= 97% of the offered pace, and the last one within 2 s of
 the producer's end.
 
-    python benchmarks/pipeline_throughput.py            # ~6 minutes on 2 cores; writes benchmarks/results/pipeline.*
+    python benchmarks/pipeline_throughput.py            # ~14 minutes on 2 cores; writes benchmarks/results/pipeline.*
+    python benchmarks/pipeline_throughput.py --brokers kafka   # Apache Kafka alone
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def naive_main(a: argparse.Namespace) -> None:
     predictor = Predictor.from_checkpoint(a.checkpoint, device=a.device)
     r = redis.Redis.from_url(a.redis, decode_responses=True)
     c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": a.group, "auto.offset.reset": "earliest",
-                  "fetch.wait.max.ms": 50, "session.timeout.ms": 3000, "heartbeat.interval.ms": 300})
+                  "fetch.wait.max.ms": 50, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
     c.subscribe([f"{a.prefix}.features.{m}" for m in WIRE_MODALITIES],
                 on_assign=lambda *_: print("ready", flush=True))
     pending: dict[tuple[str, str], dict[str, Any]] = {}
@@ -91,27 +93,54 @@ def percentiles(xs: list[float]) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(a, q)) for q in (50, 95, 99)}
 
 
+BROKERS = {"kafka": "Apache Kafka 4.1.0", "tansu": "Tansu (embedded)"}
+
+
 class Harness:
+    """One Redis for the whole run; one broker at a time (`use`)."""
+
     def __init__(self, state: Path, checkpoint: Path, device: str) -> None:
         import redis
 
         from mmcl.data.synth import SynthSpec, make_synthetic
-        from streams.local.embedded import start_kafka, start_redis
+        from streams.local.embedded import start_redis
 
-        self.kafka, self.redis_svc = start_kafka(state), start_redis(state)
+        self.redis_svc = start_redis(state)
         self.redis = redis.Redis.from_url(self.redis_svc.url, decode_responses=True)
         self.checkpoint, self.state, self.device = checkpoint, state, device
         self.split = make_synthetic(SynthSpec(sizes=(8, 8, 1000), seed=5)).splits["test"]
+        self.kafka: Any = None
+        self.broker = ""
+        self.overrides: dict[str, Any] = {}  # KafkaSettings fields for every producer and worker started from now on
+
+    def use(self, broker: str) -> None:
+        """Stop the broker in use, start `broker` (kafka: Apache Kafka; tansu: the embedded one)."""
+        from streams.local import apache_kafka
+        from streams.local.embedded import start_kafka
+
+        if self.kafka is not None:
+            self.kafka.stop(grace_s=30)
+        self.kafka = apache_kafka.start(self.state / "apache-kafka") if broker == "kafka" else start_kafka(self.state)
+        self.broker = broker
 
     def close(self) -> None:
-        self.kafka.stop()
+        if self.kafka is not None:
+            self.kafka.stop(grace_s=30)
         self.redis_svc.stop()
 
-    def settings(self, prefix: str) -> Any:
+    def kafka_settings(self) -> Any:
+        """The client settings a deployment on this broker gets: production defaults on Apache Kafka, the local
+        profile's on the embedded broker."""
         from streams.local.runtime import embedded_kafka
+        from streams.settings import KafkaSettings
+
+        k = embedded_kafka(self.kafka.url) if self.broker == "tansu" else KafkaSettings(bootstrap_servers=self.kafka.url)
+        return k.model_copy(update=self.overrides)
+
+    def settings(self, prefix: str) -> Any:
         from streams.settings import Settings, TopicSettings
 
-        return Settings(kafka=embedded_kafka(self.kafka.url), topics=TopicSettings(prefix=prefix))
+        return Settings(kafka=self.kafka_settings(), topics=TopicSettings(prefix=prefix))
 
     def start(self, kind: str, prefix: str, **extra_env: str) -> subprocess.Popen[str]:
         from streams.kafka import ensure_topics
@@ -127,8 +156,8 @@ class Harness:
                         "MMCL_TOPICS__PREFIX": prefix, "MMCL_KAFKA__GROUP_ID": f"{prefix}-g",
                         "MMCL_MODEL__CHECKPOINT": str(self.checkpoint), "MMCL_METRICS__PORT": str(self.port),
                         "MMCL_POLICY__AGENT": '["text","audio","visual"]', "MMCL_STATE_DIR": str(self.state),
-                        **embedded_kafka_env(), "MMCL_KAFKA__SESSION_TIMEOUT_S": "3",
-                        "MMCL_MODEL__DEVICE": self.device})
+                        **(embedded_kafka_env() if self.broker == "tansu" else {}), "MMCL_MODEL__DEVICE": self.device,
+                        **{f"MMCL_KAFKA__{k.upper()}": str(v) for k, v in self.overrides.items()}})
             env.update(extra_env)
             cmd = [sys.executable, "-m", "streams.cli", "worker"]
         else:
@@ -181,7 +210,7 @@ class Harness:
 
 
 def broker_hop(h: Harness, rate: float, seconds: float, size: int) -> dict[str, float]:
-    """The embedded broker alone: confluent-kafka producer -> consumer, messages of the text parts' size, three
+    """The broker alone: confluent-kafka producer -> consumer, messages of the text parts' size, three
     topics, the same utterance rate. Its latency tail is a floor under every system's."""
     import threading
 
@@ -192,7 +221,7 @@ def broker_hop(h: Harness, rate: float, seconds: float, size: int) -> dict[str, 
     s = h.settings(f"hop{uuid.uuid4().hex[:6]}")
     ensure_topics(s.kafka, s.topics)
     c = Consumer({"bootstrap.servers": h.kafka.url, "group.id": f"hop-{uuid.uuid4().hex}", "auto.offset.reset": "latest",
-                  "fetch.wait.max.ms": 50, "session.timeout.ms": 3000, "heartbeat.interval.ms": 300})
+                  "fetch.wait.max.ms": 50, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
     ready = threading.Event()
     c.subscribe(list(s.topics.features), on_assign=lambda *_: ready.set())
     lat: list[float] = []
@@ -262,46 +291,55 @@ def scrape_batch(port: int) -> float:
     return vals.get("mmcl_batch_size_sum", 0) / max(vals.get("mmcl_batch_size_count", 1), 1)
 
 
+def measure_system(h: Harness, a: argparse.Namespace, kind: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Drain rate, then the offered rates, then 80% of the highest sustained one, for one system on h's broker."""
+    prefix = f"b{kind[0]}{uuid.uuid4().hex[:6]}"
+    proc = h.start(kind, prefix)
+    try:
+        h.offer(prefix, f"{kind}-warm-", 50, 50)
+        cap = h.offer(prefix, f"{kind}-drain-", 5000, a.backlog)["achieved"]
+        out: dict[str, Any] = {"drain_throughput": cap}
+        if kind == "service":
+            out["avg_batch"] = scrape_batch(h.port)
+        print(f"{h.broker} {kind}: drains {cap:.0f} utt/s", flush=True)
+        highest = 0.0
+        for frac in a.fractions:
+            rate = max(5.0, round(cap * frac))
+            row = {"broker": h.broker, "system": kind,
+                   **h.offer(prefix, f"{kind}-r{int(rate)}-", rate, max(40, int(rate * a.seconds)))}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if row["sustained"]:
+                highest = max(highest, rate)
+        rate80 = max(5.0, round(0.8 * highest))
+        at80 = h.offer(prefix, f"{kind}-at80-", rate80, max(40, int(rate80 * a.seconds)))
+        out.update({"highest_sustained": highest, "at80": at80})
+        print(f"{h.broker} {kind}: highest sustained {highest:.0f} utt/s; at {rate80:.0f}: p99 {at80['p99'] * 1000:.0f} ms",
+              flush=True)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def run(a: argparse.Namespace) -> None:
+    from streams.local.simulate import Planned, encode
+
     tmp = Path(tempfile.mkdtemp(prefix="mmcl-bench-"))
     ckpt = make_checkpoint(tmp / "ckpt")
     h = Harness(tmp, ckpt, a.device)
     rows: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"brokers": {}}
+    text_size = len(encode(Planned(0, "u", "c", "customer", "text", h.split.features["text"][0]), 0))
     try:
-        for kind in ("service", "naive"):
-            prefix = f"b{kind[0]}{uuid.uuid4().hex[:6]}"
-            proc = h.start(kind, prefix)
-            try:
-                h.offer(prefix, f"{kind}-warm-", 50, 50)
-                drain = h.offer(prefix, f"{kind}-drain-", 5000, a.backlog)
-                cap = drain["achieved"]
-                summary[kind] = {"drain_throughput": cap}
-                if kind == "service":
-                    summary[kind]["avg_batch"] = scrape_batch(h.port)
-                print(f"{kind}: drains {cap:.0f} utt/s", flush=True)
-                highest = 0.0
-                for frac in a.fractions:
-                    rate = max(5.0, round(cap * frac))
-                    row = {"system": kind, **h.offer(prefix, f"{kind}-r{int(rate)}-", rate, max(40, int(rate * a.seconds)))}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                    if row["sustained"]:
-                        highest = max(highest, rate)
-                rate80 = max(5.0, round(0.8 * highest))
-                at80 = h.offer(prefix, f"{kind}-at80-", rate80, max(40, int(rate80 * a.seconds)))
-                summary[kind].update({"highest_sustained": highest, "at80": at80})
-                print(f"{kind}: highest sustained {highest:.0f} utt/s; at {rate80:.0f}: p99 {at80['p99'] * 1000:.0f} ms",
-                      flush=True)
-            finally:
-                proc.terminate()
-                proc.wait(30)
-        from streams.local.simulate import Planned, encode
-
-        text_size = len(encode(Planned(0, "u", "c", "customer", "text", h.split.features["text"][0]), 0))
-        rate80 = summary["service"]["at80"]["offered"]
-        summary["broker_hop"] = {"message_bytes": text_size, **broker_hop(h, rate80, a.seconds, text_size)}
-        avg = max(1, round(summary["service"]["avg_batch"]))
+        for broker in a.brokers:
+            h.use(broker)
+            per: dict[str, Any] = {kind: measure_system(h, a, kind, rows) for kind in ("service", "naive")}
+            rate80 = per["service"]["at80"]["offered"]
+            per["broker_hop"] = {"message_bytes": text_size, **broker_hop(h, rate80, a.seconds, text_size)}
+            summary["brokers"][broker] = per
+        batches = [per["service"]["avg_batch"] for per in summary["brokers"].values()]
+        avg = max(1, round(sum(batches) / len(batches)))
         summary["model_alone"] = {"batch": avg, "throughput": model_alone(ckpt, h.split, avg, a.device),
                                   "throughput_b64": model_alone(ckpt, h.split, 64, a.device)}
     finally:
@@ -316,28 +354,36 @@ def run(a: argparse.Namespace) -> None:
     print(table)
 
 
+def latency_cells(r: dict[str, Any]) -> str:
+    """A measured rate's table cells: sustained, p50, p95, p99 (ms)."""
+    return (f"{'yes' if r['sustained'] else 'no'} | {r['p50'] * 1000:.0f} | {r['p95'] * 1000:.0f} | "
+            f"{r['p99'] * 1000:.0f} |")
+
+
 def render(out: dict[str, Any]) -> str:
-    s = out["summary"]
-    lines = ["| system | offered utt/s | achieved utt/s | sustained | p50 ms | p95 ms | p99 ms |",
-             "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    s, ma = out["summary"], out["summary"]["model_alone"]
+    lines = ["| broker | system | offered utt/s | achieved utt/s | sustained | p50 ms | p95 ms | p99 ms |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
     for r in out["rows"]:
-        lines.append(f"| {r['system']} | {r['offered']:.0f} | {r['achieved']:.0f} | {'yes' if r['sustained'] else 'no'} | "
-                     f"{r['p50'] * 1000:.0f} | {r['p95'] * 1000:.0f} | {r['p99'] * 1000:.0f} |")
-    sv, nv, ma = s["service"], s["naive"], s["model_alone"]
-    lines += ["", "| | service | naive | model alone |", "| --- | ---: | ---: | ---: |",
-              f"| drain throughput, utt/s | {sv['drain_throughput']:.0f} | {nv['drain_throughput']:.0f} | "
-              f"{ma['throughput']:.0f} (batch {ma['batch']}), {ma['throughput_b64']:.0f} (batch 64) |",
-              f"| highest sustained rate, utt/s | {sv['highest_sustained']:.0f} | {nv['highest_sustained']:.0f} | |",
-              f"| p99 at 80% of it, ms | {sv['at80']['p99'] * 1000:.0f} (at {sv['at80']['offered']:.0f}/s) | "
-              f"{nv['at80']['p99'] * 1000:.0f} (at {nv['at80']['offered']:.0f}/s) | |",
-              *([] if "broker_hop" not in s else [
-                  "", f"the embedded broker alone at {s['broker_hop']['offered']:.0f} utt/s (3 messages each, "
-                  f"{s['broker_hop']['message_bytes'] / 1000:.0f} kB text parts): p50 {s['broker_hop']['p50'] * 1000:.0f} ms, "
-                  f"p95 {s['broker_hop']['p95'] * 1000:.0f} ms, p99 {s['broker_hop']['p99'] * 1000:.0f} ms"]),
-              "", f"service / naive throughput: {sv['drain_throughput'] / nv['drain_throughput']:.2f}x; "
-              f"service / model alone at the same batch size: {sv['drain_throughput'] / ma['throughput']:.2f}; "
-              f"service average batch {sv['avg_batch']:.1f}", ""]
-    return "\n".join(lines)
+        lines.append(f"| {BROKERS[r['broker']]} | {r['system']} | {r['offered']:.0f} | {r['achieved']:.0f} | "
+                     + latency_cells(r))
+    lines += ["", "| broker | system | drain utt/s | highest sustained utt/s | p99 at 80% of it, ms | "
+              "drain / model alone |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for broker, per in s["brokers"].items():
+        for kind in ("service", "naive"):
+            v = per[kind]
+            lines.append(f"| {BROKERS[broker]} | {kind} | {v['drain_throughput']:.0f} | {v['highest_sustained']:.0f} | "
+                         f"{v['at80']['p99'] * 1000:.0f} (at {v['at80']['offered']:.0f}/s) | "
+                         f"{v['drain_throughput'] / ma['throughput']:.2f} |")
+    lines += ["", f"model alone: {ma['throughput']:.0f} utt/s at batch {ma['batch']} (the services' average batch), "
+              f"{ma['throughput_b64']:.0f} at batch 64", ""]
+    for broker, per in s["brokers"].items():
+        hop, sv, nv = per["broker_hop"], per["service"], per["naive"]
+        lines.append(f"- {BROKERS[broker]}: the broker alone at {hop['offered']:.0f} utt/s (3 messages each, "
+                     f"{hop['message_bytes'] / 1000:.0f} kB text parts): p50 {hop['p50'] * 1000:.0f} ms, "
+                     f"p95 {hop['p95'] * 1000:.0f} ms, p99 {hop['p99'] * 1000:.0f} ms; service / naive drain "
+                     f"{sv['drain_throughput'] / nv['drain_throughput']:.2f}x; service average batch {sv['avg_batch']:.1f}")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -349,6 +395,8 @@ def main() -> None:
     n.add_argument("--device", default="cpu")
     p.add_argument("--device", default="cpu", help="the model's device in every system (cpu, cuda)")
     p.add_argument("--results-name", default="pipeline", help="benchmarks/results/<name>.json and .md")
+    p.add_argument("--brokers", nargs="+", choices=sorted(BROKERS), default=["kafka", "tansu"],
+                   help="the brokers to measure on, one after the other in this run")
     p.add_argument("--backlog", type=int, default=1500, help="utterances for the drain measurement")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each offered-rate run")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],

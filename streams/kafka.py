@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,12 +79,13 @@ def librdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
     return conf
 
 
-def producer_config(kafka: KafkaSettings, linger_ms: int = 2, max_record_bytes: int | None = None) -> dict[str, Any]:
+def producer_config(kafka: KafkaSettings, max_record_bytes: int | None = None) -> dict[str, Any]:
     """`max_record_bytes`: the largest record this producer must send (librdkafka refuses more than 1,000,000 bytes
     by default, so a producer of feature messages at the input limit, or the worker's, must raise it)."""
     # murmur2_random: the Java client's and aiokafka's (Faust's) key hash; librdkafka's default would put a call's
     # three modalities on partitions the worker does not read together.
-    conf = {**librdkafka_config(kafka), "partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": linger_ms}
+    conf = {**librdkafka_config(kafka), "partitioner": "murmur2_random", "enable.idempotence": True,
+            "linger.ms": kafka.linger_ms}
     if max_record_bytes is not None:
         conf["message.max.bytes"] = max(1_000_000, max_record_bytes + RECORD_OVERHEAD)
     return conf
@@ -117,25 +120,64 @@ def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-def admin_client(kafka: KafkaSettings) -> Any:
+def admin_client(kafka: KafkaSettings, errors: list[Any] | None = None) -> Any:
     """An admin client for the start-up checks. Its own log stays quiet below critical: a failure reaches the user
-    as our one-line error, not as librdkafka's connection log besides it."""
+    as our one-line error, not as librdkafka's connection log besides it. `errors` collects the client-level errors
+    librdkafka reports (served by poll)."""
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({**librdkafka_config(kafka), "log_level": 2})
+    conf: dict[str, Any] = {**librdkafka_config(kafka), "log_level": 2, "allow.auto.create.topics": False}
+    if errors is not None:
+        conf["error_cb"] = errors.append
+    # a metadata request for a topic by name creates it with the broker's defaults on a broker that auto-creates
+    # topics (Apache Kafka's default), and librdkafka lets a non-consumer ask for that unless told not to
+    return AdminClient(conf)
 
 
 def partition_counts(kafka: KafkaSettings, topics: tuple[str, ...], timeout: float = 10.0) -> dict[str, int | None]:
     """Each topic's partition count from the broker's metadata (None: no such topic). A TransientError when the
-    broker does not answer."""
-    from confluent_kafka import KafkaException
+    broker does not answer; a ConfigError when it refuses our login, or says we may not see a topic."""
+    from confluent_kafka import KafkaError, KafkaException
 
+    errors: list[Any] = []
+    admin = admin_client(kafka, errors)
     try:
-        md = admin_client(kafka).list_topics(timeout=timeout)
+        md = admin.list_topics(timeout=timeout)
     except KafkaException as e:
+        admin.poll(0)  # serves the error callbacks
+        refused = [err for err in errors if err.code() == KafkaError._AUTHENTICATION]
+        if refused:  # a wrong password is not a broker that does not answer, and waiting will not mend it
+            who = f" of user {kafka.sasl_username}" if kafka.sasl_username else ""
+            raise ConfigError(f"the broker at {kafka.bootstrap_servers} refused the login{who} "
+                              f"({refused[-1].str()})") from None
         raise TransientError(f"the broker at {kafka.bootstrap_servers} did not answer within {timeout:g} s "
                              f"({e.args[0].str() if e.args else e})") from None
-    return {t: (len(md.topics[t].partitions) if t in md.topics and md.topics[t].error is None else None) for t in topics}
+    counts = {t: (len(md.topics[t].partitions) if t in md.topics and md.topics[t].error is None else None) for t in topics}
+    unseen = [t for t, n in counts.items() if n is None]
+    if unseen:
+        check_authorized(admin, kafka, unseen, timeout)
+    return counts
+
+
+def check_authorized(admin: Any, kafka: KafkaSettings, topics: list[str], timeout: float) -> None:
+    """A listing of all topics leaves out those the user may not describe, so they look absent: ask for each by name,
+    and refuse (one line) when the broker says the user is not authorized."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    denied = []
+    for topic in topics:
+        try:
+            md = admin.list_topics(topic=topic, timeout=timeout)
+        except KafkaException:
+            continue  # no clearer answer: the caller reports the topic as absent
+        err = md.topics[topic].error if topic in md.topics else None
+        if err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            denied.append(topic)
+    if denied:
+        who = f"user {kafka.sasl_username}" if kafka.sasl_username else "this client"
+        raise ConfigError(f"{who} is not authorized to describe topic(s) {', '.join(denied)} on "
+                          f"{kafka.bootstrap_servers}: grant its principal DESCRIBE and READ on the feature topics, and "
+                          "WRITE on the topics it publishes")
 
 
 @dataclass(frozen=True)
@@ -191,7 +233,22 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, timeout: float = 
             except Exception as e:
                 if "TOPIC_ALREADY_EXISTS" not in str(e):
                     raise ConfigError(f"could not create topic {name}: {e}") from None
+        settled_counts(kafka, tuple(missing), lambda counts: all(counts[n] == specs[n].partitions for n in missing),
+                       timeout)
     return found
+
+
+def settled_counts(kafka: KafkaSettings, topics: tuple[str, ...], settled: Callable[[dict[str, int | None]], bool],
+                   within_s: float, timeout: float = 10.0) -> dict[str, int | None]:
+    """partition_counts, read again until `settled` holds or within_s has passed (-> the last reading). The controller
+    acknowledges a new topic before every broker has it: for a moment a broker's metadata lacks the topic, or shows
+    only some of its partitions."""
+    end = time.monotonic() + within_s
+    while True:
+        counts = partition_counts(kafka, topics, timeout)
+        if settled(counts) or time.monotonic() >= end:
+            return counts
+        time.sleep(0.25)
 
 
 def check_copartitioned(settings: Settings, timeout: float = 10.0,

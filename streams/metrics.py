@@ -44,6 +44,8 @@ class Metrics:
         self.redis_write_seconds = Histogram("mmcl_redis_write_seconds", "One pipeline per batch", buckets=FAST_BUCKETS,
                                              registry=r)
         self.kafka_errors = Counter("mmcl_kafka_produce_errors", "Failed Kafka publishes (each is retried)", registry=r)
+        self.rebalances = Counter("mmcl_rebalances", "Partition assignments this worker received (one per rebalance "
+                                  "it took part in)", registry=r)
         self.paused = Gauge("mmcl_consumption_paused", "1 while writes fail and consumption waits", registry=r)
         self.alerts = Counter("mmcl_alerts", "Alerts raised", ["speaker"], registry=r)
         self.model_info = Info("mmcl_model", "The model serving predictions", registry=r)

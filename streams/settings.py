@@ -62,6 +62,9 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_s: float = Field(3.0, gt=0)
     fetch_max_wait_ms: int = Field(500, ge=1, le=30_000)  # Kafka answers a fetch as soon as data arrives, before this
     commit_interval_s: float = Field(1.0, gt=0)
+    # how long every producer of ours (the worker's outputs, the simulator, the extractors, feedback ingestion) waits
+    # to fill a batch before sending it
+    linger_ms: int = Field(2, ge=0, le=1_000)
     # which broker implementation answers: "tansu" (the embedded broker; the local profile sets it) turns on the
     # workarounds for its protocol deviations, and nothing else does
     broker_kind: Literal["apache", "tansu"] = "apache"

@@ -90,11 +90,14 @@ class Cluster:
         self.kill(*self.running())
 
     def leader(self, topic: str, partition: int, timeout_s: float = 10.0) -> int:
-        """The node that leads a partition now (-1: none does), as the running nodes report it."""
+        """The node that leads a partition now (-1: none does, or the node asked does not know the partition yet),
+        as the running nodes report it."""
         from confluent_kafka.admin import AdminClient
 
         running = [self.node(i).url for i in self.running()]
         if not running:
             raise ApacheKafkaError("no node of the cluster runs")
         meta = AdminClient({"bootstrap.servers": ",".join(running), "log_level": 2}).list_topics(topic, timeout=timeout_s)
-        return int(meta.topics[topic].partitions[partition].leader)
+        found = meta.topics.get(topic)
+        known = found.partitions.get(partition) if found is not None else None
+        return -1 if known is None else int(known.leader)

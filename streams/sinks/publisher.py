@@ -33,7 +33,7 @@ class KafkaPublisher:
         self._kafka_exception = KafkaException
         # A delivery librdkafka cannot complete within 30 s (brokers away) is reported, so the worker shows it is
         # failing (readiness, mmcl_consumption_paused) and retries it, instead of waiting librdkafka's 5 minutes.
-        self._conf = {**producer_config(k, linger_ms=2, max_record_bytes=max_record_bytes), "message.timeout.ms": 30_000}
+        self._conf = {**producer_config(k, max_record_bytes=max_record_bytes), "message.timeout.ms": 30_000}
         self._new_producer = Producer
         self._p = Producer(self._conf)
         self._stop = threading.Event()

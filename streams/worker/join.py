@@ -5,18 +5,20 @@ deadline, with the rest masked if the required modalities are present, else drop
 part before emission replaces the earlier one; a part after emission is `late`. Every part carries an opaque token
 (the worker's handle on its source offset), and every token comes back exactly once in an outcome.
 
-The deadline is in event time, not arrival time: an utterance whose first part was produced at P may still get a
-part from modality m until m's partition (`group`: the partition number, the same for the three co-partitioned
-topics) has delivered parts produced after P + timeout (its watermark passed), or until that partition has been
-quiet for the timeout while the utterance waited at least as long, and (when the worker tells) a fetch answered after
-that wait showed the partition read to its end: quiet because nothing was produced, not because nothing could be
-fetched. A required modality's partition that was delivering parts when the utterance began and then fell silent is given
-`stall_wait_s` instead of the timeout: a leader failing over holds that partition's parts in the producers while the other
-modalities flow. Deciding on arrival time alone would drop
-whole backlogs as incomplete whenever the worker is behind (after a restart, a burst, an outage), because the
-three topics are not read at the same pace. `clock` is live time: the worker stops it while it is not taking
-messages (back-pressure, a rebalance), so a pause does not make partitions look quiet. Producer clocks are kept
-honest by streams.worker.event_time, and `max_wait_s` of live time decides any utterance whatever the clocks say.
+The deadline is in event time, not arrival time: an utterance whose first part was produced at P may still get a part
+from modality m until m's partition (`group`: the partition number, the same for the three co-partitioned topics) has
+delivered parts produced after P + timeout (its watermark passed), or until that partition has been quiet for the
+timeout while the utterance waited at least as long, and (when the worker tells) a fetch answered after that wait showed
+the partition read to its end: quiet because nothing was produced, not because nothing could be fetched. A required
+modality's partition that was delivering parts when the utterance began and then fell silent is given `stall_wait_s`
+instead of the timeout: a leader failing over holds that partition's parts in the producers while the other modalities
+flow. So is any modality's partition for an utterance begun before fetches were answered again after an outage of any
+partition (or a reassignment), or less than `stall_wait_s` after: the producers deliver what they held as they
+reconnect. Deciding on arrival time alone would drop whole backlogs as incomplete whenever the worker is behind (after a
+restart, a burst, an outage), because the three topics are not read at the same pace. `clock` is live time: the worker
+stops it while it is not taking messages (back-pressure, a rebalance), so a pause does not make partitions look quiet.
+Producer clocks are kept honest by streams.worker.event_time, and `max_wait_s` of live time decides any utterance
+whatever the clocks say.
 
 A part whose utterance was already emitted is `redelivered` when its modality was used (a re-read after a
 rebalance or restart, a producer's retry: acknowledged, not dead-lettered) and `late` when it was not. What the
@@ -259,7 +261,7 @@ class Joiner:
         # leader failing over holds its parts in the producers) than done: it gets stall_wait_s, not timeout_s. Only
         # for a required modality, whose absence dead-letters the utterance; an optional one missing costs a partial
         # result, which sparse traffic would otherwise wait stall_wait_s for every time
-        flowing = modality in self.required and last is not None and entry.first_at - last < self.stall_wait_s
+        stalled = modality in self.required and last is not None and entry.first_at - last < self.stall_wait_s
         if self.fetched is not None:
             # quiet because nothing more was produced, not because nothing could be fetched: a fetch answered after
             # the utterance had waited its timeout and everything up to the partition's end had been handed over;
@@ -268,7 +270,11 @@ class Joiner:
             if seen is None or seen.caught_up_at is None or seen.caught_up_at < entry.first_at + self.timeout_s:
                 return False
             quiet_since = max(quiet_since, seen.answering_since)
-        quiet_for = self.stall_wait_s if flowing else self.timeout_s
+            # an utterance begun before, during or just after an outage (of any partition the worker reads): the
+            # producers deliver what they held partition by partition as they reconnect, so its other parts
+            # arriving says nothing of this one, whether the modality is required or not, however long it lasted
+            stalled = stalled or (seen.resumed_at is not None and entry.first_at < seen.resumed_at + self.stall_wait_s)
+        quiet_for = self.stall_wait_s if stalled else self.timeout_s
         return now - entry.first_at >= self.timeout_s and now - quiet_since >= quiet_for
 
     def _push(self, entry: _Pending, key: JoinKey) -> None:

@@ -30,14 +30,21 @@ class Fetched:
 
     caught_up_at: float | None  # the latest fetch answer that showed it read to its end (None: none yet)
     answering_since: float  # since when its fetches have been answered without a gap
+    # when fetches were last answered again after a gap, on this partition or on any other the worker reads (None:
+    # no gap yet). Any: a broker's outage holds up the producers' other partitions too (an idempotent producer
+    # that lost requests drains every partition before it sends again), so a part of a partition that never
+    # stopped answering can still come seconds late
+    resumed_at: float | None = None
 
 
 class ReadProgress:
     """Per partition: when a fetch answer last showed it read to its end, and since when fetches are answered.
 
     The second matters after an outage: the producers then still hold what they made meanwhile, and deliver it
-    only once they have reconnected, seconds after the worker's fetches are answered again. A partition is quiet
-    only from the moment its fetches are answered again, never across the outage.
+    only once they have reconnected, seconds after the worker's fetches are answered again (librdkafka backs its
+    reconnects off up to 10 s by default), and not in one go: each partition's parts come when the producer reaches
+    that partition's leader. A partition is quiet only from the moment its fetches are answered again, never across
+    the outage, and the join gives utterances that begin soon after the outage longer to complete.
     """
 
     def __init__(self, gap_s: float = 2.0) -> None:
@@ -46,6 +53,7 @@ class ReadProgress:
         self._answered_at: dict[Hashable, float] = {}
         self._answering_since: dict[Hashable, float] = {}
         self._caught_up_at: dict[Hashable, float] = {}
+        self._resumed_at: dict[Hashable, float] = {}
 
     def observe(self, tp: Hashable, snap: FetchSnapshot | None, now: float) -> None:
         """Record a snapshot taken at live time `now` (None: the consumer knows nothing of the partition yet)."""
@@ -55,17 +63,27 @@ class ReadProgress:
         last = self._answered_at.get(tp)
         if last is None or now - last > self.gap_s:
             self._answering_since[tp] = now
+            if last is not None:
+                self._resumed_at[tp] = now
         self._answered_at[tp] = now
         if snap.position >= snap.highwater:
             self._caught_up_at[tp] = now
 
+    def reassigned(self, tps: Iterable[Hashable], now: float) -> None:
+        """Partitions assigned again by a rebalance (not the worker's first assignment): a rebalance during an
+        outage forgets what was seen of the outage, so the assignment itself counts as fetches answered again."""
+        for tp in tps:
+            self._resumed_at[tp] = now
+
     def fetched(self, tp: Hashable) -> Fetched | None:
         """What is known of the partition (None: no fetch answer since its assignment)."""
         since = self._answering_since.get(tp)
-        return None if since is None else Fetched(self._caught_up_at.get(tp), since)
+        if since is None:
+            return None
+        return Fetched(self._caught_up_at.get(tp), since, max(self._resumed_at.values(), default=None))
 
     def forget(self, tps: Iterable[Hashable]) -> None:
         """Partitions revoked: what was seen of them is stale for their next assignment."""
         for tp in tps:
-            for table in (self._polled, self._answered_at, self._answering_since, self._caught_up_at):
+            for table in (self._polled, self._answered_at, self._answering_since, self._caught_up_at, self._resumed_at):
                 table.pop(tp, None)

@@ -18,7 +18,7 @@ from streams.kafka import (
     check_outputs,
     ensure_topics,
     output_topics,
-    partition_counts,
+    settled_counts,
 )
 from streams.learning.follower import ModelFollower, initial_predictor, open_registry
 from streams.metrics import Metrics
@@ -114,8 +114,10 @@ def check_at_startup(settings: Settings, create_topics: bool) -> tuple[Settings,
 
     if create_topics:
         ensure_topics(settings.kafka, settings.topics, max_message_bytes=settings.limits.max_message_bytes)
-    # one metadata request for both checks
-    counts = partition_counts(settings.kafka, (*settings.topics.features, *output_topics(settings)))
+    # one reading for both checks, taken again while a topic just created is still reaching every broker
+    features, outputs = settings.topics.features, output_topics(settings)
+    counts = settled_counts(settings.kafka, (*features, *outputs), lambda c: len({c[t] for t in features}) == 1
+                            and all(c[t] is not None for t in (*features, *outputs)), within_s=5.0)
     partitions = check_copartitioned(settings, counts={t: counts[t] for t in settings.topics.features})
     limits = check_outputs(settings, counts)
     settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"partitions": partitions})})
@@ -131,13 +133,16 @@ def check_at_startup(settings: Settings, create_topics: bool) -> tuple[Settings,
 
 def status(pipeline: Any, app: Any) -> dict[str, Any]:
     """The worker's state for /healthz and /readyz."""
+    from streams.worker.app import consumer_view
+
     try:
         assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
     except Exception:
         assignment = []
     return {"ready": pipeline.ready, "partitions_assigned": pipeline.assigned, "redis_ok": pipeline.redis_ok,
             "pending_joins": len(pipeline.joiner), "written": pipeline.written, "stopping": pipeline.stopping,
-            "fatal": pipeline.fatal, "model_version": pipeline.predictor.version, "assignment": assignment}
+            "fatal": pipeline.fatal, "model_version": pipeline.predictor.version, "assignment": assignment,
+            "consumer": consumer_view(app)}
 
 
 def _faust_level(level: str) -> str:

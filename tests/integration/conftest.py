@@ -23,7 +23,7 @@ import redis
 from mmcl.checkpoint import FeatureProfile, save_checkpoint
 from mmcl.config import ModelConfig
 from mmcl.model import build_model
-from streams.kafka import ensure_topics, producer_config
+from streams.kafka import ensure_topics, librdkafka_config, producer_config
 from streams.local import apache_kafka
 from streams.local.embedded import Service, free_port, start_redis
 from streams.messages import EncodedArray, FeatureMessage
@@ -109,6 +109,8 @@ class Stack:
     state_dir: Path
     prefix: str
     replication: int = 1
+    # KafkaSettings fields (SASL, TLS) for the test's own clients and, unless a test says otherwise, its workers
+    security: dict[str, str] = field(default_factory=dict)
     redis: redis.Redis = field(init=False)
     workers: list[Worker] = field(default_factory=list)
 
@@ -119,6 +121,14 @@ class Stack:
     def topics(self) -> TopicSettings:
         return TopicSettings(prefix=self.prefix, partitions=4, replication=self.replication)
 
+    def kafka_settings(self) -> KafkaSettings:
+        """The settings of the test's own clients: quick timings, and the stack's security."""
+        return KafkaSettings(bootstrap_servers=self.kafka.url, **QUICK_TIMINGS, **self.security)  # type: ignore[arg-type]  # validated from strings
+
+    def client(self, **conf: Any) -> dict[str, Any]:
+        """A librdkafka configuration for the test's own clients."""
+        return {**librdkafka_config(self.kafka_settings()), **conf}
+
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MMCL_")}
         env.update({
@@ -127,6 +137,7 @@ class Stack:
             "MMCL_KAFKA__GROUP_ID": f"{self.prefix}-workers",
             "MMCL_MODEL__CHECKPOINT": str(self.checkpoint), "MMCL_STATE_DIR": str(self.state_dir),
             **QUICK_ENV, "MMCL_JOIN__TIMEOUT_S": "1.0",
+            **{f"MMCL_KAFKA__{name.upper()}": value for name, value in self.security.items()},
             "MMCL_LOG_LEVEL": "info",
             "MMCL_MODEL__DEVICE": DEVICE, "MMCL_REGISTRY__PATH": str(self.state_dir / f"registry-{self.prefix}"),
         })
@@ -147,7 +158,7 @@ class Stack:
     def producer(self, max_record_bytes: int | None = None) -> Any:
         from confluent_kafka import Producer
 
-        conf = producer_config(quick_kafka(self.kafka.url))
+        conf = producer_config(self.kafka_settings())
         if max_record_bytes is not None:  # librdkafka refuses records over 1,000,000 bytes by default
             conf["message.max.bytes"] = max_record_bytes
         return Producer(conf)
@@ -159,9 +170,9 @@ class Stack:
         """Read a topic from the start until `expect` messages arrived (None: until it stays idle), or the timeout."""
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": self.kafka.url, "group.id": f"reader-{uuid.uuid4().hex}",
-                      "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.wait.max.ms": 20,
-                      "session.timeout.ms": 3000, "heartbeat.interval.ms": 300})
+        c = Consumer(self.client(**{"group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+                                    "enable.auto.commit": False, "fetch.wait.max.ms": 20, "session.timeout.ms": 3000,
+                                    "heartbeat.interval.ms": 300}))
         # assigned, not subscribed: no group join to wait for
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(self.topics.partitions)])
         out: list[Any] = []
@@ -188,7 +199,7 @@ class Stack:
         """The group's committed offset of one partition (-1001 when none)."""
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": self.kafka.url, "group.id": group, "enable.auto.commit": False})
+        c = Consumer(self.client(**{"group.id": group, "enable.auto.commit": False}))
         try:
             (tp,) = c.committed([TopicPartition(topic, partition)], timeout=10)
             return int(tp.offset)
@@ -201,7 +212,7 @@ class Stack:
 
         change = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
             ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)])
-        admin = AdminClient({"bootstrap.servers": self.kafka.url})  # must outlive the futures: destruction cancels them
+        admin = AdminClient(self.client())  # must outlive the futures: destruction cancels them
         admin.incremental_alter_configs([change])[change].result(15)
         described = ConfigResource(ConfigResource.Type.TOPIC, topic)
         wait_for(lambda: admin.describe_configs([described])[described].result(15)[key].value == value, 15,
@@ -213,8 +224,10 @@ class Stack:
         from confluent_kafka import Consumer, TopicPartition
 
         tps = [TopicPartition(t, p) for t in self.topics.features for p in range(self.topics.partitions)]
-        probe = Consumer({"bootstrap.servers": self.kafka.url, "group.id": group, "enable.auto.commit": False})
+        probe = Consumer(self.client(**{"group.id": group, "enable.auto.commit": False}))
         try:
+            for topic in self.topics.features:  # a new client knows no partition until it has the topic's metadata
+                probe.list_topics(topic, timeout=10)
             ends = {(tp.topic, tp.partition): probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
             return all(tp.offset == ends[(tp.topic, tp.partition)] or (ends[(tp.topic, tp.partition)] == 0 and tp.offset < 0)
                        for tp in probe.committed(tps, timeout=10))

@@ -154,6 +154,22 @@ def test_worker_refuses_feature_topics_that_are_not_copartitioned(stack: Stack) 
     assert len(lines) == 1 and "not co-partitioned" in lines[0] and f"{prefix}.features.audio=2" in lines[0], proc.stderr
 
 
+def test_worker_refuses_missing_topics_in_one_line_and_creates_none(stack: Stack) -> None:
+    """Apache Kafka creates a topic that a client asks for by name (auto.create.topics.enable is on by default), with
+    the broker's defaults: one partition, no retention of ours. The start-up checks ask for missing topics by name
+    (to tell "absent" from "not authorized") and must leave them absent."""
+    from confluent_kafka.admin import AdminClient
+
+    prefix = f"nt{uuid.uuid4().hex[:6]}"
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=stack.env(MMCL_TOPICS__PREFIX=prefix),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("mmcl: broker ")]
+    assert len(lines) == 1 and "do not exist" in lines[0] and f"{prefix}.features.text" in lines[0], proc.stderr
+    assert not [t for t in AdminClient({"bootstrap.servers": stack.kafka.url}).list_topics(timeout=10).topics
+                if t.startswith(prefix)]
+
+
 def test_three_workers_split_the_partitions_without_splitting_a_call(stack: Stack) -> None:
     """A call's three feature partitions must go to the same worker, or its parts never meet. Three workers on four
     partitions: plain round-robin over the 12 topic-partitions would give text:2 and audio:2 to different workers."""

@@ -243,6 +243,104 @@ def test_quiet_is_counted_from_when_fetches_are_answered_again_after_an_outage()
     assert isinstance(out, Dropped) and out.reason == Reason.INCOMPLETE
 
 
+def answered(progress: ReadProgress, clocks: Clocks, tps: list[tuple[str, int]], seconds: float,
+             polled: list[int]) -> None:
+    """Fetches of `tps` answered every half second for `seconds`, each showing the partition read to its end."""
+    for _ in range(int(seconds * 2)):
+        clocks.step(0.5)
+        polled[0] += 1
+        for tp in tps:
+            progress.observe(tp, FetchSnapshot(7, 7, polled_ms=polled[0]), clocks())
+
+
+def assert_decided_after_timeout(j: Joiner, progress: ReadProgress, clocks: Clocks, tps: list[tuple[str, int]],
+                                 polled: list[int], utt: str, at: int) -> None:
+    """An utterance with text and audio and no visual is decided without visual after the plain timeout."""
+    j.add(part("text", utt, "c", at), f"t-{utt}")
+    j.add(part("audio", utt, "c", at), f"a-{utt}")
+    answered(progress, clocks, tps, 2.5, polled)
+    (out,) = j.expire()
+    assert isinstance(out, Joined) and set(out.parts) == {"text", "audio"}
+
+
+def test_after_an_outage_longer_than_the_stall_wait_each_partition_gets_its_producers_time() -> None:
+    """The whole cluster was down for 30 s, longer than stall_wait_s. Back up, the producers deliver what they
+    held partition by partition as they reconnect: an utterance's text comes at once, its audio (required) and its
+    visual (optional) 8 s later. Neither is decided without them, though every partition reads to its end."""
+    clocks, polled = Clocks(), [0]
+    progress = ReadProgress(gap_s=2.0)
+    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    tps = [(m, 0) for m in ("text", "audio", "visual")]
+    answered(progress, clocks, tps, 1.0, polled)
+    for m in ("text", "audio", "visual"):
+        j.add(part(m, "u0", "c", 0), f"{m}0")
+    clocks.step(30)  # the outage: no fetch answers
+    answered(progress, clocks, tps, 0.5, polled)
+    j.add(part("text", "u1", "c", 5_000), "t1")  # made during the outage, delivered first
+    j.add(part("text", "u2", "c", 5_000), "t2")
+    j.add(part("audio", "u2", "c", 5_000), "a2")
+    answered(progress, clocks, tps, 8.0, polled)
+    assert j.expire() == []  # audio and visual quiet 8 s after a 30 s outage: still being delivered
+    assert j.add(part("audio", "u1", "c", 5_000), "a1") == []  # u1 still waits for its visual
+    (whole,) = [o for o in j.add(part("visual", "u1", "c", 5_000), "v1") if isinstance(o, Joined)]
+    assert whole.complete
+    answered(progress, clocks, tps, 9.5, polled)
+    assert j.expire() == []  # u2's visual: the partition delivered a part 9.5 s ago
+    answered(progress, clocks, tps, 1.0, polled)
+    (partial,) = j.expire()  # quiet for stall_wait_s after the outage, and it never came
+    assert isinstance(partial, Joined) and not partial.complete and set(partial.parts) == {"text", "audio"}
+    # an utterance begun well after the outage is back to the plain timeout
+    assert_decided_after_timeout(j, progress, clocks, tps, polled, "u3", 60_000)
+
+
+def test_an_outage_of_one_partition_gives_every_partition_time() -> None:
+    """Only audio's leader failed; visual's fetches never stopped being answered. An idempotent producer that lost
+    requests to the failed leader drains every partition before it sends again, so the visual part of an utterance
+    begun around the failover can still come seconds late: it is waited for stall_wait_s, not timeout_s."""
+    clocks, polled = Clocks(), [0]
+    progress = ReadProgress(gap_s=2.0)
+    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    healthy = [("text", 0), ("visual", 0)]
+    answered(progress, clocks, [*healthy, ("audio", 0)], 1.0, polled)
+    answered(progress, clocks, healthy, 9.0, polled)  # audio's leader is down: its fetches go unanswered
+    answered(progress, clocks, [*healthy, ("audio", 0)], 0.5, polled)  # a new leader answers
+    j.add(part("text", "u1", "c", 11_000), "t1")
+    j.add(part("audio", "u1", "c", 11_000), "a1")
+    answered(progress, clocks, [*healthy, ("audio", 0)], 5.0, polled)
+    assert j.expire() == []  # visual quiet for 5 s: held by a draining producer, maybe
+    (whole,) = j.add(part("visual", "u1", "c", 11_000), "v1")
+    assert isinstance(whole, Joined) and whole.complete
+
+
+def test_partitions_assigned_again_by_a_rebalance_wait_for_parts_producers_may_still_hold() -> None:
+    """A rebalance during an outage forgets what was seen of the outage; the partitions come back re-read from their
+    commit while producers still hold parts. A part missing right after a reassignment gets stall_wait_s, the first
+    assignment of a worker does not (nothing was held for it), and neither does an utterance begun long after."""
+    clocks, polled = Clocks(), [0]
+    progress = ReadProgress(gap_s=2.0)
+    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    tps = [(m, 0) for m in ("text", "audio", "visual")]
+    answered(progress, clocks, tps, 1.0, polled)
+    j.add(part("text", "u0", "c", 0), "t0")
+    j.add(part("audio", "u0", "c", 0), "a0")
+    answered(progress, clocks, tps, 2.5, polled)
+    (first,) = j.expire()  # first assignment: visual decided missing after the timeout
+    assert isinstance(first, Joined) and set(first.parts) == {"text", "audio"}
+    progress.forget(tps)  # a rebalance: revoked, then assigned again
+    j.forget(lambda token: False)
+    j.assigned({0})
+    progress.reassigned(tps, clocks())
+    answered(progress, clocks, tps, 0.5, polled)
+    j.add(part("text", "u1", "c", 4_000), "t1")
+    j.add(part("audio", "u1", "c", 4_000), "a1")
+    answered(progress, clocks, tps, 5.0, polled)
+    assert j.expire() == []  # 5.5 s after the reassignment: its producer may not have reconnected yet
+    (whole,) = j.add(part("visual", "u1", "c", 4_000), "v1")
+    assert isinstance(whole, Joined) and whole.complete
+    answered(progress, clocks, tps, 10.0, polled)
+    assert_decided_after_timeout(j, progress, clocks, tps, polled, "u2", 20_000)
+
+
 def test_read_progress_is_forgotten_with_the_partition() -> None:
     progress = ReadProgress(gap_s=2.0)
     progress.observe("tp", FetchSnapshot(5, 5, polled_ms=1), 3.0)
@@ -250,7 +348,7 @@ def test_read_progress_is_forgotten_with_the_partition() -> None:
     progress.observe("tp", FetchSnapshot(5, 9, polled_ms=2), 4.0)  # more arrived: the last evidence stands
     assert progress.fetched("tp") == Fetched(3.0, 3.0)
     progress.observe("tp", FetchSnapshot(9, 9, polled_ms=3), 9.0)  # 5 s without an answer: a gap
-    assert progress.fetched("tp") == Fetched(9.0, 9.0)
+    assert progress.fetched("tp") == Fetched(9.0, 9.0, resumed_at=9.0)
     progress.forget(["tp"])
     assert progress.fetched("tp") is None
 
