@@ -294,10 +294,11 @@ def scrape_batch(port: int) -> float:
 def measure_system(h: Harness, a: argparse.Namespace, kind: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Drain rate, then the offered rates, then 80% of the highest sustained one, for one system on h's broker."""
     prefix = f"b{kind[0]}{uuid.uuid4().hex[:6]}"
+    run = f"{h.broker}-{kind}"  # the call ids of this system on this broker: Redis is shared by the whole run
     proc = h.start(kind, prefix)
     try:
-        h.offer(prefix, f"{kind}-warm-", 50, 50)
-        cap = h.offer(prefix, f"{kind}-drain-", 5000, a.backlog)["achieved"]
+        h.offer(prefix, f"{run}-warm-", 50, 50)
+        cap = h.offer(prefix, f"{run}-drain-", 5000, a.backlog)["achieved"]
         out: dict[str, Any] = {"drain_throughput": cap}
         if kind == "service":
             out["avg_batch"] = scrape_batch(h.port)
@@ -306,13 +307,13 @@ def measure_system(h: Harness, a: argparse.Namespace, kind: str, rows: list[dict
         for frac in a.fractions:
             rate = max(5.0, round(cap * frac))
             row = {"broker": h.broker, "system": kind,
-                   **h.offer(prefix, f"{kind}-r{int(rate)}-", rate, max(40, int(rate * a.seconds)))}
+                   **h.offer(prefix, f"{run}-r{int(rate)}-", rate, max(40, int(rate * a.seconds)))}
             rows.append(row)
             print(json.dumps(row), flush=True)
             if row["sustained"]:
                 highest = max(highest, rate)
         rate80 = max(5.0, round(0.8 * highest))
-        at80 = h.offer(prefix, f"{kind}-at80-", rate80, max(40, int(rate80 * a.seconds)))
+        at80 = h.offer(prefix, f"{run}-at80-", rate80, max(40, int(rate80 * a.seconds)))
         out.update({"highest_sustained": highest, "at80": at80})
         print(f"{h.broker} {kind}: highest sustained {highest:.0f} utt/s; at {rate80:.0f}: p99 {at80['p99'] * 1000:.0f} ms",
               flush=True)

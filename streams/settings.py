@@ -57,10 +57,14 @@ class KafkaSettings(BaseModel):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     group_id: str = "mmcl-worker"
-    # Apache Kafka's own client defaults; the local profile (streams.local.runtime) applies the embedded broker's
-    session_timeout_s: float = Field(45.0, gt=0, le=300)  # a dead worker's partitions move after this long
-    heartbeat_interval_s: float = Field(3.0, gt=0)
-    fetch_max_wait_ms: int = Field(500, ge=1, le=30_000)  # Kafka answers a fetch as soon as data arrives, before this
+    # Measured on Apache Kafka (benchmarks/client_timings.py): a crashed worker's calls get no results for about the
+    # session timeout, and Kafka's own 45 s is a long silence for a live feed; at 10 s a worker saturating two cores
+    # missed no heartbeat (the consumer heartbeats from its own thread). The local profile (streams.local.runtime)
+    # applies the embedded broker's timings.
+    session_timeout_s: float = Field(10.0, gt=0, le=300)  # a dead worker's partitions move after this long
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    # Kafka answers a fetch as soon as data arrives: the wait bounds only idle fetches (50 and 500 ms measured alike)
+    fetch_max_wait_ms: int = Field(500, ge=1, le=30_000)
     commit_interval_s: float = Field(1.0, gt=0)
     # how long every producer of ours (the worker's outputs, the simulator, the extractors, feedback ingestion) waits
     # to fill a batch before sending it

@@ -273,7 +273,8 @@ class Joiner:
             # an utterance begun before, during or just after an outage (of any partition the worker reads): the
             # producers deliver what they held partition by partition as they reconnect, so its other parts
             # arriving says nothing of this one, whether the modality is required or not, however long it lasted
-            stalled = stalled or (seen.resumed_at is not None and entry.first_at < seen.resumed_at + self.stall_wait_s)
+            if seen.resumed_at is not None and entry.first_at < seen.resumed_at + self.stall_wait_s:
+                stalled, quiet_since = True, max(quiet_since, seen.resumed_at)  # silence counts from the recovery
         quiet_for = self.stall_wait_s if stalled else self.timeout_s
         return now - entry.first_at >= self.timeout_s and now - quiet_since >= quiet_for
 
