@@ -159,30 +159,30 @@ def attach_pipeline(app: StreamApp, settings: Settings, pipeline: Pipeline,
 def consumer_view(app: StreamApp) -> dict[str, dict[str, Any]]:
     """Per assigned partition, what the consumer knows and does with it: for /healthz, and for finding a partition
     the consumer stopped reading (position, end, last answer; paused by Faust or aiokafka; records waiting to be
-    handed out; the leader it fetches from and whether a fetch to that node is in flight)."""
+    handed out; the leader it fetches from and whether a fetch to that node is in flight). Empty while it cannot be
+    read: aiokafka changes this state on its own thread, and a status page must not fail because of it."""
     try:
         faust_consumer: Any = app.consumer
         consumer = faust_consumer._thread._ensure_consumer()
         assignment = consumer._subscription.subscription.assignment
-        fetcher = consumer._fetcher
-        cluster = consumer._client.cluster
-    except Exception:
+        if assignment is None:
+            return {}
+        fetcher, cluster = consumer._fetcher, consumer._client.cluster
+        active, paused, buffered = (set(faust_consumer._active_partitions or ()), set(faust_consumer._paused_partitions),
+                                    set(faust_consumer._buffered_partitions))
+        out: dict[str, dict[str, Any]] = {}
+        for tp in sorted(assignment.tps):
+            state = assignment.state_value(tp)
+            leader = cluster.leader_for_partition(tp)
+            key = (tp.topic, tp.partition)
+            out[f"{tp.topic}:{tp.partition}"] = {
+                "position": state.position if state.has_valid_position else None,
+                "highwater": state.highwater, "polled_ms": state.timestamp, "paused": state.paused,
+                "faust_active": key in {(t.topic, t.partition) for t in active},
+                "faust_paused": key in {(t.topic, t.partition) for t in paused},
+                "faust_buffered": key in {(t.topic, t.partition) for t in buffered},
+                "fetched_waiting": tp in fetcher._records, "leader": leader, "in_flight": leader in fetcher._in_flight,
+            }
+        return out
+    except Exception:  # not started, stopping, between assignments, or changed while read
         return {}
-    if assignment is None:
-        return {}
-    active = faust_consumer._active_partitions or set()
-    out: dict[str, dict[str, Any]] = {}
-    for tp in sorted(assignment.tps):
-        state = assignment.state_value(tp)
-        leader = cluster.leader_for_partition(tp)
-        out[f"{tp.topic}:{tp.partition}"] = {
-            "position": state.position if state.has_valid_position else None,
-            "highwater": state.highwater, "polled_ms": state.timestamp, "paused": state.paused,
-            "faust_active": any(t.topic == tp.topic and t.partition == tp.partition for t in active),
-            "faust_paused": any(t.topic == tp.topic and t.partition == tp.partition
-                                for t in faust_consumer._paused_partitions),
-            "faust_buffered": any(t.topic == tp.topic and t.partition == tp.partition
-                                  for t in faust_consumer._buffered_partitions),
-            "fetched_waiting": tp in fetcher._records, "leader": leader, "in_flight": leader in fetcher._in_flight,
-        }
-    return out

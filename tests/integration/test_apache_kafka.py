@@ -52,6 +52,12 @@ def test_round_trip_on_apache_kafka_with_production_timings(apache_stack: Stack)
         probe.close()
     wait_for(lambda: st.committed_to_the_end(f"{st.prefix}-workers"), 30,
              "offsets committed to the end of every feature partition", every=0.5)
+    # /healthz shows the consumer's view of each partition it owns: here, every one read to its end
+    seen = worker.status()["consumer"]
+    assert sorted(seen) == sorted(f"{tp.topic}:{tp.partition}" for tp in tps)
+    assert all(v["position"] == v["highwater"] and v["leader"] == 1 and not v["paused"] for v in seen.values()), seen
+    assert sum(v["highwater"] for v in seen.values()) == stats.messages
+    assert worker.metric("mmcl_rebalances_total") >= 1
 
 
 def test_the_broker_applies_the_topic_configs_we_write(apache_stack: Stack) -> None:
