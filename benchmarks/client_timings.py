@@ -11,7 +11,7 @@ with random weights, 16 simulated calls (the harness of pipeline_throughput.py).
    latency of their utterances. Then the survivor drains a backlog on the machine's two cores, and the rebalances it
    went through meanwhile are counted: a session too short for a loaded worker shows as rebalances here.
 
-    python benchmarks/client_timings.py     # ~8 minutes on 2 cores; writes benchmarks/results/client_timings.*
+    python benchmarks/client_timings.py     # ~6 minutes on 2 cores; writes benchmarks/results/client_timings.*
 """
 
 from __future__ import annotations

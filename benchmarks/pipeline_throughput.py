@@ -12,7 +12,7 @@ result in Redis (the feed entry's id is the Redis server's clock at the write; s
 sustained when every result arrives, results arrive at >= 97% of the offered pace, and the last one within 2 s of
 the producer's end.
 
-    python benchmarks/pipeline_throughput.py            # ~14 minutes on 2 cores; writes benchmarks/results/pipeline.*
+    python benchmarks/pipeline_throughput.py            # ~6 minutes on 2 cores; writes benchmarks/results/pipeline.*
     python benchmarks/pipeline_throughput.py --brokers kafka   # Apache Kafka alone
 """
 

@@ -137,10 +137,14 @@ def admin_client(kafka: KafkaSettings, errors: list[Any] | None = None) -> Any:
 def partition_counts(kafka: KafkaSettings, topics: tuple[str, ...], timeout: float = 10.0) -> dict[str, int | None]:
     """Each topic's partition count from the broker's metadata (None: no such topic). A TransientError when the
     broker does not answer; a ConfigError when it refuses our login, or says we may not see a topic."""
+    errors: list[Any] = []
+    return _read_counts(admin_client(kafka, errors), errors, kafka, topics, timeout)
+
+
+def _read_counts(admin: Any, errors: list[Any], kafka: KafkaSettings, topics: tuple[str, ...],
+                 timeout: float) -> dict[str, int | None]:
     from confluent_kafka import KafkaError, KafkaException
 
-    errors: list[Any] = []
-    admin = admin_client(kafka, errors)
     try:
         md = admin.list_topics(timeout=timeout)
     except KafkaException as e:
@@ -244,8 +248,10 @@ def settled_counts(kafka: KafkaSettings, topics: tuple[str, ...], settled: Calla
     acknowledges a new topic before every broker has it: for a moment a broker's metadata lacks the topic, or shows
     only some of its partitions."""
     end = time.monotonic() + within_s
+    errors: list[Any] = []
+    admin = admin_client(kafka, errors)  # one client for every reading: each new one connects again
     while True:
-        counts = partition_counts(kafka, topics, timeout)
+        counts = _read_counts(admin, errors, kafka, topics, timeout)
         if settled(counts) or time.monotonic() >= end:
             return counts
         time.sleep(0.25)

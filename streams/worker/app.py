@@ -168,8 +168,9 @@ def consumer_view(app: StreamApp) -> dict[str, dict[str, Any]]:
         if assignment is None:
             return {}
         fetcher, cluster = consumer._fetcher, consumer._client.cluster
-        active, paused, buffered = (set(faust_consumer._active_partitions or ()), set(faust_consumer._paused_partitions),
-                                    set(faust_consumer._buffered_partitions))
+        active, paused, buffered = ({(t.topic, t.partition) for t in tps} for tps in (
+            faust_consumer._active_partitions or (), faust_consumer._paused_partitions,
+            faust_consumer._buffered_partitions))
         out: dict[str, dict[str, Any]] = {}
         for tp in sorted(assignment.tps):
             state = assignment.state_value(tp)
@@ -178,9 +179,7 @@ def consumer_view(app: StreamApp) -> dict[str, dict[str, Any]]:
             out[f"{tp.topic}:{tp.partition}"] = {
                 "position": state.position if state.has_valid_position else None,
                 "highwater": state.highwater, "polled_ms": state.timestamp, "paused": state.paused,
-                "faust_active": key in {(t.topic, t.partition) for t in active},
-                "faust_paused": key in {(t.topic, t.partition) for t in paused},
-                "faust_buffered": key in {(t.topic, t.partition) for t in buffered},
+                "faust_active": key in active, "faust_paused": key in paused, "faust_buffered": key in buffered,
                 "fetched_waiting": tp in fetcher._records, "leader": leader, "in_flight": leader in fetcher._in_flight,
             }
         return out

@@ -159,7 +159,7 @@ class Pipeline(Outputs):
     def on_assigned(self, tps: set[tuple[str, int]]) -> None:
         """Partitions assigned: remember them and let the join's clock run again."""
         if self.owned_before:  # see ReadProgress.reassigned
-            self.progress.reassigned(tps, self.live())
+            self.progress.reassigned(self.live())
         self.owned, self.owned_before = set(tps), True
         self.metrics.rebalances.inc()
         self.joiner.assigned({p for _, p in tps})
@@ -234,7 +234,7 @@ class Pipeline(Outputs):
             if self.stopping:
                 return  # not submitted, not acked: re-read by the next owner
             self.metrics.join_wait.observe(out.wait_s)
-            if not out.complete:
+            if not out.complete and log.isEnabledFor(logging.DEBUG):
                 log.debug("%s/%s decided with %s only, after %.1f s", out.call_id, out.utterance_id,
                           ",".join(sorted(out.parts)), out.wait_s)
             if self._slots.locked():  # back-pressure: wait while the model or the sinks are behind
@@ -258,8 +258,9 @@ class Pipeline(Outputs):
     async def _drop(self, out: Dropped) -> None:
         """A dropped utterance's parts go to the dead-letter topic, unless its result is already written (parts
         read again after a restart or a rebalance): those used in the result are re-deliveries, the others late."""
-        log.debug("%s dropped (%s): %s", [f"{t.topic}[{t.partition}]@{t.offset}" for t in out.tokens], out.reason.value,
-                  out.error)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s dropped (%s): %s", [f"{t.topic}[{t.partition}]@{t.offset}" for t in out.tokens],
+                      out.reason.value, out.error)
         if out.reason is not Reason.INCOMPLETE or not out.parts:
             await self._dead_letter(list(out.tokens), out.reason, "join", out.error)
             return

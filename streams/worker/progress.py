@@ -53,7 +53,9 @@ class ReadProgress:
         self._answered_at: dict[Hashable, float] = {}
         self._answering_since: dict[Hashable, float] = {}
         self._caught_up_at: dict[Hashable, float] = {}
-        self._resumed_at: dict[Hashable, float] = {}
+        # the latest time any partition's fetches were answered again after a gap, or a partition was reassigned; kept
+        # when partitions are revoked: the producers held up by that outage are held up whoever reads next
+        self._resumed_at: float | None = None
 
     def observe(self, tp: Hashable, snap: FetchSnapshot | None, now: float) -> None:
         """Record a snapshot taken at live time `now` (None: the consumer knows nothing of the partition yet)."""
@@ -64,26 +66,25 @@ class ReadProgress:
         if last is None or now - last > self.gap_s:
             self._answering_since[tp] = now
             if last is not None:
-                self._resumed_at[tp] = now
+                self._resumed_at = now
         self._answered_at[tp] = now
         if snap.position >= snap.highwater:
             self._caught_up_at[tp] = now
 
-    def reassigned(self, tps: Iterable[Hashable], now: float) -> None:
+    def reassigned(self, now: float) -> None:
         """Partitions assigned again by a rebalance (not the worker's first assignment): a rebalance during an
         outage forgets what was seen of the outage, so the assignment itself counts as fetches answered again."""
-        for tp in tps:
-            self._resumed_at[tp] = now
+        self._resumed_at = now
 
     def fetched(self, tp: Hashable) -> Fetched | None:
         """What is known of the partition (None: no fetch answer since its assignment)."""
         since = self._answering_since.get(tp)
         if since is None:
             return None
-        return Fetched(self._caught_up_at.get(tp), since, max(self._resumed_at.values(), default=None))
+        return Fetched(self._caught_up_at.get(tp), since, self._resumed_at)
 
     def forget(self, tps: Iterable[Hashable]) -> None:
         """Partitions revoked: what was seen of them is stale for their next assignment."""
         for tp in tps:
-            for table in (self._polled, self._answered_at, self._answering_since, self._caught_up_at, self._resumed_at):
+            for table in (self._polled, self._answered_at, self._answering_since, self._caught_up_at):
                 table.pop(tp, None)

@@ -166,8 +166,7 @@ def test_worker_refuses_missing_topics_in_one_line_and_creates_none(stack: Stack
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("mmcl: broker ")]
     assert len(lines) == 1 and "do not exist" in lines[0] and f"{prefix}.features.text" in lines[0], proc.stderr
-    assert not [t for t in AdminClient({"bootstrap.servers": stack.kafka.url}).list_topics(timeout=10).topics
-                if t.startswith(prefix)]
+    assert not [t for t in AdminClient(stack.client()).list_topics(timeout=10).topics if t.startswith(prefix)]
 
 
 def test_three_workers_split_the_partitions_without_splitting_a_call(stack: Stack) -> None:

@@ -329,7 +329,7 @@ def test_partitions_assigned_again_by_a_rebalance_wait_for_parts_producers_may_s
     progress.forget(tps)  # a rebalance: revoked, then assigned again
     j.forget(lambda token: False)
     j.assigned({0})
-    progress.reassigned(tps, clocks())
+    progress.reassigned(clocks())
     answered(progress, clocks, tps, 0.5, polled)
     j.add(part("text", "u1", "c", 4_000), "t1")
     j.add(part("audio", "u1", "c", 4_000), "a1")
