@@ -17,6 +17,7 @@ does the waiting itself instead, bounded: writes in flight finish, pending parts
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -104,23 +105,32 @@ def build_app(settings: Settings) -> StreamApp:
 
 
 def fetch_state(app: StreamApp) -> Callable[[Iterable[tuple[str, int]]], dict[tuple[str, int], FetchSnapshot]]:
-    """The consumer's position, high watermark and last poll time of partitions, read from aiokafka's partition
-    state (Faust offers the high watermark alone, and nothing tells whether a fetch answered recently). Partitions
-    with no position or no fetch answer yet are left out, and all of them while the state cannot be read."""
+    """The consumer's position, high watermark and last fetch answer of partitions, read from aiokafka's partition
+    state (Faust offers the high watermark alone, and nothing tells whether a fetch answered recently), and whether
+    the consumer is asking for them at all. Partitions with no position or no fetch answer yet are left out, and all
+    of them while the state cannot be read."""
     from aiokafka.structs import TopicPartition
 
     def snapshots(tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], FetchSnapshot]:
         try:  # once per call: the join's deadline loop asks every few tens of milliseconds
             consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]  # the aiokafka driver's, not in faust's ConsumerT
             assignment = consumer._subscription.subscription.assignment
-        except Exception:  # not started, stopping, or between assignments
+            cluster = consumer._client.cluster
+            # aiokafka sends no fetch to a broker while records it fetched from there wait to be taken, and the
+            # consumer's thread changes this table: a copy, or no snapshot at all this time
+            waiting = set(consumer._fetcher._records)
+            busy = {cluster.leader_for_partition(tp) for tp in waiting} - {None, -1}
+        except Exception:  # not started, stopping, between assignments, or the table changed while copied
             return {}
-        out = {}
+        now_ms, out = int(time.time() * 1000), {}  # aiokafka stamps fetch answers with time.time()
         for topic, partition in tps:
-            state = assignment.state_value(TopicPartition(topic, partition)) if assignment is not None else None
+            tp = TopicPartition(topic, partition)
+            state = assignment.state_value(tp) if assignment is not None else None
             if state is not None and state.has_valid_position and state.highwater is not None \
                     and state.timestamp is not None:
-                out[(topic, partition)] = FetchSnapshot(int(state.position), int(state.highwater), int(state.timestamp))
+                held = state.paused or tp in waiting or cluster.leader_for_partition(tp) in busy
+                out[(topic, partition)] = FetchSnapshot(int(state.position), int(state.highwater), int(state.timestamp),
+                                                        max(0, now_ms - int(state.timestamp)), bool(held))
         return out
 
     return snapshots

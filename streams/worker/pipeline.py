@@ -64,7 +64,8 @@ class Pipeline(Outputs):
         j = settings.join
         # the consumer's view of each partition (None: without one, a quiet partition is trusted to be caught up)
         self._fetch_state = fetch_state
-        self.progress = ReadProgress()
+        # an idle partition's fetches are answered once per fetch wait: twice that without an answer is an outage
+        self.progress = ReadProgress(silence_s=max(1.0, 2 * settings.kafka.fetch_max_wait_ms / 1000))
         self.owned_before = False  # whether partitions were assigned to this worker before
         fetched = None if fetch_state is None else (lambda m, g: self.progress.fetched((settings.topics.feature(m), g)))
         self.joiner = Joiner(j.required, settings.policy.allowed, j.timeout_s, j.max_pending, j.remember_emitted,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
@@ -224,7 +226,7 @@ def test_quiet_is_counted_from_when_fetches_are_answered_again_after_an_outage()
     """The whole cluster was down for 20 s: the producers deliver what they made meanwhile only after reconnecting.
     Silence during the outage is no evidence; the partition must stay quiet while its fetches are answered."""
     clocks = Clocks()
-    progress = ReadProgress(gap_s=2.0)
+    progress = ReadProgress(silence_s=1.0)
     j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
     progress.observe(("audio", 0), FetchSnapshot(3, 3, polled_ms=1), clocks())
     j.add(part("audio", "u0", "c", 0), "a0")
@@ -232,7 +234,7 @@ def test_quiet_is_counted_from_when_fetches_are_answered_again_after_an_outage()
     j.add(part("visual", "u0", "c", 0), "v0")
     j.add(part("text", "u1", "c", 100), "t1")  # then the cluster goes down: no fetch answers for 20 s
     j.add(part("visual", "u1", "c", 100), "v1")
-    clocks.step(20)
+    answered(progress, clocks, [], 20.0, [1], silent=[("audio", 0)])
     progress.observe(("audio", 0), FetchSnapshot(4, 4, polled_ms=2), clocks())  # back, and caught up
     clocks.step(0.5)
     assert j.expire() == []  # silent 20.5 s, but answered for 0.5 s only: its producers may not have reconnected
@@ -244,13 +246,16 @@ def test_quiet_is_counted_from_when_fetches_are_answered_again_after_an_outage()
 
 
 def answered(progress: ReadProgress, clocks: Clocks, tps: list[tuple[str, int]], seconds: float,
-             polled: list[int]) -> None:
-    """Fetches of `tps` answered every half second for `seconds`, each showing the partition read to its end."""
-    for _ in range(int(seconds * 2)):
+             polled: list[int], silent: Sequence[tuple[str, int]] = (), held: Sequence[tuple[str, int]] = ()) -> None:
+    """Fetches of `tps` answered every half second for `seconds`, each showing the partition read to its end; those
+    of `silent` unanswered all along, and `held` not asked for by the consumer (records of its leader wait)."""
+    for k in range(1, int(seconds * 2) + 1):
         clocks.step(0.5)
         polled[0] += 1
         for tp in tps:
             progress.observe(tp, FetchSnapshot(7, 7, polled_ms=polled[0]), clocks())
+        for tp in [*silent, *held]:
+            progress.observe(tp, FetchSnapshot(7, 7, polled_ms=-1, silent_ms=500 * k, held=tp in held), clocks())
 
 
 def assert_decided_after_timeout(j: Joiner, progress: ReadProgress, clocks: Clocks, tps: list[tuple[str, int]],
@@ -268,13 +273,13 @@ def test_after_an_outage_longer_than_the_stall_wait_each_partition_gets_its_prod
     held partition by partition as they reconnect: an utterance's text comes at once, its audio (required) and its
     visual (optional) 8 s later. Neither is decided without them, though every partition reads to its end."""
     clocks, polled = Clocks(), [0]
-    progress = ReadProgress(gap_s=2.0)
+    progress = ReadProgress(silence_s=1.0)
     j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
     tps = [(m, 0) for m in ("text", "audio", "visual")]
     answered(progress, clocks, tps, 1.0, polled)
     for m in ("text", "audio", "visual"):
         j.add(part(m, "u0", "c", 0), f"{m}0")
-    clocks.step(30)  # the outage: no fetch answers
+    answered(progress, clocks, [], 30.0, polled, silent=tps)  # the outage: no fetch answers
     answered(progress, clocks, tps, 0.5, polled)
     j.add(part("text", "u1", "c", 5_000), "t1")  # made during the outage, delivered first
     j.add(part("text", "u2", "c", 5_000), "t2")
@@ -298,11 +303,11 @@ def test_an_outage_of_one_partition_gives_every_partition_time() -> None:
     requests to the failed leader drains every partition before it sends again, so the visual part of an utterance
     begun around the failover can still come seconds late: it is waited for stall_wait_s, not timeout_s."""
     clocks, polled = Clocks(), [0]
-    progress = ReadProgress(gap_s=2.0)
+    progress = ReadProgress(silence_s=1.0)
     j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
     healthy = [("text", 0), ("visual", 0)]
     answered(progress, clocks, [*healthy, ("audio", 0)], 1.0, polled)
-    answered(progress, clocks, healthy, 9.0, polled)  # audio's leader is down: its fetches go unanswered
+    answered(progress, clocks, healthy, 9.0, polled, silent=[("audio", 0)])  # audio's leader is down
     answered(progress, clocks, [*healthy, ("audio", 0)], 0.5, polled)  # a new leader answers
     j.add(part("text", "u1", "c", 11_000), "t1")
     j.add(part("audio", "u1", "c", 11_000), "a1")
@@ -312,12 +317,58 @@ def test_an_outage_of_one_partition_gives_every_partition_time() -> None:
     assert isinstance(whole, Joined) and whole.complete
 
 
+def test_an_utterance_begun_as_a_leader_dies_waits_for_the_parts_its_producers_hold() -> None:
+    """Audio's leader dies just after an utterance's text and audio were sent; its visual was made a moment later and
+    is held by the draining producer, though visual's partition answers every fetch, read to its end. The outage
+    shows as audio's silence a second later, before the timeout, and from then on the visual part is waited for."""
+    clocks, polled = Clocks(), [0]
+    progress = ReadProgress(silence_s=1.0)
+    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    healthy, audio = [("text", 0), ("visual", 0)], ("audio", 0)
+    answered(progress, clocks, [*healthy, audio], 1.0, polled)
+    j.add(part("text", "u1", "c", 1_000), "t1")
+    j.add(part("audio", "u1", "c", 1_000), "a1")
+    for k in range(1, 11):  # 5 s: audio's fetches unanswered until a new leader is elected
+        answered(progress, clocks, healthy, 0.5, polled)
+        progress.observe(audio, FetchSnapshot(7, 7, polled_ms=polled[0] - k, silent_ms=500 * k), clocks())
+        assert j.expire() == []
+    answered(progress, clocks, [*healthy, audio], 3.0, polled)
+    assert j.expire() == []  # answered again 3 s ago: the producer may not have reached visual's leader yet
+    (whole,) = j.add(part("visual", "u1", "c", 1_000), "v1")
+    assert isinstance(whole, Joined) and whole.complete
+    answered(progress, clocks, [*healthy, audio], 10.0, polled)
+    assert_decided_after_timeout(j, progress, clocks, [*healthy, audio], polled, "u2", 20_000)
+
+
+def test_silence_the_consumer_chose_is_no_outage() -> None:
+    """A partition of another group goes unfetched for 4 s because the worker has not yet taken the records fetched
+    from its leader (back-pressure), and the worker's own loop observes the consumer only every 3 s (a slow batch):
+    neither is an outage, so a missing part is decided after the plain timeout."""
+    clocks, polled = Clocks(), [0]
+    progress = ReadProgress(silence_s=1.0)
+    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    tps = [(m, 0) for m in ("text", "audio", "visual")]
+    answered(progress, clocks, tps, 1.0, polled)
+    j.add(part("text", "u1", "c", 1_000), "t1")
+    j.add(part("audio", "u1", "c", 1_000), "a1")
+    answered(progress, clocks, tps, 2.5, polled, held=[("audio", 1)])
+    (partial,) = j.expire()
+    assert isinstance(partial, Joined) and set(partial.parts) == {"text", "audio"}
+    j.add(part("text", "u2", "c", 4_000), "t2")
+    j.add(part("audio", "u2", "c", 4_000), "a2")
+    clocks.step(3.0)  # the loop stalls; the consumer's thread went on fetching
+    for tp in tps:
+        progress.observe(tp, FetchSnapshot(7, 7, polled_ms=polled[0] + 1, silent_ms=100), clocks())
+    (partial,) = j.expire()
+    assert isinstance(partial, Joined) and set(partial.parts) == {"text", "audio"}
+
+
 def test_partitions_assigned_again_by_a_rebalance_wait_for_parts_producers_may_still_hold() -> None:
     """A rebalance during an outage forgets what was seen of the outage; the partitions come back re-read from their
     commit while producers still hold parts. A part missing right after a reassignment gets stall_wait_s, the first
     assignment of a worker does not (nothing was held for it), and neither does an utterance begun long after."""
     clocks, polled = Clocks(), [0]
-    progress = ReadProgress(gap_s=2.0)
+    progress = ReadProgress(silence_s=1.0)
     j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
     tps = [(m, 0) for m in ("text", "audio", "visual")]
     answered(progress, clocks, tps, 1.0, polled)
@@ -342,13 +393,21 @@ def test_partitions_assigned_again_by_a_rebalance_wait_for_parts_producers_may_s
 
 
 def test_read_progress_is_forgotten_with_the_partition() -> None:
-    progress = ReadProgress(gap_s=2.0)
+    progress = ReadProgress(silence_s=1.0)
     progress.observe("tp", FetchSnapshot(5, 5, polled_ms=1), 3.0)
     assert progress.fetched("tp") == Fetched(3.0, 3.0)
     progress.observe("tp", FetchSnapshot(5, 9, polled_ms=2), 4.0)  # more arrived: the last evidence stands
     assert progress.fetched("tp") == Fetched(3.0, 3.0)
-    progress.observe("tp", FetchSnapshot(9, 9, polled_ms=3), 9.0)  # 5 s without an answer: a gap
-    assert progress.fetched("tp") == Fetched(9.0, 9.0, resumed_at=9.0)
+    progress.observe("tp", FetchSnapshot(5, 9, polled_ms=2, silent_ms=900), 4.9)  # a fetch wait: not silent yet
+    assert progress.fetched("tp") == Fetched(3.0, 3.0)
+    progress.observe("tp", FetchSnapshot(5, 9, polled_ms=2, silent_ms=1100), 5.1)  # silent: out while it lasts
+    assert progress.fetched("tp") == Fetched(3.0, 3.0, resumed_at=5.1)
+    progress.observe("tp", FetchSnapshot(5, 9, polled_ms=2, silent_ms=5000), 9.0)
+    assert progress.fetched("tp") == Fetched(3.0, 3.0, resumed_at=9.0)
+    progress.observe("tp", FetchSnapshot(9, 9, polled_ms=3), 9.2)  # answered again, and read to its end
+    assert progress.fetched("tp") == Fetched(9.2, 9.2, resumed_at=9.2)
+    progress.observe("tp", FetchSnapshot(9, 9, polled_ms=4), 9.7)
+    assert progress.fetched("tp") == Fetched(9.7, 9.2, resumed_at=9.2)
     progress.forget(["tp"])
     assert progress.fetched("tp") is None
 
