@@ -13,10 +13,11 @@ the partition read to its end: quiet because nothing was produced, not because n
 modality's partition that was delivering parts when the utterance began and then fell silent is given `stall_wait_s`
 instead of the timeout: a leader failing over holds that partition's parts in the producers while the other modalities
 flow. So is any modality's partition for an utterance begun before fetches were answered again after an outage of any
-partition (or a reassignment), or less than `stall_wait_s` after: the producers deliver what they held as they
-reconnect. Deciding on arrival time alone would drop whole backlogs as incomplete whenever the worker is behind (after a
-restart, a burst, an outage), because the three topics are not read at the same pace. `clock` is live time: the worker
-stops it while it is not taking messages (back-pressure, a rebalance), so a pause does not make partitions look quiet.
+partition (or a reassignment), or less than `stall_wait_s` after, and while an outage lasts: the producers deliver what
+they held as they reconnect. Deciding on arrival time alone would drop whole backlogs as incomplete whenever the worker
+is behind (after a restart, a burst, an outage), because the three topics are not read at the same pace. `clock` is
+live time: the worker stops it while it is not taking messages (back-pressure, a rebalance), so a pause does not make
+partitions look quiet.
 Producer clocks are kept honest by streams.worker.event_time, and `max_wait_s` of live time decides any utterance
 whatever the clocks say.
 

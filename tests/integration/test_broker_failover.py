@@ -113,7 +113,7 @@ def busiest_leader(cluster: Cluster, st: Stack) -> int:
     return max(sorted(set(leaders)), key=leaders.count)
 
 
-@pytest.mark.failover  # not in the default run yet: see docs/operations.md#kafka-versions-tested
+@pytest.mark.failover
 @pytest.mark.timeout(420)  # two failovers of a JVM cluster, each waited out under a live stream
 @pytest.mark.parametrize("workers", [1, 2])
 def test_leader_killed_and_cluster_restarted_lose_nothing(cluster: Cluster, cluster_stack: Stack,

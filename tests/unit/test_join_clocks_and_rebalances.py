@@ -245,6 +245,13 @@ def test_quiet_is_counted_from_when_fetches_are_answered_again_after_an_outage()
     assert isinstance(out, Dropped) and out.reason == Reason.INCOMPLETE
 
 
+def watched() -> tuple[Clocks, list[int], ReadProgress, Joiner]:
+    """A join that reads the consumer's fetch progress (silence 1 s, stall wait 10 s), and a fetch-answer counter."""
+    clocks, progress = Clocks(), ReadProgress(silence_s=1.0)
+    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    return clocks, [0], progress, j
+
+
 def answered(progress: ReadProgress, clocks: Clocks, tps: list[tuple[str, int]], seconds: float,
              polled: list[int], silent: Sequence[tuple[str, int]] = (), held: Sequence[tuple[str, int]] = ()) -> None:
     """Fetches of `tps` answered every half second for `seconds`, each showing the partition read to its end; those
@@ -272,9 +279,7 @@ def test_after_an_outage_longer_than_the_stall_wait_each_partition_gets_its_prod
     """The whole cluster was down for 30 s, longer than stall_wait_s. Back up, the producers deliver what they
     held partition by partition as they reconnect: an utterance's text comes at once, its audio (required) and its
     visual (optional) 8 s later. Neither is decided without them, though every partition reads to its end."""
-    clocks, polled = Clocks(), [0]
-    progress = ReadProgress(silence_s=1.0)
-    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    clocks, polled, progress, j = watched()
     tps = [(m, 0) for m in ("text", "audio", "visual")]
     answered(progress, clocks, tps, 1.0, polled)
     for m in ("text", "audio", "visual"):
@@ -302,9 +307,7 @@ def test_an_outage_of_one_partition_gives_every_partition_time() -> None:
     """Only audio's leader failed; visual's fetches never stopped being answered. An idempotent producer that lost
     requests to the failed leader drains every partition before it sends again, so the visual part of an utterance
     begun around the failover can still come seconds late: it is waited for stall_wait_s, not timeout_s."""
-    clocks, polled = Clocks(), [0]
-    progress = ReadProgress(silence_s=1.0)
-    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    clocks, polled, progress, j = watched()
     healthy = [("text", 0), ("visual", 0)]
     answered(progress, clocks, [*healthy, ("audio", 0)], 1.0, polled)
     answered(progress, clocks, healthy, 9.0, polled, silent=[("audio", 0)])  # audio's leader is down
@@ -321,9 +324,7 @@ def test_an_utterance_begun_as_a_leader_dies_waits_for_the_parts_its_producers_h
     """Audio's leader dies just after an utterance's text and audio were sent; its visual was made a moment later and
     is held by the draining producer, though visual's partition answers every fetch, read to its end. The outage
     shows as audio's silence a second later, before the timeout, and from then on the visual part is waited for."""
-    clocks, polled = Clocks(), [0]
-    progress = ReadProgress(silence_s=1.0)
-    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    clocks, polled, progress, j = watched()
     healthy, audio = [("text", 0), ("visual", 0)], ("audio", 0)
     answered(progress, clocks, [*healthy, audio], 1.0, polled)
     j.add(part("text", "u1", "c", 1_000), "t1")
@@ -344,9 +345,7 @@ def test_silence_the_consumer_chose_is_no_outage() -> None:
     """A partition of another group goes unfetched for 4 s because the worker has not yet taken the records fetched
     from its leader (back-pressure), and the worker's own loop observes the consumer only every 3 s (a slow batch):
     neither is an outage, so a missing part is decided after the plain timeout."""
-    clocks, polled = Clocks(), [0]
-    progress = ReadProgress(silence_s=1.0)
-    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    clocks, polled, progress, j = watched()
     tps = [(m, 0) for m in ("text", "audio", "visual")]
     answered(progress, clocks, tps, 1.0, polled)
     j.add(part("text", "u1", "c", 1_000), "t1")
@@ -367,9 +366,7 @@ def test_partitions_assigned_again_by_a_rebalance_wait_for_parts_producers_may_s
     """A rebalance during an outage forgets what was seen of the outage; the partitions come back re-read from their
     commit while producers still hold parts. A part missing right after a reassignment gets stall_wait_s, the first
     assignment of a worker does not (nothing was held for it), and neither does an utterance begun long after."""
-    clocks, polled = Clocks(), [0]
-    progress = ReadProgress(silence_s=1.0)
-    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), stall_wait_s=10.0, max_wait_s=60.0)
+    clocks, polled, progress, j = watched()
     tps = [(m, 0) for m in ("text", "audio", "visual")]
     answered(progress, clocks, tps, 1.0, polled)
     j.add(part("text", "u0", "c", 0), "t0")
