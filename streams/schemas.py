@@ -1,4 +1,5 @@
-"""JSON Schema of every wire message, exported to docs/schemas/ (a test checks the files match the models)."""
+"""JSON Schema of every wire message, and of the JSON headers of the binary (version 2) ones, exported to
+docs/schemas/ (a test checks the files match the models)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from streams.messages import WIRE_MODELS
+from streams.wire import FeatureHeader, JoinedHeader
+
+BINARY_HEADERS: dict[str, type[BaseModel]] = {"feature_header_v2": FeatureHeader, "joined_header_v2": JoinedHeader}
 
 
 def schemas() -> dict[str, dict[str, Any]]:
     """Every wire message's JSON Schema, by name."""
-    return {name: model.model_json_schema(mode="validation") for name, model in WIRE_MODELS.items()}
+    return {name: model.model_json_schema(mode="validation") for name, model in {**WIRE_MODELS, **BINARY_HEADERS}.items()}
 
 
 def render(schema: dict[str, Any]) -> str:

@@ -337,6 +337,13 @@ class LimitSettings(BaseModel):
     max_dim: int = Field(4096, ge=1)  # D
 
 
+class WireSettings(BaseModel):
+    """How the producers we ship write feature messages. The worker reads both versions whatever these say."""
+
+    format: Literal["v2", "v1"] = "v2"  # v2: a JSON header and the array's raw bytes; v1: JSON, base64 float32
+    dtype: Literal["float16", "float32"] = "float16"  # of v2 arrays (float16: half the bytes, scores within 0.01)
+
+
 class Settings(BaseSettings):
     """Every setting of the service, read from MMCL_* environment variables."""
 
@@ -356,6 +363,7 @@ class Settings(BaseSettings):
     alert: AlertSettings = AlertSettings()
     policy: PolicySettings = PolicySettings()
     limits: LimitSettings = LimitSettings()
+    wire: WireSettings = WireSettings()
     # configured: the endpoints above, as they are (production). local: the embedded broker and Redis `mmcl up`
     # recorded in state_dir, with their client timings and the demo's model (development; also `mmcl --local`).
     runtime: Literal["configured", "local"] = "configured"

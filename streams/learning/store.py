@@ -22,6 +22,9 @@ import numpy as np
 
 from streams.messages import FeedbackLabel, JoinedFeatures
 from streams.messages import now_ms as _now
+from streams.wire import JoinedHeader
+
+JoinedMeta = JoinedHeader | JoinedFeatures  # a joined-features record's header, either version
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS features (
@@ -89,12 +92,12 @@ class TrainingStore:
 
     # ingestion ---------------------------------------------------------------------------------------------
     @_locked
-    def add_features(self, joined: JoinedFeatures) -> None:
-        """Keep an utterance's joined features (a later copy replaces an earlier one)."""
-        arrays = pack({m: part.array() for m, part in joined.parts.items()})
+    def add_features(self, joined: JoinedMeta, arrays: dict[str, np.ndarray]) -> None:
+        """Keep an utterance's joined features, as float32 (a later copy replaces an earlier one)."""
+        packed = pack({m: np.asarray(a, dtype=np.float32) for m, a in arrays.items()})
         self.db.execute("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (joined.utterance_id, joined.call_id, joined.speaker, joined.produced_at, joined.model_version,
-                         arrays, _now()))
+                         packed, _now()))
 
     @_locked
     def add_label(self, lab: FeedbackLabel, raw: bytes, headers: list[tuple[str, bytes]]) -> bool:

@@ -32,9 +32,10 @@ from streams.learning.gate import LOWER_IS_BETTER, all_finite, split_by_time, to
 from streams.learning.registry import Registry, RegistryError
 from streams.learning.store import TrainingStore
 from streams.learning.trainer_metrics import TrainerMetrics
-from streams.messages import FeedbackLabel, JoinedFeatures, now_ms
+from streams.messages import FeedbackLabel, now_ms
 from streams.settings import Settings
 from streams.sinks.deadletter import Reason
+from streams.wire import read_joined
 
 log = logging.getLogger("mmcl.trainer")
 
@@ -58,11 +59,14 @@ class Trainer:
     def on_joined(self, raw: bytes) -> None:
         """Store a worker's joined features (malformed ones are logged and skipped)."""
         try:
-            j = JoinedFeatures.model_validate_json(raw)
+            j, arrays = read_joined(raw)
         except ValidationError as e:
             log.warning("ignoring malformed joined features: %s", e.errors()[0]["msg"])
             return
-        self.store.add_features(j)
+        except ValueError as e:  # a binary record that does not add up
+            log.warning("ignoring malformed joined features: %s", e)
+            return
+        self.store.add_features(j, arrays)
         self.metrics.features.inc()
         if self.store.has_label(j.utterance_id):
             self.metrics.labels.labels("matched").inc()

@@ -1,6 +1,6 @@
 """From raw media to the feature topics: `mmcl extract` (one utterance) and `mmcl stream-call` (a whole call in
 real-time order, each modality published the moment it is extracted, so the join sees the arrival gaps it will see
-in production). Messages go to Kafka, or to a JSONL file of FeatureMessages."""
+in production). Messages go to Kafka (binary by default: MMCL_WIRE__*), or to a JSONL file of version 1 messages."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import IO, Any, Protocol
 from extractors.utterance import Extracted, FeatureMaker, Utterance
 from mmcl.errors import ConfigError, MMCLError
 from streams.kafka import produce, producer_config, record_limits
-from streams.messages import EncodedArray, FeatureMessage, now_ms
+from streams.messages import now_ms
 from streams.settings import WIRE_MODALITIES, Settings
+from streams.wire import Features, encode_features
 
 
 class Sink(Protocol):
@@ -25,8 +26,8 @@ class Sink(Protocol):
 
     destination: str  # where the messages go, for the user
 
-    def send(self, msg: FeatureMessage) -> None:
-        """Send one feature message."""
+    def send(self, msg: Features) -> None:
+        """Send one modality's features."""
 
     def close(self) -> int:
         """Flush; -> how many messages were not delivered."""
@@ -40,7 +41,7 @@ class KafkaSink:
         from confluent_kafka import Producer
 
         self.destination = s.kafka.bootstrap_servers
-        self._topics = s.topics
+        self._topics, self._wire = s.topics, s.wire
         self._p = Producer(producer_config(s.kafka, max_record_bytes=record_limits(s.limits.max_message_bytes).feature))
         self.failed = 0
         self._lock = threading.Lock()
@@ -51,13 +52,17 @@ class KafkaSink:
                 self.failed += 1
             print(f"delivery failed: {err}", file=sys.stderr)
 
-    def send(self, msg: FeatureMessage) -> None:
-        """Send one message to its modality's feature topic, keyed by call."""
+    def send(self, msg: Features) -> None:
+        """Send one message to its modality's feature topic, keyed by call, in the configured wire version."""
         from confluent_kafka import KafkaException
 
         topic = self._topics.feature(msg.modality)
         try:
-            produce(self._p, topic, msg.model_dump_json(exclude_none=True).encode(), msg.key.encode(), self._report)
+            value = encode_features(msg, self._wire.format, self._wire.dtype)
+        except ValueError as e:  # float16 cannot hold these values
+            raise MMCLError(f"{msg.utterance_id} {msg.modality}: {e}") from None
+        try:
+            produce(self._p, topic, value, msg.key.encode(), self._report)
         except KafkaException as e:
             raise MMCLError(f"Kafka refused the message for {topic}: {e.args[0].str()}") from None
         self._p.poll(0)
@@ -77,9 +82,9 @@ class JsonlSink:
         self._f: IO[str] = path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
 
-    def send(self, msg: FeatureMessage) -> None:
-        """Append one message as a JSON line."""
-        line = msg.model_dump_json(exclude_none=True)
+    def send(self, msg: Features) -> None:
+        """Append one message as a JSON line (version 1: a text file holds no binary messages)."""
+        line = msg.message().model_dump_json(exclude_none=True)
         with self._lock:
             self._f.write(line + "\n")
             self._f.flush()
@@ -90,12 +95,10 @@ class JsonlSink:
         return 0
 
 
-def to_message(utt: Utterance, got: Extracted, call_id: str | None = None) -> FeatureMessage:
-    """One modality's extracted features as a FeatureMessage."""
-    return FeatureMessage(utterance_id=utt.utterance_id, call_id=call_id or utt.call_id, speaker=utt.speaker,
-                          modality=got.modality, features=EncodedArray.from_numpy(got.features),
-                          feature_profile=got.extractor, start_ms=utt.start_ms, end_ms=utt.end_ms,
-                          produced_at=now_ms())
+def to_message(utt: Utterance, got: Extracted, call_id: str | None = None) -> Features:
+    """One modality's extracted features, ready for either wire version."""
+    return Features(utt.utterance_id, got.modality, got.features, now_ms(), call_id=call_id or utt.call_id,
+                    speaker=utt.speaker, feature_profile=got.extractor, start_ms=utt.start_ms, end_ms=utt.end_ms)
 
 
 def model_plan(checkpoint: Path | None) -> tuple[dict[str, str], int | None, dict[str, int]]:

@@ -18,8 +18,9 @@ import numpy as np
 
 from mmcl.data.dataset import Split
 from streams.kafka import produce, producer_config, record_limits
-from streams.messages import EncodedArray, FeatureMessage, FeedbackLabel, now_ms
-from streams.settings import WIRE_MODALITIES, Settings, model_modality
+from streams.messages import FeedbackLabel, now_ms
+from streams.settings import WIRE_MODALITIES, Settings, WireSettings, model_modality
+from streams.wire import Features, encode_features
 
 
 @dataclass(frozen=True)
@@ -111,17 +112,16 @@ def plan(split: Split, spec: SimSpec) -> Iterator[list[Planned]]:
             slots[slot_idx] = new_call()
 
 
-def encode(planned: Planned, produced_at: int) -> bytes:
-    """A planned message as the bytes a producer sends."""
+def encode(planned: Planned, produced_at: int, wire: WireSettings | None = None) -> bytes:
+    """A planned message as the bytes a producer sends (features in the wire version and dtype `wire` says)."""
     if planned.modality == "label":
         lab = FeedbackLabel(utterance_id=planned.utterance_id, call_id=planned.call_id, label=planned.label,
                             source="simulated-qa",
                             labeled_at=produced_at)
         return lab.model_dump_json().encode()
-    msg = FeatureMessage(utterance_id=planned.utterance_id, call_id=planned.call_id, speaker=planned.speaker,
-                         modality=planned.modality,
-                         features=EncodedArray.from_numpy(planned.features), produced_at=produced_at)
-    return msg.model_dump_json(exclude_none=True).encode()
+    w = wire or WireSettings()
+    return encode_features(Features(planned.utterance_id, planned.modality, planned.features, produced_at,
+                                    call_id=planned.call_id, speaker=planned.speaker), w.format, w.dtype)
 
 
 class _Schedule:
@@ -191,7 +191,7 @@ def run(settings: Settings, split: Split, spec: SimSpec, stop: threading.Event |
             continue
         heapq.heappop(schedule.heap)
         produced_at = now_ms()
-        value = encode(p, produced_at)
+        value = encode(p, produced_at, settings.wire)
         is_label = p.modality == "label"
         topic = settings.topics.feedback if is_label else settings.topics.feature(p.modality)
         try:

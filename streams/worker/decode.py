@@ -1,7 +1,8 @@
-"""Raw Kafka bytes -> a validated feature part, or a rejection with a dead-letter reason. No I/O."""
+"""Raw Kafka bytes (either wire version) -> a validated feature part, or a rejection with a dead-letter reason. No I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,7 @@ from mmcl.predictor import Predictor
 from streams.messages import FeatureMessage
 from streams.settings import WIRE_MODALITIES, LimitSettings
 from streams.sinks.deadletter import Reason
+from streams.wire import FEATURES_MAGIC, FeatureHeader, FrameError, feature_array, is_binary, split_frame
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class Part:
     call_id: str | None
     speaker: str
     modality: str  # wire name: text | audio | visual
-    array: np.ndarray  # (T, D) float32
+    array: np.ndarray  # (T, D) float32, or float16 from the binary wire (read-only: it maps the message's bytes)
     produced_at: int
     start_ms: int | None
     raw: bytes = b""  # the message as it arrived (kept by reference, for the joined-features record)
@@ -50,47 +52,68 @@ class ModelProfile:
 
 
 def decode_part(raw: bytes | None, topic_modality: str, limits: LimitSettings, profile: ModelProfile) -> Part | Rejection:
-    """Raw bytes from a feature topic -> a Part, or a Rejection with its dead-letter reason."""
+    """Raw bytes from a feature topic, either wire version -> a Part, or a Rejection with its dead-letter reason."""
     if raw is None:
         return Rejection(Reason.NOT_JSON, "empty message value")
     if len(raw) > limits.max_message_bytes:
         return Rejection(Reason.OVERSIZE, f"{len(raw)} bytes > limit {limits.max_message_bytes}")
+    read = _read_binary(raw) if is_binary(raw) else _read_json(raw)
+    if isinstance(read, Rejection):
+        return read
+    meta, (t, d), load = read
+    if meta.modality not in WIRE_MODALITIES:
+        return Rejection(Reason.UNKNOWN_MODALITY, f"modality {meta.modality[:32]!r} is not one of {', '.join(WIRE_MODALITIES)}")
+    if meta.modality != topic_modality:
+        return Rejection(Reason.MODALITY_MISMATCH, f"a {meta.modality} message on the {topic_modality} topic")
+    if t > limits.max_frames or d > limits.max_dim:
+        return Rejection(Reason.OVERSIZE, f"features [{t}, {d}] exceed the limit [{limits.max_frames}, {limits.max_dim}]")
+    want = profile.extractor_ids.get(meta.modality)
+    if meta.feature_profile is not None and want is not None and meta.feature_profile != want:
+        return Rejection(Reason.PROFILE_MISMATCH,
+                         f"{meta.modality} features from {meta.feature_profile!r}, the model needs {want!r}")
+    try:
+        arr = load()
+    except ValueError as e:
+        return Rejection(Reason.SCHEMA, str(e))
+    if arr.shape[1] != profile.dims[meta.modality]:
+        need = profile.dims[meta.modality]
+        return Rejection(Reason.DIMS, f"{meta.modality} features have D={arr.shape[1]}, the model needs {need}")
+    if not np.isfinite(arr).all():
+        return Rejection(Reason.NON_FINITE, f"{meta.modality} features contain NaN or Inf")
+    return Part(meta.utterance_id, meta.call_id, meta.speaker, meta.modality, arr, meta.produced_at, meta.start_ms, raw)
+
+
+_Read = tuple[FeatureHeader | FeatureMessage, tuple[int, int], Callable[[], np.ndarray]]
+
+
+def _read_json(raw: bytes) -> _Read | Rejection:
     try:
         msg = FeatureMessage.model_validate_json(raw)
     except ValidationError as e:
         return _schema_rejection(e)
-    if msg.modality not in WIRE_MODALITIES:
-        return Rejection(Reason.UNKNOWN_MODALITY, f"modality {msg.modality[:32]!r} is not one of {', '.join(WIRE_MODALITIES)}")
-    if msg.modality != topic_modality:
-        return Rejection(Reason.MODALITY_MISMATCH, f"a {msg.modality} message on the {topic_modality} topic")
     if isinstance(msg.features, list):
-        t = len(msg.features)
-        d = len(msg.features[0]) if t else 0
+        shape = (len(msg.features), len(msg.features[0]) if msg.features else 0)
     else:
-        t, d = msg.features.shape
-    if t > limits.max_frames or d > limits.max_dim:
-        return Rejection(Reason.OVERSIZE, f"features [{t}, {d}] exceed the limit [{limits.max_frames}, {limits.max_dim}]")
-    want = profile.extractor_ids.get(msg.modality)
-    if msg.feature_profile is not None and want is not None and msg.feature_profile != want:
-        return Rejection(Reason.PROFILE_MISMATCH,
-                         f"{msg.modality} features from {msg.feature_profile!r}, the model needs {want!r}")
+        shape = msg.features.shape
+    return msg, shape, msg.array
+
+
+def _read_binary(raw: bytes) -> _Read | Rejection:
     try:
-        arr = msg.array()
-    except ValueError as e:
+        header, body = split_frame(raw, FEATURES_MAGIC)
+        head = FeatureHeader.model_validate_json(header)
+    except FrameError as e:
         return Rejection(Reason.SCHEMA, str(e))
-    if arr.shape[1] != profile.dims[msg.modality]:
-        need = profile.dims[msg.modality]
-        return Rejection(Reason.DIMS, f"{msg.modality} features have D={arr.shape[1]}, the model needs {need}")
-    if not np.isfinite(arr).all():
-        return Rejection(Reason.NON_FINITE, f"{msg.modality} features contain NaN or Inf")
-    return Part(msg.utterance_id, msg.call_id, msg.speaker, msg.modality, arr, msg.produced_at, msg.start_ms, raw)
+    except ValidationError as e:
+        return _schema_rejection(e, "header")
+    return head, head.shape, lambda: feature_array(raw, head, body)
 
 
-def _schema_rejection(e: ValidationError) -> Rejection:
+def _schema_rejection(e: ValidationError, within: str = "") -> Rejection:
     errs = e.errors(include_url=False, include_input=False)
     first = errs[0]
     if first["type"] == "json_invalid":
-        return Rejection(Reason.NOT_JSON, first["msg"][:200])
+        return Rejection(Reason.NOT_JSON, f"{within + ': ' if within else ''}{first['msg']}"[:200])
     for err in errs:
         if err["loc"] and err["loc"][0] in ("utterance_id", "call_id") and err["type"] != "missing":
             return Rejection(Reason.BAD_ID, f"{err['loc'][0]}: {err['msg']}"[:200])

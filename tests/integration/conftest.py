@@ -28,6 +28,7 @@ from streams.local import apache_kafka
 from streams.local.embedded import Service, free_port, start_redis
 from streams.messages import EncodedArray, FeatureMessage
 from streams.settings import KafkaSettings, TopicSettings
+from streams.wire import Dtype, Features, WireFormat, encode_features
 
 DIMS = {"text": 24, "audio": 5, "visual": 8}
 SEQ_LEN = 12
@@ -344,10 +345,14 @@ def features(modality: str, seed: int, t: int = 6, dim: int | None = None, fill:
 
 
 def part(utt: str, call: str | None, modality: str, speaker: str = "customer", seed: int = 0,
-         produced_at: int | None = None, **kw: Any) -> bytes:
+         produced_at: int | None = None, wire: WireFormat = "v1", dtype: Dtype = "float16", **kw: Any) -> bytes:
+    """A feature message: version 1 JSON by default, or binary (`wire="v2"`, in `dtype`)."""
     arr = kw.pop("array", None)
     if arr is None:
         arr = features(modality, seed)
+    if wire == "v2":
+        return encode_features(Features(utt, modality, arr, int(time.time() * 1000) if produced_at is None else produced_at,
+                                        call_id=call, speaker=speaker, **kw), "v2", dtype)
     msg = FeatureMessage(utterance_id=utt, call_id=call, speaker=speaker, modality=modality,
                          features=EncodedArray.from_numpy(arr),
                          produced_at=int(time.time() * 1000) if produced_at is None else produced_at, **kw)

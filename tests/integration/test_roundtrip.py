@@ -1,4 +1,5 @@
-"""Round trip through the real broker, worker and Redis: K utterances in, K results out, aggregates as computed."""
+"""Round trip through the real broker, worker and Redis: K utterances in (both wire versions, mixed), K results out,
+aggregates as computed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from streams.messages import Alert
 from streams.settings import AlertSettings, OutputSettings
 from streams.sinks.aggregates import AggregateRule
 from streams.sinks.redis_store import call_key, timeline_key, utt_key
+from streams.wire import Dtype, WireFormat
 from tests.aggregates_oracle import fold
 
 from .conftest import DEVICE, Stack, features, make_checkpoint, part, wait_for
@@ -23,6 +25,7 @@ from .conftest import DEVICE, Stack, features, make_checkpoint, part, wait_for
 # has to see alerts.
 ALERT_ENV = {"MMCL_ALERT__NEGATIVE_BELOW": "0", "MMCL_ALERT__N": "2", "MMCL_ALERT__M": "3"}
 ALERT_SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "alert.schema.json"
+WIRES: list[tuple[WireFormat, Dtype]] = [("v1", "float32"), ("v2", "float16"), ("v2", "float32")]
 RULE = AggregateRule(OutputSettings().ewma_alpha, OutputSettings().shift_window, AlertSettings().roles, 0.0, 2, 3)
 
 
@@ -32,6 +35,7 @@ def test_round_trip_results_aggregates_and_alerts(stack: Stack, tmp_path: Path) 
     calls = [f"{stack.prefix}-call{i}" for i in range(4)]
     rng = random.Random(1)
     sent: dict[tuple[str, str], tuple[str, int]] = {}
+    wires: dict[tuple[str, str, str], str] = {}  # the dtype each part travelled in
     producer = stack.producer()
     k = 0
     for turn in range(10):
@@ -40,8 +44,10 @@ def test_round_trip_results_aggregates_and_alerts(stack: Stack, tmp_path: Path) 
             speaker = "agent" if turn % 2 == 0 else "customer"
             mods = ["text", "audio", "visual"]
             rng.shuffle(mods)  # parts leave in any order
-            for m in mods:
-                stack.send(producer, m, part(utt, call, m, speaker, seed=k), call.encode())
+            for m in mods:  # each wire version and dtype a producer may send, mixed within utterances
+                wire, dtype = WIRES[(k + len(m)) % len(WIRES)]
+                stack.send(producer, m, part(utt, call, m, speaker, seed=k, wire=wire, dtype=dtype), call.encode())
+                wires[(call, utt, m)] = dtype
             sent[(call, utt)] = (speaker, k)
             k += 1
     producer.flush(10)
@@ -65,13 +71,16 @@ def test_round_trip_results_aggregates_and_alerts(stack: Stack, tmp_path: Path) 
         p = by_id[(call, utt)]
         assert p["model_version"] == predictor.version
         assert p["speaker"] == speaker
+        def travelled(m: str, call: str = call, utt: str = utt, seed: int = seed) -> np.ndarray:
+            return features(m, seed).astype(wires[(call, utt, m)]).astype(np.float32)
+
         if speaker == "agent":  # default policy: text only for agents
             assert p["modalities"] == ["text"] and set(p["masked"]) <= {"audio", "visual"}
-            want = predictor.predict([{"text": features("text", seed)}])
+            want = predictor.predict([{"text": travelled("text")}])
         else:
             assert p["modalities"] == ["text", "audio", "visual"] and p["masked"] == []
-            want = predictor.predict([{"text": features("text", seed), "audio": features("audio", seed),
-                                       "vision": features("visual", seed)}])
+            want = predictor.predict([{"text": travelled("text"), "audio": travelled("audio"),
+                                       "vision": travelled("visual")}])
         assert abs(p["score"] - float(want.scores[0])) < (1e-4 if DEVICE == "cpu" else 2e-3)  # GPU math differs a little
         np.testing.assert_allclose([p["modality_weights"][m] for m in ("text", "audio", "visual")],
                                    want.modality_weights[0], atol=1e-5 if DEVICE == "cpu" else 1e-3)

@@ -10,6 +10,7 @@ import numpy as np
 from streams.learning.gate import split_by_time, to_split
 from streams.learning.store import Example, TrainingStore
 from streams.messages import EncodedArray, FeatureMessage, FeedbackLabel, JoinedFeatures
+from streams.wire import Features, WireFormat, encode_features, read_joined
 
 
 def ex(i: int, t: int = 3) -> Example:
@@ -34,11 +35,13 @@ def test_to_split_fits_lengths_and_marks_missing_modalities() -> None:
     assert split.features["text"][0, 3:].sum() == 0
 
 
-def joined(u: str, produced_at: int | None = None) -> JoinedFeatures:
-    return JoinedFeatures(utterance_id=u, call_id="c", speaker="customer", model_version="v", score=0.0,
-                          parts={"text": FeatureMessage(utterance_id=u, modality="text", produced_at=1,
-                                                        features=EncodedArray.from_numpy(np.ones((2, 4), np.float32)))},
-                          produced_at=produced_at or time.time_ns() // 1_000_000)
+def joined(u: str, produced_at: int | None = None) -> tuple[JoinedFeatures, dict[str, np.ndarray]]:
+    """A joined-features record of an earlier worker (JSON, version 1) as the trainer reads it."""
+    return read_joined(JoinedFeatures(
+        utterance_id=u, call_id="c", speaker="customer", model_version="v", score=0.0,
+        parts={"text": FeatureMessage(utterance_id=u, modality="text", produced_at=1,
+                                      features=EncodedArray.from_numpy(np.ones((2, 4), np.float32)))},
+        produced_at=produced_at or time.time_ns() // 1_000_000).model_dump_json().encode())  # type: ignore[return-value]
 
 
 def label(u: str, value: float, at: int) -> FeedbackLabel:
@@ -48,7 +51,7 @@ def label(u: str, value: float, at: int) -> FeedbackLabel:
 def test_store_matches_replaces_bounds_and_survives_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "t.sqlite"
     store = TrainingStore(db)
-    store.add_features(joined("a"))
+    store.add_features(*joined("a"))
     assert not store.add_label(label("a", 1.0, 10), b"raw-a", [])
     assert store.add_label(label("a", -1.0, 11), b"raw-a2", [])  # a second label replaces the first
     assert not store.add_label(label("ghost", 0.5, 12), b"raw-g", [("k", b"v")])
@@ -64,32 +67,37 @@ def test_store_matches_replaces_bounds_and_survives_a_restart(tmp_path: Path) ->
     again = TrainingStore(db)
     assert again.size() == 1 and again.get_meta("last_run_received") == 123
     for i in range(5):
-        again.add_features(joined(f"f{i}", produced_at=10_000 + i))
+        again.add_features(*joined(f"f{i}", produced_at=10_000 + i))
         again.add_label(label(f"f{i}", 0.0, 100 + i), b"", [])
     again.prune(retention_s=10**9, max_features=3, max_examples=4)
     again.commit()
     assert again.size() <= 3 and {e.utterance_id for e in again.examples()} <= {"f2", "f3", "f4", "a"}
 
 
-def test_the_workers_spliced_joined_record_is_a_valid_message() -> None:
+def test_the_workers_joined_record_keeps_each_parts_bytes_in_either_wire_version() -> None:
     from streams.messages import Prediction
     from streams.settings import LimitSettings
     from streams.worker.decode import ModelProfile, Part, decode_part
     from streams.worker.join import Joined
     from streams.worker.records import joined_record
 
-    raws = {m: FeatureMessage(utterance_id="u1", call_id="c1", speaker="customer", modality=m, produced_at=5,
-                              features=EncodedArray.from_numpy(np.full((3, d), 0.5, np.float32))).model_dump_json().encode()
-            for m, d in (("text", 4), ("audio", 2))}
+    WIRES: tuple[WireFormat, ...] = ("v2", "v1")
+    sent = {"text": np.full((3, 4), 0.5, np.float32), "audio": np.linspace(-2, 2, 6, dtype=np.float32).reshape(3, 2)}
+    raws = {m: encode_features(Features("u1", m, a, 5, call_id="c1", speaker="customer"), wire)
+            for (m, a), wire in zip(sent.items(), WIRES, strict=True)}
     profile = ModelProfile({"text": 4, "audio": 2, "visual": 2}, {})
     parts = {m: decode_part(raw, m, LimitSettings(), profile) for m, raw in raws.items()}
     assert all(isinstance(p, Part) for p in parts.values())
     item = Joined("c1", "u1", "customer", parts, (), (), False, 0.1)  # type: ignore[arg-type]
     pred = Prediction(utterance_id="u1", call_id="c1", speaker="customer", score=-1.25, label="negative",
                       modalities=["text", "audio"], model_version="abc", latency_ms=1.0, produced_at=5, predicted_at=6)
-    j = JoinedFeatures.model_validate_json(joined_record(item, pred))
-    assert j.score == -1.25 and j.model_version == "abc" and set(j.parts) == {"text", "audio"}
-    np.testing.assert_array_equal(j.parts["audio"].array(), np.full((3, 2), 0.5, np.float32))
+    record = joined_record(item, pred)
+    assert raws["text"] in record and raws["audio"] in record  # the bytes as they arrived, not encoded again
+    head, arrays = read_joined(record)
+    assert head.score == -1.25 and head.model_version == "abc" and set(arrays) == {"text", "audio"}
+    assert arrays["text"].dtype == np.float16 and arrays["audio"].dtype == np.float32
+    np.testing.assert_array_equal(arrays["audio"], sent["audio"])
+    np.testing.assert_allclose(arrays["text"], sent["text"], atol=1e-3)
 
 
 def test_retraining_is_due_after_n_new_labels_or_on_schedule_from_the_first_start(tmp_path: Path) -> None:
@@ -103,13 +111,13 @@ def test_retraining_is_due_after_n_new_labels_or_on_schedule_from_the_first_star
     started = trainer.store.get_meta("last_run_at")
     assert trainer.due() is None  # nothing to learn from
     for i in range(20):
-        trainer.store.add_features(joined(f"u{i}"))
+        trainer.store.add_features(*joined(f"u{i}"))
         trainer.store.add_label(label(f"u{i}", 0.5, i), b"", [])
     trainer.store.commit()
     assert trainer.due() is None  # 20 new labels < 30, and the schedule started with the trainer
     assert trainer.due(now=started + 3600 * 1000 + 1) == "schedule (20 new labels)"
     for i in range(20, 30):
-        trainer.store.add_features(joined(f"u{i}"))
+        trainer.store.add_features(*joined(f"u{i}"))
         trainer.store.add_label(label(f"u{i}", 0.5, i), b"", [])
     trainer.store.commit()
     assert trainer.due() == "30 new labels"
