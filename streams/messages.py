@@ -8,7 +8,7 @@ import time
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -21,6 +21,15 @@ Speaker = Literal["agent", "customer", "unknown"]
 ModalityName = Literal["text", "audio", "visual"]
 
 
+def _positive(shape: tuple[int, int]) -> tuple[int, int]:
+    if shape[0] < 1 or shape[1] < 1:
+        raise ValueError("both dimensions must be >= 1")
+    return shape
+
+
+Shape = Annotated[tuple[int, int], AfterValidator(_positive)]  # an array's [T, D]
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     schema_version: Literal[1] = SCHEMA_VERSION
@@ -31,15 +40,8 @@ class EncodedArray(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     dtype: Literal["float32"] = "float32"
-    shape: tuple[int, int] = Field(description="[T, D]")
+    shape: Shape = Field(description="[T, D]")
     data: str = Field(description="base64 of T*D little-endian float32 values, row-major")
-
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if v[0] < 1 or v[1] < 1:
-            raise ValueError("both dimensions must be >= 1")
-        return v
 
     def to_numpy(self) -> np.ndarray:
         """The float32 (T, D) array, checked against its shape."""

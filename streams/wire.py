@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from streams.messages import EncodedArray, FeatureMessage, Id, JoinedFeatures, ModalityName, Speaker
+from streams.messages import EncodedArray, FeatureMessage, Id, JoinedFeatures, ModalityName, Shape, Speaker
 
 FEATURES_MAGIC = b"MMF2"
 JOINED_MAGIC = b"MMJ2"
@@ -51,18 +51,11 @@ class FeatureHeader(BaseModel):
     speaker: Speaker = "unknown"
     modality: str = Field(description="text | audio | visual; must match the topic it was published to")
     dtype: Dtype = Field("float16", description="of the array bytes that follow the header, little-endian")
-    shape: tuple[int, int] = Field(description="[T, D]: the array bytes are exactly T * D values, row-major")
+    shape: Shape = Field(description="[T, D]: the array bytes are exactly T * D values, row-major")
     feature_profile: str | None = Field(None, max_length=128)
     start_ms: int | None = Field(None, ge=0)
     end_ms: int | None = Field(None, ge=0)
     produced_at: int = Field(ge=0, description="ms since the epoch, when the producer sent it")
-
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if v[0] < 1 or v[1] < 1:
-            raise ValueError("both dimensions must be >= 1")
-        return v
 
     @property
     def nbytes(self) -> int:
