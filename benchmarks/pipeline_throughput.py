@@ -41,8 +41,8 @@ def naive_main(a: argparse.Namespace) -> None:
     from confluent_kafka import Consumer
 
     from mmcl.predictor import Predictor
-    from streams.messages import FeatureMessage
     from streams.settings import WIRE_MODALITIES, model_modality
+    from streams.wire import decode_features
 
     predictor = Predictor.from_checkpoint(a.checkpoint, device=a.device)
     r = redis.Redis.from_url(a.redis, decode_responses=True)
@@ -55,14 +55,14 @@ def naive_main(a: argparse.Namespace) -> None:
         msg = c.poll(0.5)
         if msg is None or msg.error():
             continue
-        m = FeatureMessage.model_validate_json(msg.value())
-        key = (m.call_id or "", m.utterance_id)
+        head, arr = decode_features(msg.value())
+        key = (head.call_id or "", head.utterance_id)
         parts = pending.setdefault(key, {})
-        parts[m.modality] = m
+        parts[head.modality] = arr
         if len(parts) < 3:
             continue
         del pending[key]
-        out = predictor.predict([{model_modality(k): v.array() for k, v in parts.items()}])
+        out = predictor.predict([{model_modality(k): v for k, v in parts.items()}])
         score, label = float(out.scores[0]), out.labels[0]
         call, utt = key
         now = int(time.time() * 1000)

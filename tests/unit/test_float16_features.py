@@ -1,0 +1,33 @@
+"""Features sent as float16 on the binary wire score as float32 features do, with a trained model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmcl.config import MODALITIES, WIRE_MODALITIES
+from mmcl.predictor import Predictor
+from streams.settings import LimitSettings
+from streams.wire import Features, encode_features
+from streams.worker.decode import Part, decode_part, profile_of
+from tests.unit.conftest import Trained
+
+
+@pytest.mark.slow
+def test_float16_features_score_within_a_hundredth_of_float32(mosi_trained: Trained) -> None:
+    predictor = Predictor.from_checkpoint(mosi_trained.checkpoint, device="cpu")
+    test = mosi_trained.dataset.splits["test"]
+    profile, limits = profile_of(predictor), LimitSettings()
+    sent, received = [], []
+    for i in range(len(test.labels)):
+        as_sent, as_received = {}, {}
+        for m, wire in zip(MODALITIES, WIRE_MODALITIES, strict=True):
+            arr = test.features[m][i][:int(test.lengths[m][i])]
+            part = decode_part(encode_features(Features(f"u{i}", wire, arr, 1)), wire, limits, profile)
+            assert isinstance(part, Part) and part.array.dtype == np.float16
+            as_sent[m], as_received[m] = arr, part.array
+        sent.append(as_sent)
+        received.append(as_received)
+    full, half = predictor.predict(sent).scores, predictor.predict(received).scores
+    assert full.std() > 0.5  # scores spread over the scale: the model learnt something
+    assert np.abs(full - half).max() < 0.01, np.abs(full - half).max()
