@@ -110,6 +110,13 @@ def _frame(magic: bytes, header: bytes, body_parts: list[bytes]) -> bytes:
     return b"".join([_PREAMBLE.pack(magic, len(header) + pad), header, b" " * pad, *body_parts])
 
 
+def _half(arr: np.ndarray) -> np.ndarray:
+    """float16, converted by torch (its CPU kernels use the F16C instructions; numpy's conversion is 15x slower)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.float16).numpy()
+
+
 def encode_features(features: Features, wire: WireFormat = "v2", dtype: Dtype = "float16") -> bytes:
     """The bytes a producer sends for `features`: binary (v2, `dtype`) or JSON (v1, float32). Raises ValueError for an
     array float16 cannot hold (finite values beyond +-65504 would arrive as infinities)."""
@@ -120,9 +127,9 @@ def encode_features(features: Features, wire: WireFormat = "v2", dtype: Dtype = 
         arr = arr[None, :]
     if arr.ndim != 2:
         raise ValueError(f"features must be [T, D], got shape {list(arr.shape)}")
-    if dtype == "float16" and arr.size and float(np.nanmax(np.abs(arr), initial=0.0)) > FLOAT16_MAX:
+    if dtype == "float16" and arr.size and max(-float(arr.min()), float(arr.max())) > FLOAT16_MAX:
         raise ValueError("features exceed the float16 range (|x| > 65504): send them as float32")
-    data = np.ascontiguousarray(arr, dtype=_NUMPY[dtype])
+    data = _half(arr) if dtype == "float16" else np.ascontiguousarray(arr, dtype="<f4")
     head = FeatureHeader(utterance_id=features.utterance_id, call_id=features.call_id, speaker=features.speaker,
                          modality=features.modality, dtype=dtype, shape=(data.shape[0], data.shape[1]),
                          feature_profile=features.feature_profile, start_ms=features.start_ms, end_ms=features.end_ms,

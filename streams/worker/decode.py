@@ -78,9 +78,17 @@ def decode_part(raw: bytes | None, topic_modality: str, limits: LimitSettings, p
     if arr.shape[1] != profile.dims[meta.modality]:
         need = profile.dims[meta.modality]
         return Rejection(Reason.DIMS, f"{meta.modality} features have D={arr.shape[1]}, the model needs {need}")
-    if not np.isfinite(arr).all():
+    if not all_finite(arr):
         return Rejection(Reason.NON_FINITE, f"{meta.modality} features contain NaN or Inf")
     return Part(meta.utterance_id, meta.call_id, meta.speaker, meta.modality, arr, meta.produced_at, meta.start_ms, raw)
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """No NaN or infinity. float16 is read by its exponent bits: numpy has no native float16 arithmetic, and
+    `np.isfinite` on a 768 x 50 float16 array cost 5x the rest of decoding it."""
+    if arr.dtype == np.float16:
+        return not bool(((arr.view(np.uint16) & 0x7C00) == 0x7C00).any())
+    return bool(np.isfinite(arr).all())
 
 
 _Read = tuple[FeatureHeader | FeatureMessage, tuple[int, int], Callable[[], np.ndarray]]

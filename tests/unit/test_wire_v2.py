@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import struct
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +100,7 @@ def test_float16_refuses_values_it_cannot_hold() -> None:
     (frame({**HEAD, "shape": [2, 5]}, halves(n=10)), "text", Reason.DIMS),
     (frame(HEAD, halves(float("nan"))), "text", Reason.NON_FINITE),
     (frame(HEAD, halves(float("inf"))), "text", Reason.NON_FINITE),
+    (frame(HEAD, halves(0.0, float("-inf"))), "text", Reason.NON_FINITE),
     (frame({**HEAD, "shape": [51, 4]}, halves(n=204)), "text", Reason.OVERSIZE),
     (frame({**HEAD, "shape": [1, 17]}, halves(n=17)), "text", Reason.OVERSIZE),
     (frame(HEAD, halves() + b"\0" * 70_000), "text", Reason.OVERSIZE),
@@ -111,8 +114,9 @@ def test_a_bad_binary_message_is_rejected_with_the_right_reason(raw: bytes, topi
 
 def test_a_good_hand_made_frame_is_accepted() -> None:
     """The layout in the docs is all a third-party producer needs (no padding is required of it)."""
-    part = decode_part(frame(HEAD, halves(1.5)), "text", LIMITS, PROFILE)
-    assert isinstance(part, Part) and part.array[0, 0] == 1.5 and part.array.shape == (2, 4)
+    part = decode_part(frame(HEAD, halves(1.5, 65504.0, -65504.0, 6e-8)), "text", LIMITS, PROFILE)
+    assert isinstance(part, Part) and part.array.shape == (2, 4)
+    assert part.array[0, :3].tolist() == [1.5, 65504.0, -65504.0] and part.array[0, 3] > 0  # finite, subnormal
 
 
 def test_a_joined_record_that_does_not_add_up_is_refused() -> None:
@@ -123,3 +127,15 @@ def test_a_joined_record_that_does_not_add_up_is_refused() -> None:
     assert set(read_joined(record)[1]) == {"text"}
     with pytest.raises(FrameError, match="runs past the end"):
         read_joined(record[:-1])
+
+
+def test_the_documented_snippet_makes_a_message_the_worker_accepts() -> None:
+    """docs/streaming.md shows third-party producers how to write version 2 by hand: it must stay true."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "streaming.md").read_text()
+    snippet = doc.split("A producer in another language needs only the table above:\n\n```python\n")[1].split("```")[0]
+    arr = np.arange(8, dtype=np.float32).reshape(2, 4) / 4
+    scope: dict[str, object] = {"json": json, "struct": struct, "time": time, "arr": arr}
+    exec(snippet, scope)  # our own documentation, not input
+    part = decode_part(scope["value"], "text", LIMITS, PROFILE)  # type: ignore[arg-type]
+    assert isinstance(part, Part) and part.call_id == "c1"
+    np.testing.assert_array_equal(part.array, arr)
