@@ -22,6 +22,7 @@ from mmcl.config import ModelConfig
 from mmcl.device import resolve_device
 from mmcl.model import build_model
 from mmcl.predictor import Predictor
+from mmcl.sequence import fit_length
 
 DIMS, SEQ_LEN = (768, 5, 20), 50
 BATCHES = (1, 8, 64, 256)
@@ -76,6 +77,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--device", default="auto")
     p.add_argument("--seconds", type=float, default=2.0, help="minimum measuring time per cell")
+    p.add_argument("--predictor-only", action="store_true", help="only the Predictor against the eager reference")
     a = p.parse_args()
     device = resolve_device(a.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -85,6 +87,9 @@ def main() -> None:
         "MMCL quick (ff 256)": ModelConfig(input_dims=DIMS, seq_len=SEQ_LEN, ff_dim=256),
         "late-fusion baseline": ModelConfig(input_dims=DIMS, seq_len=SEQ_LEN, kind="late_fusion"),
     }
+    if a.predictor_only:
+        predictor_rows(device, variants["MMCL reference (ff 2048)"], a.seconds)
+        return
     peak = matmul_peak(device, a.seconds)
     print(f"device: {name}; torch {torch.__version__}; float32 matmul peak {peak / 1e9:.1f} GFLOP/s\n")
     print("| model | batch | utterances/s | ratio to MMCL reference | GFLOP/utt | achieved GFLOP/s | share of matmul peak |")
@@ -101,17 +106,46 @@ def main() -> None:
             ref_rate.setdefault(b, rate)
             print(f"| {label} | {b} | {rate:,.0f} | {rate / ref_rate[b]:.2f} | {flops / b / 1e9:.4f} | "
                   f"{flops / sec / 1e9:.1f} | {flops / sec / peak:.1%} |", flush=True)
-    # The Predictor path: numpy per-utterance features of varied lengths -> fitted, masked tensors -> model.
-    model = build_model(variants["MMCL reference (ff 2048)"])
-    ckpt = Checkpoint(model, variants["MMCL reference (ff 2048)"], FeatureProfile(DIMS), {}, None, "0" * 64)  # type: ignore[arg-type]
-    pred = Predictor(ckpt, device)
+    predictor_rows(device, variants["MMCL reference (ff 2048)"], a.seconds)
+
+
+def eager_reference(model: torch.nn.Module, device: torch.device
+                    ) -> Callable[[list[dict[str, np.ndarray]]], torch.Tensor]:
+    """The plain way: fit each utterance alone (mmcl.sequence), one batch padded to the model's length, fp32."""
+    def run(batch: list[dict[str, np.ndarray]]) -> torch.Tensor:
+        xs, masks = [], []
+        for m in ("text", "audio", "vision"):
+            fitted = [fit_length(u[m][None], np.array([len(u[m])]), "back", SEQ_LEN) for u in batch]
+            xs.append(torch.from_numpy(np.concatenate([f[0] for f in fitted])).to(device))
+            masks.append(torch.from_numpy(np.concatenate([f[1] for f in fitted])).to(device))
+        with torch.inference_mode():
+            out: torch.Tensor = model(xs, masks, torch.ones(len(batch), 3, dtype=torch.bool, device=device)).logits
+            return out.cpu()
+    return run
+
+
+def predictor_rows(device: torch.device, cfg: ModelConfig, seconds: float) -> None:
+    """The Predictor (whole-batch preparation, length-sorted sub-batches; fp32 and bf16) against the eager reference
+    on the same utterances, for three length mixes; the ratio is to the reference in the same row group."""
+    model = build_model(cfg).to(device).eval()
+    ckpt = Checkpoint(model, cfg, FeatureProfile(DIMS), {}, None, "0" * 64)  # type: ignore[arg-type]
+    predictors = {"Predictor fp32": Predictor(ckpt, device), "Predictor bf16": Predictor(ckpt, device, "bf16")}
+    reference = eager_reference(model, device)
     rng = np.random.default_rng(0)
-    for b in (1, 64):
-        batch = [{m: rng.standard_normal((int(rng.integers(10, 120)), d)).astype(np.float32)
-                  for m, d in zip(("text", "audio", "vision"), DIMS, strict=True)} for _ in range(b)]
-        sec = timed(lambda batch=batch: pred.predict(batch), device, a.seconds)
-        print(f"| Predictor.predict (numpy in, varied lengths) | {b} | {b / sec:,.0f} | {b / sec / ref_rate[b]:.2f} "
-              "| - | - | - |", flush=True)
+    lengths = {"10-50 frames (the benchmark set)": (10, 51), "10-120 frames (long ones resampled)": (10, 121),
+               "50 frames (no padding)": (50, 51)}
+    print("\n| path (numpy in) | lengths | batch | utterances/s | ratio to eager fp32 reference |")
+    print("|---|---|---|---|---|")
+    for mix, (lo, hi) in lengths.items():
+        for b in (1, 64):
+            frames = rng.integers(lo, hi, b)  # aligned: an utterance's modalities have its length, as in MOSI
+            batch = [{m: rng.standard_normal((int(t), d)).astype(np.float32)
+                      for m, d in zip(("text", "audio", "vision"), DIMS, strict=True)} for t in frames]
+            base = b / timed(lambda batch=batch: reference(batch), device, seconds)
+            print(f"| eager fp32 reference | {mix} | {b} | {base:,.0f} | 1.00 |", flush=True)
+            for name, pred in predictors.items():
+                rate = b / timed(lambda batch=batch, pred=pred: pred.predict(batch), device, seconds)
+                print(f"| {name} | {mix} | {b} | {rate:,.0f} | {rate / base:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
+from mmcl.batch_inputs import BatchInputs, UtteranceFeatures, prepare
 from mmcl.checkpoint import Checkpoint, load_checkpoint
-from mmcl.config import MODALITIES
 from mmcl.device import resolve_device
-from mmcl.errors import DimensionMismatch, InvalidInput
-from mmcl.sequence import resample_mean
 from mmcl.tasks import decode
-
-UtteranceFeatures = Mapping[str, np.ndarray | None]  # modality -> (T, d) array, or None / absent when missing
 
 
 @dataclass(frozen=True)
@@ -31,76 +28,103 @@ class PredictionBatch:
     model_version: str
 
 
-class Predictor:
-    """A loaded model ready to score utterances, one batch at a time, on its device."""
+Precision = Literal["auto", "fp32", "bf16"]
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device) -> None:
+
+class Predictor:
+    """A loaded model ready to score utterances, one batch at a time, on its device.
+
+    A batch is scored in sub-batches of similar length, each cut to its longest sequence: positions past every
+    sequence's end are masked everywhere in the network, so the cut changes no score (beyond float rounding). On 2
+    CPU cores, four sub-batches of 16 cost 0.71 of one batch of 64 padded to 50 frames (lengths 10-50), and 1.12
+    of it when every sequence is 50 frames long: `sub_batches` splits only where the cut pays. On a GPU, which is
+    not compute-bound at these sizes, one sub-batch cut to the batch's longest is kept. `bf16` runs
+    the network under bfloat16 autocast; `auto` is bf16 on CUDA and fp32 elsewhere (CPUs without native bfloat16,
+    such as our development machines, emulate it slowly).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, precision: Precision = "auto",
+                 sub_batches: int | None = None) -> None:
         self.checkpoint = checkpoint
         self.device = device
         self.cfg = checkpoint.config
         self.model = checkpoint.model.to(device).eval()
         self.version = checkpoint.checksum[:12]
+        self.precision: Precision = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
+        self.sub_batches = sub_batches if sub_batches is not None else (1 if device.type == "cuda" else 4)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Predictor:
-        """Load a checkpoint onto a device, in eval mode, warmed up."""
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: Precision = "auto") -> Predictor:
+        """Load a checkpoint onto a device, in eval mode."""
         dev = resolve_device(device)
-        return cls(load_checkpoint(path, device="cpu"), dev)
+        return cls(load_checkpoint(path, device="cpu"), dev, precision)
 
     @property
     def input_dims(self) -> tuple[int, int, int]:
         """The feature dims the model takes, per modality."""
         return self.cfg.input_dims
 
-    def _prepare(self, batch: Sequence[UtteranceFeatures], modality_mask: np.ndarray | None
-                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        n, seq_len = len(batch), self.cfg.seq_len
-        if modality_mask is not None and np.shape(modality_mask) != (n, 3):
-            raise InvalidInput(f"modality_mask has shape {np.shape(modality_mask)}, expected ({n}, 3)")
-        present = np.zeros((n, 3), dtype=bool)
-        xs, masks = [], []
-        for m_idx, m in enumerate(MODALITIES):
-            dim = self.cfg.input_dims[m_idx]
-            x = np.zeros((n, seq_len, dim), dtype=np.float32)
-            mask = np.zeros((n, seq_len), dtype=bool)
-            for i, utt in enumerate(batch):
-                arr = utt.get(m)
-                if arr is None or (modality_mask is not None and not modality_mask[i, m_idx]):
-                    continue
-                arr = np.asarray(arr, dtype=np.float32)
-                if arr.ndim == 1:
-                    arr = arr[None, :]  # a pooled vector is a sequence of one
-                if arr.ndim != 2 or arr.shape[1] != dim:
-                    raise DimensionMismatch(f"sample {i}: {m} features have shape {arr.shape}, the model needs (T, {dim})")
-                if not np.isfinite(arr).all():
-                    raise InvalidInput(f"sample {i}: {m} features contain NaN or Inf")
-                if arr.shape[0] == 0:
-                    continue
-                t = arr.shape[0]
-                if t <= seq_len:
-                    x[i, :t], mask[i, :t] = arr, True
-                else:
-                    x[i], mask[i] = resample_mean(arr, seq_len), True
-                present[i, m_idx] = True
-            xs.append(torch.from_numpy(x).to(self.device))
-            masks.append(torch.from_numpy(mask).to(self.device))
-        if n and not present.any(axis=1).all():
-            empty = int(np.flatnonzero(~present.any(axis=1))[0])
-            raise InvalidInput(f"sample {empty} has no modality")
-        return xs, masks, torch.from_numpy(present).to(self.device)
-
     def predict(self, batch: Sequence[UtteranceFeatures], modality_mask: np.ndarray | None = None) -> PredictionBatch:
         """Predict a batch of utterances; `modality_mask` (B, 3) can hide modalities that are present."""
-        xs, masks, present = self._prepare(batch, modality_mask)
+        inputs = prepare(batch, modality_mask, self.cfg.input_dims, self.cfg.seq_len,
+                         pin_memory=self.device.type == "cuda")
         if not batch:
             empty = np.zeros((0,), dtype=np.float32)
             return PredictionBatch(empty, [], None, None, np.zeros((0, 3), bool), self.version)
-        with torch.inference_mode():
-            out = self.model(xs, masks, present)
+        logits, weights = self._forward(inputs)
         task = self.cfg.task
-        dec = decode(task, out.logits)
+        dec = decode(task, logits)
         names = task.label_names
-        weights = None if out.modality_weights is None else out.modality_weights.float().cpu().numpy()
-        return PredictionBatch(
-            dec.scores, [names[i] for i in dec.label_ids], dec.probabilities, weights, present.cpu().numpy(), self.version
-        )
+        return PredictionBatch(dec.scores, [names[i] for i in dec.label_ids], dec.probabilities,
+                               None if weights is None else weights.numpy(), inputs.present.numpy(), self.version)
+
+    def _forward(self, inputs: BatchInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and fusion weights on the host, in the batch's order."""
+        order = np.argsort(inputs.lengths, kind="stable")
+        groups = sub_batches(inputs.lengths[order], self.sub_batches)
+        groups = [order[g] for g in groups]
+        dev = self.device
+        xs = [x.to(dev, non_blocking=True) for x in inputs.xs]  # pinned on a GPU host: the copy overlaps
+        masks = [mk.to(dev, non_blocking=True) for mk in inputs.masks]
+        present = inputs.present.to(dev, non_blocking=True)
+        logits, weights = [], []
+        with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            for group in groups:
+                cut = int(inputs.lengths[group].max())
+                if len(groups) == 1:  # the whole batch in its order: views, no gather
+                    out = self.model([x[:, :cut] for x in xs], [mk[:, :cut] for mk in masks], present)
+                    return out.logits.float().cpu(), _host(out.modality_weights)
+                rows = torch.from_numpy(group).to(dev, non_blocking=True)
+                out = self.model([x[rows, :cut] for x in xs], [mk[rows, :cut] for mk in masks], present[rows])
+                logits.append(out.logits.float())
+                if out.modality_weights is not None:
+                    weights.append(out.modality_weights.float())
+        back = torch.from_numpy(np.argsort(order)).to(dev)  # sub-batch order -> the batch's
+        all_weights = torch.cat(weights)[back].cpu() if weights else None
+        return torch.cat(logits)[back].cpu(), all_weights
+
+
+def _host(weights: torch.Tensor | None) -> torch.Tensor | None:
+    return None if weights is None else weights.float().cpu()
+
+
+# what one more sub-batch costs on top of its frames, measured on 2 CPU cores: four sub-batches of 16 utterances
+# of 50 frames took 1.12x one batch of 64
+SPLIT_OVERHEAD = 0.04
+
+
+def sub_batches(sorted_lengths: np.ndarray, most: int, smallest: int = 16) -> list[np.ndarray]:
+    """Positions of length-sorted utterances grouped into at most `most` sub-batches of at least `smallest` (1 when
+    the batch is smaller), choosing the count whose frames (each sub-batch's size x its longest sequence), plus
+    SPLIT_OVERHEAD per extra sub-batch, are fewest."""
+    n = len(sorted_lengths)
+    best: list[np.ndarray] = [np.arange(n)]
+    best_cost = 1.0
+    k = 2
+    while k <= min(most, n // smallest):
+        groups = np.array_split(np.arange(n), k)
+        frames = sum(len(g) * int(sorted_lengths[g[-1]]) for g in groups) / (n * max(1, int(sorted_lengths[-1])))
+        if frames * (1 + SPLIT_OVERHEAD * (k - 1)) < best_cost:
+            best, best_cost = groups, frames * (1 + SPLIT_OVERHEAD * (k - 1))
+        k *= 2
+    return best

@@ -231,6 +231,8 @@ class ModelSettings(BaseModel):
 
     checkpoint: Path | None = None  # a checkpoint directory (mmcl train --out)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # the network's arithmetic: auto is bf16 on CUDA (scores within 0.01 of fp32, a test), fp32 elsewhere
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @field_validator("device")
     @classmethod

@@ -15,7 +15,7 @@ from mmcl.errors import ConfigError, MMCLError
 from mmcl.predictor import Predictor
 from streams.learning.registry import DirRegistry, RedisRegistry, Registry, RegistryError
 from streams.messages import ModelAnnouncement, now_ms
-from streams.settings import Settings
+from streams.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ def open_registry(settings: Settings) -> Registry:
     return DirRegistry(r.path or settings.state_dir / "registry")
 
 
-def load_predictor(path: Path, device: str) -> Predictor:
-    """Load a checkpoint to serve; refuse a model the worker cannot serve."""
-    predictor = Predictor.from_checkpoint(path, device=device)
+def load_predictor(path: Path, model: ModelSettings) -> Predictor:
+    """Load a checkpoint to serve on the configured device and precision; refuse a model the worker cannot serve."""
+    predictor = Predictor.from_checkpoint(path, device=model.device, precision=model.precision)
     if predictor.cfg.task.kind is TaskKind.MULTITASK:
         raise ConfigError("the worker serves sentiment models (regression or classes); this checkpoint is multitask")
     # warm up: the first call pays for allocations and kernel choice; do not bill it to the first utterance
@@ -55,11 +55,11 @@ def initial_predictor(settings: Settings, registry: Registry | None) -> Predicto
             log.warning("cannot read the model registry (%s); serving %s", e, settings.model.checkpoint)
             version = None
         if version is not None:
-            return load_predictor(registry.fetch(version), settings.model.device)
+            return load_predictor(registry.fetch(version), settings.model)
     if settings.model.checkpoint is None:
         raise ConfigError("no model: the registry has no current version and MMCL_MODEL__CHECKPOINT is not set "
                           "(mmcl model publish CHECKPOINT --promote, or set MMCL_MODEL__CHECKPOINT)")
-    return load_predictor(settings.model.checkpoint, settings.model.device)
+    return load_predictor(settings.model.checkpoint, settings.model)
 
 
 class ModelFollower:
@@ -101,7 +101,7 @@ class ModelFollower:
             return None
         try:
             path = self.registry.fetch(version)
-            new = load_predictor(path, self.s.model.device)
+            new = load_predictor(path, self.s.model)
         except RegistryError as e:
             return self._refuse(version, "checksum_mismatch" if "corrupt" in str(e) else "load_failed", e)
         except (MMCLError, OSError, RuntimeError, ValueError) as e:

@@ -1,4 +1,5 @@
-"""Features sent as float16 on the binary wire score as float32 features do, with a trained model."""
+"""Reduced precision changes no result that matters, with a trained model: features sent as float16 on the binary
+wire, and the network run in bfloat16 (the default on CUDA)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,16 @@ def test_float16_features_score_within_a_hundredth_of_float32(mosi_trained: Trai
     full, half = predictor.predict(sent).scores, predictor.predict(received).scores
     assert full.std() > 0.5  # scores spread over the scale: the model learnt something
     assert np.abs(full - half).max() < 0.01, np.abs(full - half).max()
+
+
+@pytest.mark.slow
+def test_bfloat16_scores_within_a_hundredth_of_float32(mosi_trained: Trained) -> None:
+    """bf16 is the default on CUDA; its arithmetic is the same on any device, so the CPU checks the numbers."""
+    test = mosi_trained.dataset.splits["test"]
+    batch = [{m: test.features[m][i][:int(test.lengths[m][i])] for m in MODALITIES} for i in range(len(test.labels))]
+    full = Predictor.from_checkpoint(mosi_trained.checkpoint, device="cpu", precision="fp32").predict(batch)
+    half = Predictor.from_checkpoint(mosi_trained.checkpoint, device="cpu", precision="bf16").predict(batch)
+    assert full.scores.std() > 0.5
+    assert np.abs(full.scores - half.scores).max() < 0.01, np.abs(full.scores - half.scores).max()
+    assert full.modality_weights is not None and half.modality_weights is not None
+    assert np.abs(full.modality_weights - half.modality_weights).max() < 0.01
