@@ -23,6 +23,7 @@ export PYTHONPATH=$PWD
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name())" \
     | tee "$OUT/device.txt"
 "$PY" -m pytest -q -p no:cacheprovider -p no:warnings -o addopts="" tests/unit/test_checkpoint_predictor.py \
+    tests/unit/test_batch_inputs.py \
     "tests/unit/test_train.py::test_device_auto_trains_on_what_is_there" 2>&1 | tail -3 | tee "$OUT/tests.txt"
 MMCL_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider -p no:warnings -o addopts="" \
     tests/integration/test_roundtrip.py 2>&1 | tail -5 | tee -a "$OUT/tests.txt"
@@ -30,3 +31,6 @@ MMCL_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider -p no:warnings -o a
     --results-name pipeline_cuda 2>&1 | tail -25 | tee "$OUT/pipeline_cuda.md"
 cp benchmarks/results/pipeline_cuda.json "$OUT/" || true
 timeout 150 "$PY" benchmarks/inference_throughput.py --device cuda | tee "$OUT/inference_cuda.md" || true
+# the Predictor (pinned memory, bf16 by default on CUDA) against the eager fp32 reference on the card
+timeout 120 "$PY" benchmarks/inference_throughput.py --device cuda --predictor-only --seconds 1 \
+    | tee "$OUT/predictor_cuda.md" || true
