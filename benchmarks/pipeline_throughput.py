@@ -142,7 +142,9 @@ class Harness:
 
         return Settings(kafka=self.kafka_settings(), topics=TopicSettings(prefix=prefix))
 
-    def start(self, kind: str, prefix: str, **extra_env: str) -> subprocess.Popen[str]:
+    def start(self, kind: str, prefix: str, wrap: list[str] | None = None, **extra_env: str) -> subprocess.Popen[str]:
+        """Start a system on `prefix` and wait until it is ready; `wrap` runs the worker's Python module under a
+        launcher (e.g. a profiler: [python, -m, pyinstrument, ..., -m])."""
         from streams.kafka import ensure_topics
         from streams.local.embedded import free_port
         from streams.local.runtime import embedded_kafka_env
@@ -159,7 +161,7 @@ class Harness:
                         **(embedded_kafka_env() if self.broker == "tansu" else {}), "MMCL_MODEL__DEVICE": self.device,
                         **{f"MMCL_KAFKA__{k.upper()}": str(v) for k, v in self.overrides.items()}})
             env.update(extra_env)
-            cmd = [sys.executable, "-m", "streams.cli", "worker"]
+            cmd = [*(wrap or [sys.executable, "-m"]), "streams.cli", "worker"]
         else:
             cmd = [sys.executable, __file__, "naive", "--bootstrap", self.kafka.url, "--redis", self.redis_svc.url,
                    "--prefix", prefix, "--group", f"{prefix}-g", "--checkpoint", str(self.checkpoint),
