@@ -34,3 +34,6 @@ timeout 150 "$PY" benchmarks/inference_throughput.py --device cuda | tee "$OUT/i
 # the Predictor (pinned memory, bf16 by default on CUDA) against the eager fp32 reference on the card
 timeout 120 "$PY" benchmarks/inference_throughput.py --device cuda --predictor-only --seconds 1 \
     | tee "$OUT/predictor_cuda.md" || true
+# several workers sharing the card (they scale by partitions)
+timeout 300 "$PY" benchmarks/workers_per_host.py --device cuda --workers 1 2 4 8 --partitions 8 --backlog 6000 \
+    --broker tansu --results-name workers_per_host_cuda | tee "$OUT/workers_per_host_cuda.md" || true

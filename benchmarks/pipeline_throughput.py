@@ -74,6 +74,12 @@ def naive_main(a: argparse.Namespace) -> None:
 
 
 # --- the harness ---------------------------------------------------------------------------------------------------
+def default_partitions() -> int:
+    from streams.settings import TopicSettings
+
+    return TopicSettings().partitions
+
+
 def make_checkpoint(path: Path) -> Path:
     import torch
 
@@ -112,6 +118,7 @@ class Harness:
         self.kafka: Any = None
         self.broker = ""
         self.overrides: dict[str, Any] = {}  # KafkaSettings fields for every producer and worker started from now on
+        self.partitions = default_partitions()  # of the topics made from now on
 
     def use(self, broker: str) -> None:
         """Stop the broker in use, start `broker` (kafka: Apache Kafka; tansu: the embedded one)."""
@@ -140,7 +147,7 @@ class Harness:
     def settings(self, prefix: str) -> Any:
         from streams.settings import Settings, TopicSettings
 
-        return Settings(kafka=self.kafka_settings(), topics=TopicSettings(prefix=prefix))
+        return Settings(kafka=self.kafka_settings(), topics=TopicSettings(prefix=prefix, partitions=self.partitions))
 
     def start(self, kind: str, prefix: str, wrap: list[str] | None = None, **extra_env: str) -> subprocess.Popen[str]:
         """Start a system on `prefix` and wait until it is ready; `wrap` runs the worker's Python module under a
