@@ -20,6 +20,7 @@ import redis
 from streams.kafka import ensure_topics
 from streams.local.embedded import Service, free_port, redis_binary
 from streams.sinks.redis_store import call_key, utt_key
+from streams.wire import read_joined
 
 from .conftest import DIMS, Stack, features, keys_on, part, quick_kafka, wait_for
 
@@ -89,7 +90,9 @@ def test_records_over_a_megabyte_are_written_or_dead_lettered_and_the_partition_
     assert sorted(json.loads(m.value())["utterance_id"] for m in preds) == sorted(["big", *good])  # each once
     joined = [m for m in st.consume_all(st.topics.joined, None, timeout=20) if m.key() == b"big"]
     assert len(joined) == 1 and len(joined[0].value()) > 1.2 * MB
-    assert json.loads(joined[0].value())["parts"]["text"]["features"] == nested("text", 2000, 7)
+    head, arrays = read_joined(joined[0].value())  # the binary joined record, holding the JSON parts as they came
+    assert head.utterance_id == "big"
+    np.testing.assert_array_equal(arrays["text"], np.asarray(nested("text", 2000, 7), np.float32))
 
     dead = st.dead_letters(call)
     assert sorted(dict(m.headers())["mmcl.reason"].decode() for m in dead) == ["dims", "oversize", "oversize"]
