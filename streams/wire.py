@@ -114,7 +114,11 @@ def _half(arr: np.ndarray) -> np.ndarray:
     """float16, converted by torch (its CPU kernels use the F16C instructions; numpy's conversion is 15x slower)."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.float16).numpy()
+    src = np.ascontiguousarray(arr, dtype=np.float32)
+    if not src.flags.writeable:  # torch warns about read-only arrays even when it only reads them
+        src = src.copy()
+    half: np.ndarray = torch.from_numpy(src).to(torch.float16).numpy()
+    return half.astype("<f2", copy=False)  # the wire is little-endian whatever the host
 
 
 def encode_features(features: Features, wire: WireFormat = "v2", dtype: Dtype = "float16") -> bytes:

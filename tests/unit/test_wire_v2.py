@@ -139,3 +139,12 @@ def test_the_documented_snippet_makes_a_message_the_worker_accepts() -> None:
     part = decode_part(scope["value"], "text", LIMITS, PROFILE)  # type: ignore[arg-type]
     assert isinstance(part, Part) and part.call_id == "c1"
     np.testing.assert_array_equal(part.array, arr)
+
+
+def test_a_read_only_array_is_encoded_as_it_is() -> None:
+    """Producers may hand over arrays they map from elsewhere (a part read from the wire, a memory map)."""
+    arr = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    arr.flags.writeable = False
+    for dtype in ("float16", "float32"):
+        _, got = decode_features(encode_features(Features("u1", "text", arr, 1), dtype=dtype))  # type: ignore[arg-type]
+        np.testing.assert_allclose(got, arr, atol=1e-3)
