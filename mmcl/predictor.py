@@ -36,22 +36,23 @@ class Predictor:
 
     A batch is scored in sub-batches of similar length, each cut to its longest sequence: positions past every
     sequence's end are masked everywhere in the network, so the cut changes no score (beyond float rounding). On 2
-    CPU cores, four sub-batches of 16 cost 0.71 of one batch of 64 padded to 50 frames (lengths 10-50), and 1.12
-    of it when every sequence is 50 frames long: `sub_batches` splits only where the cut pays. On a GPU, which is
-    not compute-bound at these sizes, one sub-batch cut to the batch's longest is kept. `bf16` runs
+    CPU cores, the model on four sub-batches of 16 took 0.71 of its time on one batch of 64 padded to 50 frames
+    (lengths 10-50); with every sequence 50 frames long, a Predictor that always split in four ran at 0.88x of one
+    that did not: `sub_batches` splits only where the cut pays. On a GPU, which is not compute-bound at these
+    sizes, one sub-batch cut to the batch's longest is kept. `bf16` runs
     the network under bfloat16 autocast; `auto` is bf16 on CUDA and fp32 elsewhere (CPUs without native bfloat16,
     such as our development machines, emulate it slowly).
     """
 
     def __init__(self, checkpoint: Checkpoint, device: torch.device, precision: Precision = "auto",
-                 sub_batches: int | None = None) -> None:
+                 max_sub_batches: int | None = None) -> None:
         self.checkpoint = checkpoint
         self.device = device
         self.cfg = checkpoint.config
         self.model = checkpoint.model.to(device).eval()
         self.version = checkpoint.checksum[:12]
         self.precision: Precision = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
-        self.sub_batches = sub_batches if sub_batches is not None else (1 if device.type == "cuda" else 4)
+        self.max_sub_batches = max_sub_batches if max_sub_batches is not None else (1 if device.type == "cuda" else 4)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: Precision = "auto") -> Predictor:
@@ -81,35 +82,27 @@ class Predictor:
     def _forward(self, inputs: BatchInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits and fusion weights on the host, in the batch's order."""
         order = np.argsort(inputs.lengths, kind="stable")
-        groups = sub_batches(inputs.lengths[order], self.sub_batches)
-        groups = [order[g] for g in groups]
+        groups = [order[g] for g in sub_batches(inputs.lengths[order], self.max_sub_batches)]
         dev = self.device
         xs = [x.to(dev, non_blocking=True) for x in inputs.xs]  # pinned on a GPU host: the copy overlaps
         masks = [mk.to(dev, non_blocking=True) for mk in inputs.masks]
         present = inputs.present.to(dev, non_blocking=True)
-        logits, weights = [], []
+        outs = []
         with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=self.precision == "bf16"):
             for group in groups:
                 cut = int(inputs.lengths[group].max())
-                if len(groups) == 1:  # the whole batch in its order: views, no gather
-                    out = self.model([x[:, :cut] for x in xs], [mk[:, :cut] for mk in masks], present)
-                    return out.logits.float().cpu(), _host(out.modality_weights)
-                rows = torch.from_numpy(group).to(dev, non_blocking=True)
-                out = self.model([x[rows, :cut] for x in xs], [mk[rows, :cut] for mk in masks], present[rows])
-                logits.append(out.logits.float())
-                if out.modality_weights is not None:
-                    weights.append(out.modality_weights.float())
-        back = torch.from_numpy(np.argsort(order)).to(dev)  # sub-batch order -> the batch's
-        all_weights = torch.cat(weights)[back].cpu() if weights else None
-        return torch.cat(logits)[back].cpu(), all_weights
+                # one sub-batch keeps the batch's order: views, no gather
+                rows = slice(None) if len(groups) == 1 else torch.from_numpy(group).to(dev, non_blocking=True)
+                outs.append(self.model([x[rows, :cut] for x in xs], [mk[rows, :cut] for mk in masks], present[rows]))
+        back = slice(None) if len(groups) == 1 else torch.from_numpy(np.argsort(order)).to(dev)  # -> batch order
+        logits = torch.cat([o.logits.float() for o in outs])[back].cpu()
+        if outs[0].modality_weights is None:
+            return logits, None
+        return logits, torch.cat([o.modality_weights.float() for o in outs if o.modality_weights is not None])[back].cpu()
 
 
-def _host(weights: torch.Tensor | None) -> torch.Tensor | None:
-    return None if weights is None else weights.float().cpu()
-
-
-# what one more sub-batch costs on top of its frames, measured on 2 CPU cores: four sub-batches of 16 utterances
-# of 50 frames took 1.12x one batch of 64
+# what one more sub-batch costs on top of its frames, from 2 CPU cores: always splitting 64 utterances of 50 frames
+# in four ran at 0.88x of one batch (about 0.04 per extra sub-batch)
 SPLIT_OVERHEAD = 0.04
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 from torch import Tensor
 
 PadSide = Literal["front", "back", "none"]
@@ -62,12 +63,30 @@ def fit_length(x: np.ndarray, lengths: np.ndarray, side: PadSide, seq_len: int) 
 
 def resample_mean(rows: np.ndarray, seq_len: int) -> np.ndarray:
     """(T, d) with T >= seq_len -> (seq_len, d) by averaging seq_len contiguous near-equal segments."""
-    edges = np.linspace(0, rows.shape[0], seq_len + 1).round().astype(np.int64)
-    widths = (edges[1:] - edges[:-1])[:, None]  # >= 1 when T >= seq_len
-    # segment sums in one pass (a float64 cumsum over every row cost ~0.2 ms per 768-d utterance, most of a
-    # GPU batch's time); segments hold a few rows, so float32 sums lose nothing that matters
-    means: np.ndarray = (np.add.reduceat(np.asarray(rows, dtype=np.float32), edges[:-1], axis=0) / widths)
-    return means.astype(np.float32)
+    means: np.ndarray = resample_means([rows], seq_len)[0].numpy()
+    return means
+
+
+def resample_means(arrays: list[np.ndarray], seq_len: int) -> Tensor:
+    """Sequences of at least seq_len frames -> (k, seq_len, d) float32: each resampled as `resample_mean` does, all
+    in one pass (numpy's reduceat over the same frames took 17x as long, a float64 cumsum longer still)."""
+    frames = torch.cat([float32_tensor(a) for a in arrays])
+    lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    edges = starts[:, None] + np.linspace(0, lengths, seq_len + 1, axis=1).round().astype(np.int64)
+    widths = np.diff(edges, axis=1).ravel()  # >= 1 when T >= seq_len
+    segment = torch.from_numpy(np.repeat(np.arange(len(arrays) * seq_len), widths))
+    sums = torch.zeros((len(arrays) * seq_len, frames.shape[1])).index_add_(0, segment, frames)
+    return (sums / torch.from_numpy(widths).float()[:, None]).reshape(len(arrays), seq_len, -1)
+
+
+def float32_tensor(arr: np.ndarray) -> Tensor:
+    """A (T, d) array as a float32 tensor of its own memory. torch converts float16 with the CPU's F16C instructions
+    (numpy 15x slower); arrays read from the wire are read-only views of a message, which torch warns about even
+    when it only reads them, so they are copied first."""
+    if arr.dtype == np.float16:
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy()).float()
+    return torch.from_numpy(np.array(arr, dtype=np.float32))
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:

@@ -86,7 +86,7 @@ def test_length_sorted_sub_batches_score_as_one_padded_batch(tmp_path: Path) -> 
     path = save_checkpoint(tmp_path / "ckpt", model, cfg, FeatureProfile(DIMS, {}), {"valid": {"mae": 0.5}})
     batch = varied(64, seed=1)
     split = Predictor.from_checkpoint(path, device="cpu")
-    assert split.sub_batches == 4
+    assert split.max_sub_batches == 4
     got = split.predict(batch)
     x, mask = one_by_one(batch)
     present = torch.from_numpy(np.stack([m.any(axis=1) for m in mask], axis=1))
