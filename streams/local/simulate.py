@@ -120,8 +120,12 @@ def encode(planned: Planned, produced_at: int, wire: WireSettings | None = None)
                             labeled_at=produced_at)
         return lab.model_dump_json().encode()
     w = wire or WireSettings()
-    return encode_features(Features(planned.utterance_id, planned.modality, planned.features, produced_at,
-                                    call_id=planned.call_id, speaker=planned.speaker), w.format, w.dtype)
+    features = Features(planned.utterance_id, planned.modality, planned.features, produced_at,
+                        call_id=planned.call_id, speaker=planned.speaker)
+    try:
+        return encode_features(features, w.format, w.dtype)
+    except ValueError:  # beyond float16's range (real datasets' audio features can be): this message as float32
+        return encode_features(features, w.format, "float32")
 
 
 class _Schedule:

@@ -16,6 +16,7 @@ from streams.settings import LimitSettings
 from streams.sinks.deadletter import Reason
 from streams.wire import (
     FEATURES_MAGIC,
+    FeatureHeader,
     Features,
     FrameError,
     decode_features,
@@ -148,3 +149,16 @@ def test_a_read_only_array_is_encoded_as_it_is() -> None:
     for dtype in ("float16", "float32"):
         _, got = decode_features(encode_features(Features("u1", "text", arr, 1), dtype=dtype))  # type: ignore[arg-type]
         np.testing.assert_allclose(got, arr, atol=1e-3)
+
+
+def test_a_replayed_dataset_value_beyond_float16_is_sent_as_float32() -> None:
+    """`mmcl produce` replays datasets whose audio features can exceed float16's range: that message goes as
+    float32 rather than stopping the replay (a producer given such features directly is told so, above)."""
+    from streams.local.simulate import Planned, encode
+
+    big = np.array([[1e6, -2.5, 0.0, 3.0]], np.float32)
+    head, arr = decode_features(encode(Planned(0.0, "u1", "c1", "customer", "text", big), 7))
+    assert isinstance(head, FeatureHeader) and head.dtype == "float32"
+    np.testing.assert_array_equal(arr, big)
+    head, _ = decode_features(encode(Planned(0.0, "u2", "c1", "customer", "text", big / 1e3), 7))
+    assert isinstance(head, FeatureHeader) and head.dtype == "float16"
