@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One short, prepared check of the CUDA path on a lent GPU machine (not CI): the predictor and training tests
-# through device="auto", the worker round trip with its model on the GPU (real embedded broker and Redis), then
+# through device="auto", the worker round trip with its model on the GPU (batches prepared ahead, the CUDA default) (real embedded broker and Redis), then
 # the inference and pipeline benchmarks on the card; tables go to $OUT.
 # That machine has torch, numpy, safetensors, aiohttp, prometheus-client and pytest (Python 3.12) but no pydantic,
 # Kafka or Redis clients and no network. Prepare here, once:
@@ -23,7 +23,7 @@ export PYTHONPATH=$PWD
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name())" \
     | tee "$OUT/device.txt"
 "$PY" -m pytest -q -p no:cacheprovider -p no:warnings -o addopts="" tests/unit/test_checkpoint_predictor.py \
-    tests/unit/test_batch_inputs.py \
+    tests/unit/test_batch_inputs.py tests/unit/test_inference_thread.py \
     "tests/unit/test_train.py::test_device_auto_trains_on_what_is_there" 2>&1 | tail -3 | tee "$OUT/tests.txt"
 MMCL_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider -p no:warnings -o addopts="" \
     tests/integration/test_roundtrip.py 2>&1 | tail -5 | tee -a "$OUT/tests.txt"

@@ -44,7 +44,7 @@ def naive_main(a: argparse.Namespace) -> None:
     from streams.settings import WIRE_MODALITIES, model_modality
     from streams.wire import decode_features
 
-    predictor = Predictor.from_checkpoint(a.checkpoint, device=a.device)
+    predictor = Predictor.from_checkpoint(a.checkpoint, device=a.device, precision=a.precision)
     r = redis.Redis.from_url(a.redis, decode_responses=True)
     c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": a.group, "auto.offset.reset": "earliest",
                   "fetch.wait.max.ms": 50, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
@@ -105,7 +105,7 @@ BROKERS = {"kafka": "Apache Kafka 4.1.0", "tansu": "Tansu (embedded)"}
 class Harness:
     """One Redis for the whole run; one broker at a time (`use`)."""
 
-    def __init__(self, state: Path, checkpoint: Path, device: str) -> None:
+    def __init__(self, state: Path, checkpoint: Path, device: str, precision: str = "auto") -> None:
         import redis
 
         from mmcl.data.synth import SynthSpec, make_synthetic
@@ -113,7 +113,7 @@ class Harness:
 
         self.redis_svc = start_redis(state)
         self.redis = redis.Redis.from_url(self.redis_svc.url, decode_responses=True)
-        self.checkpoint, self.state, self.device = checkpoint, state, device
+        self.checkpoint, self.state, self.device, self.precision = checkpoint, state, device, precision
         self.split = make_synthetic(SynthSpec(sizes=(8, 8, 1000), seed=5)).splits["test"]
         self.kafka: Any = None
         self.broker = ""
@@ -166,13 +166,14 @@ class Harness:
                         "MMCL_MODEL__CHECKPOINT": str(self.checkpoint), "MMCL_METRICS__PORT": str(self.port),
                         "MMCL_POLICY__AGENT": '["text","audio","visual"]', "MMCL_STATE_DIR": str(self.state),
                         **(embedded_kafka_env() if self.broker == "tansu" else {}), "MMCL_MODEL__DEVICE": self.device,
+                        "MMCL_MODEL__PRECISION": self.precision,
                         **{f"MMCL_KAFKA__{k.upper()}": str(v) for k, v in self.overrides.items()}})
             env.update(extra_env)
             cmd = [*(wrap or [sys.executable, "-m"]), "streams.cli", "worker"]
         else:
             cmd = [sys.executable, __file__, "naive", "--bootstrap", self.kafka.url, "--redis", self.redis_svc.url,
                    "--prefix", prefix, "--group", f"{prefix}-g", "--checkpoint", str(self.checkpoint),
-                   "--device", self.device]
+                   "--device", self.device, "--precision", self.precision]
         log = (self.state / f"{kind}-{prefix}.log").open("w")
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if kind == "naive" else log, stderr=log, text=True)
         self.wait_ready(kind, proc)
@@ -269,11 +270,12 @@ def broker_hop(h: Harness, rate: float, seconds: float, size: int) -> dict[str, 
     return {"offered": rate, "n": n, "received": len(lat) // 3, **percentiles(lat)}
 
 
-def model_alone(checkpoint: Path, split: Any, batch: int, device: str, seconds: float = 6.0) -> float:
+def model_alone(checkpoint: Path, split: Any, batch: int, device: str, precision: Any = "auto",
+                seconds: float = 6.0) -> float:
     from mmcl.predictor import Predictor
     from streams.settings import WIRE_MODALITIES, model_modality
 
-    p = Predictor.from_checkpoint(checkpoint, device=device)
+    p = Predictor.from_checkpoint(checkpoint, device=device, precision=precision)
     utts = []
     for j in range(batch):
         u = {}
@@ -337,7 +339,7 @@ def run(a: argparse.Namespace) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="mmcl-bench-"))
     ckpt = make_checkpoint(tmp / "ckpt")
-    h = Harness(tmp, ckpt, a.device)
+    h = Harness(tmp, ckpt, a.device, a.precision)
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"brokers": {}}
     text_size = len(encode(Planned(0, "u", "c", "customer", "text", h.split.features["text"][0]), 0))
@@ -350,11 +352,11 @@ def run(a: argparse.Namespace) -> None:
             summary["brokers"][broker] = per
         batches = [per["service"]["avg_batch"] for per in summary["brokers"].values()]
         avg = max(1, round(sum(batches) / len(batches)))
-        summary["model_alone"] = {"batch": avg, "throughput": model_alone(ckpt, h.split, avg, a.device),
-                                  "throughput_b64": model_alone(ckpt, h.split, 64, a.device)}
+        summary["model_alone"] = {"batch": avg, "throughput": model_alone(ckpt, h.split, avg, a.device, a.precision),
+                                  "throughput_b64": model_alone(ckpt, h.split, 64, a.device, a.precision)}
     finally:
         h.close()
-    out = {"rows": rows, "summary": summary, "cpu_count": os.cpu_count(), "device": a.device,
+    out = {"rows": rows, "summary": summary, "cpu_count": os.cpu_count(), "device": a.device, "precision": a.precision,
            "command": " ".join(sys.argv)}
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
@@ -403,7 +405,10 @@ def main() -> None:
     for opt in ("bootstrap", "redis", "prefix", "group", "checkpoint"):
         n.add_argument(f"--{opt}", required=True)
     n.add_argument("--device", default="cpu")
+    n.add_argument("--precision", default="auto")
     p.add_argument("--device", default="cpu", help="the model's device in every system (cpu, cuda)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
+                   help="the model's arithmetic in every system (MMCL_MODEL__PRECISION; auto: int8 on a CPU with VNNI)")
     p.add_argument("--results-name", default="pipeline", help="benchmarks/results/<name>.json and .md")
     p.add_argument("--brokers", nargs="+", choices=sorted(BROKERS), default=["kafka", "tansu"],
                    help="the brokers to measure on, one after the other in this run")

@@ -42,8 +42,10 @@ def detect_padding_side(x: np.ndarray) -> PadSide:
     return "front" if front > back else "back"
 
 
-def fit_length(x: np.ndarray, lengths: np.ndarray, side: PadSide, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, T, d) padded data + valid lengths -> ((N, seq_len, d) back-padded or resampled, (N, seq_len) mask)."""
+def fit_length(x: np.ndarray, lengths: np.ndarray, side: PadSide, seq_len: int,
+               source_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, T, d) padded data + valid lengths -> ((N, seq_len, d) back-padded or resampled, (N, seq_len) mask).
+    A sequence longer than `source_len` is first resampled to it (`fit_source`)."""
     n, t, d = x.shape
     out = np.zeros((n, seq_len, d), dtype=np.float32)
     mask = np.zeros((n, seq_len), dtype=bool)
@@ -52,6 +54,8 @@ def fit_length(x: np.ndarray, lengths: np.ndarray, side: PadSide, seq_len: int) 
         if length == 0:
             continue
         rows = x[i, t - length :] if side == "front" else x[i, :length]
+        rows = fit_source([rows], source_len)[0]
+        length = rows.shape[0]
         if length <= seq_len:
             out[i, :length] = rows
             mask[i, :length] = True
@@ -59,6 +63,21 @@ def fit_length(x: np.ndarray, lengths: np.ndarray, side: PadSide, seq_len: int) 
             out[i] = resample_mean(rows, seq_len)
             mask[i] = True
     return out, mask
+
+
+def fit_source(arrays: list[np.ndarray], source_len: int | None) -> list[np.ndarray]:
+    """(T, d) sequences as the training data had them: one longer than the data's source length (what its dataset
+    was built at) resampled to that length, the rest as they are. Serving applies this before fitting to the model's
+    length, so a sequence takes the same path online as it took into the dataset (raw -> source -> model)."""
+    long = [i for i, a in enumerate(arrays) if source_len is not None and a.shape[0] > source_len]
+    if not long:
+        return arrays
+    assert source_len is not None
+    fitted = resample_means([arrays[i] for i in long], source_len).numpy()
+    out = list(arrays)
+    for k, i in enumerate(long):
+        out[i] = fitted[k]
+    return out
 
 
 def resample_mean(rows: np.ndarray, seq_len: int) -> np.ndarray:

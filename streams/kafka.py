@@ -84,8 +84,11 @@ def producer_config(kafka: KafkaSettings, max_record_bytes: int | None = None) -
     by default, so a producer of feature messages at the input limit, or the worker's, must raise it)."""
     # murmur2_random: the Java client's and aiokafka's (Faust's) key hash; librdkafka's default would put a call's
     # three modalities on partitions the worker does not read together.
+    # reconnect.backoff.max.ms: librdkafka backs off up to 10 s between attempts to reach a broker that is down, so
+    # after a cluster restart a part held in this producer could reach the workers 10-20 s after the parts it
+    # travelled with that were written before the outage: past the join's wait for it. 1 s bounds that delay.
     conf = {**librdkafka_config(kafka), "partitioner": "murmur2_random", "enable.idempotence": True,
-            "linger.ms": kafka.linger_ms}
+            "linger.ms": kafka.linger_ms, "reconnect.backoff.max.ms": 1000}
     if max_record_bytes is not None:
         conf["message.max.bytes"] = max(1_000_000, max_record_bytes + RECORD_OVERHEAD)
     return conf

@@ -9,7 +9,7 @@ import numpy as np
 from mmcl.checkpoint import Checkpoint
 from mmcl.config import MODALITIES
 from mmcl.data.dataset import Split
-from mmcl.sequence import resample_mean
+from mmcl.sequence import fit_source, resample_mean
 from streams.learning.store import Example
 from streams.settings import WIRE_MODALITIES, model_modality
 
@@ -26,10 +26,12 @@ def split_by_time(examples: list[Example], holdout_frac: float, valid_frac: floa
     return rest[: len(rest) - n_valid], rest[len(rest) - n_valid:], examples[n - n_hold:]
 
 
-def to_split(examples: list[Example], dims: tuple[int, int, int], seq_len: int) -> Split:
-    """Labelled examples (wire arrays) as a dataset split of the model's length and dims."""
+def to_split(examples: list[Example], dims: tuple[int, int, int], seq_len: int,
+             source_lengths: tuple[int, int, int] | None = None) -> Split:
+    """Labelled examples (wire arrays, as the worker received them) as a dataset split of the model's length and
+    dims, fitted as serving fits them (to the model's source length first, when it has one)."""
     feats, lengths = {}, {}
-    for w, dim in zip(WIRE_MODALITIES, dims, strict=True):
+    for k, (w, dim) in enumerate(zip(WIRE_MODALITIES, dims, strict=True)):
         m = model_modality(w)
         x = np.zeros((len(examples), seq_len, dim), np.float32)
         ln = np.zeros(len(examples), np.int64)
@@ -37,6 +39,7 @@ def to_split(examples: list[Example], dims: tuple[int, int, int], seq_len: int) 
             arr = ex.arrays.get(w)
             if arr is None or arr.shape[0] == 0:
                 continue
+            arr = fit_source([arr], None if source_lengths is None else source_lengths[k])[0]
             if arr.shape[0] > seq_len:
                 arr = resample_mean(arr, seq_len)
             x[i, : arr.shape[0]], ln[i] = arr, arr.shape[0]

@@ -165,10 +165,14 @@ class Trainer:
             raise ConfigError("no current model to fine-tune or compare with (publish one: mmcl model publish)")
         cfg = current.config
         train_ex, valid_ex, hold_ex = split_by_time(examples, self.t.holdout_frac, self.t.valid_frac)
-        splits = {name: to_split(ex, cfg.input_dims, cfg.seq_len)
+        source = current.profile.source_lengths
+        splits = {name: to_split(ex, cfg.input_dims, cfg.seq_len, source)
                   for name, ex in (("train", train_ex), ("valid", valid_ex), ("test", hold_ex))}
-        ds = Dataset(splits, {"label_kind": "score", "score_range": cfg.task.score_range,
-                              "extractor_ids": dict(current.profile.extractor_ids), "source": "feedback"})
+        meta: dict[str, Any] = {"label_kind": "score", "score_range": cfg.task.score_range,
+                                "extractor_ids": dict(current.profile.extractor_ids), "source": "feedback"}
+        if source is not None:  # the candidate serves as the current model does
+            meta["source_lengths"] = list(source)
+        ds = Dataset(splits, meta)
         window = {"from": examples[0].labeled_at, "to": examples[-1].labeled_at, "labels": len(examples),
                   "holdout_from": hold_ex[0].labeled_at}
         out = self.home / "runs" / time.strftime("%Y%m%d-%H%M%S")

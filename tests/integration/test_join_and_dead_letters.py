@@ -11,7 +11,7 @@ import pytest
 
 from streams.sinks.redis_store import call_key, utt_key
 
-from .conftest import DIMS, Stack, features, part, wait_for
+from .conftest import DIMS, PRECISION, Stack, features, part, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_duplicate_part_replaces_the_earlier_one(stack: Stack, worker: Any) -> N
     wait_for(lambda: stack.redis.exists(utt_key(call, "u1")), 20, "the result")
     from mmcl.predictor import Predictor
 
-    want = Predictor.from_checkpoint(stack.checkpoint, device="cpu").predict(
+    want = Predictor.from_checkpoint(stack.checkpoint, device="cpu", precision=PRECISION).predict(
         [{"text": features("text", 2), "audio": features("audio", 2), "vision": features("visual", 2)}])
     assert abs(float(stack.redis.hget(utt_key(call, "u1"), "score")) - float(want.scores[0])) < 1e-4  # the second text
 

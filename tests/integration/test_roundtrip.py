@@ -18,7 +18,7 @@ from streams.sinks.redis_store import call_key, timeline_key, utt_key
 from streams.wire import Dtype, WireFormat
 from tests.aggregates_oracle import fold
 
-from .conftest import DEVICE, Stack, features, make_checkpoint, part, wait_for
+from .conftest import DEVICE, PRECISION, Stack, features, make_checkpoint, part, wait_for
 
 # A random model scores nearly the same everywhere; seed 2's scores are all slightly negative. With this rule every
 # call's customer turns negative, and each call must raise its alert exactly once (debounced): a test of alerts
@@ -66,7 +66,7 @@ def test_round_trip_results_aggregates_and_alerts(stack: Stack, tmp_path: Path) 
     assert set(by_id) == set(sent)
 
     # the worker's scores are the model's own on the same features
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", precision=PRECISION)
     for (call, utt), (speaker, seed) in list(sent.items())[:8]:
         p = by_id[(call, utt)]
         assert p["model_version"] == predictor.version
