@@ -12,6 +12,7 @@ import numpy as np
 
 from extractors.base import ExtractionError
 from extractors.profile import checkpoint_ids
+from extractors.registry import extractor_dim
 from extractors.utterance import FeatureMaker, Utterance
 from mmcl.config import MODALITIES, WIRE_MODALITIES, model_modality
 from mmcl.data.dataset import SPLITS, Dataset, Split
@@ -24,7 +25,7 @@ class BuildReport:
 
     utterances: int
     per_split: dict[str, int]
-    missing: dict[str, int]  # modality -> utterances without it (kept, with that modality masked)
+    missing: dict[str, int]  # modality some utterances have -> utterances without it (kept, with it masked)
     failed: list[tuple[str, str]]  # (utterance_id, reason): skipped
 
 
@@ -56,10 +57,10 @@ def build(utts: Sequence[Utterance], maker: FeatureMaker, fractions: tuple[float
     out_of_range = [u.utterance_id for u in utts if abs(float(u.label or 0.0)) > score_range]
     if out_of_range:
         raise ConfigError(f"label of {out_of_range[0]} is outside [-{score_range}, {score_range}] (--score-range)")
-    wanted = sorted({m for u in utts for m in u.available(maker.use_asr)})
-    if set(wanted) != set(WIRE_MODALITIES):
-        lacking = sorted(set(WIRE_MODALITIES) - set(wanted))
-        raise ConfigError(f"no utterance has {', '.join(lacking)}: MMCL needs every modality in training")
+    have = {m for u in utts for m in u.available(maker.use_asr)}
+    wanted = [m for m in WIRE_MODALITIES if m in have]
+    if not wanted:
+        raise ConfigError("no utterance has a transcript, audio or video to extract")
     maker.setup(wanted)
     report = BuildReport(len(utts), {}, dict.fromkeys(wanted, 0), [])
     feats: dict[str, dict[str, np.ndarray]] = {}
@@ -84,7 +85,10 @@ def build(utts: Sequence[Utterance], maker: FeatureMaker, fractions: tuple[float
     if not kept:
         first = report.failed[0] if report.failed else ("-", "nothing extracted")
         raise ConfigError(f"no utterance could be extracted (first failure, {first[0]}: {first[1]})")
-    dims = {m: next(f[m].shape[1] for f in feats.values() if m in f) for m in wanted}
+    # A modality no utterance has keeps its extractor's dim, with every sequence empty (masked): a model trained on
+    # this set reads the others only, and its checkpoint still describes the features that modality would carry.
+    dims = {m: next((f[m].shape[1] for f in feats.values() if m in f), extractor_dim(maker.chosen[m]))
+            for m in WIRE_MODALITIES}
     splits = {}
     for name, members in split_by_call(kept, fractions, seed).items():
         splits[name] = _split(members, feats, dims)
@@ -93,7 +97,7 @@ def build(utts: Sequence[Utterance], maker: FeatureMaker, fractions: tuple[float
         "source": "raw-media",
         "label_kind": "score",
         "score_range": score_range,
-        "extractor_ids": checkpoint_ids(maker.chosen),
+        "extractor_ids": checkpoint_ids({m: maker.chosen[m] for m in wanted}),
         "alignment": maker.align,
         "seq_len": maker.seq_len,
     })

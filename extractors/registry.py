@@ -22,6 +22,14 @@ def names() -> list[str]:
     return sorted(EXTRACTORS)
 
 
+def extractor_dim(name: str) -> int:
+    """The feature dim a registered extractor makes, without creating it (its module imports no model library)."""
+    if name not in EXTRACTORS:
+        raise ConfigError(f"unknown extractor {name!r}; valid: {', '.join(names())}")
+    module, _, cls = EXTRACTORS[name].partition(":")
+    return int(getattr(importlib.import_module(module), cls).dim)
+
+
 def create(name: str) -> Extractor:
     """A new instance of a registered extractor (its libraries are imported here, not before)."""
     if name not in EXTRACTORS:

@@ -16,7 +16,7 @@ import torch
 
 from mmcl.config import MODALITIES
 from mmcl.errors import DimensionMismatch, InvalidInput
-from mmcl.sequence import float32_tensor, resample_means
+from mmcl.sequence import fit_source, float32_tensor, resample_means
 
 UtteranceFeatures = Mapping[str, np.ndarray | None]  # modality -> (T, d) array, or None / absent when missing
 
@@ -32,8 +32,11 @@ class BatchInputs:
 
 
 def prepare(batch: Sequence[UtteranceFeatures], modality_mask: np.ndarray | None, dims: Sequence[int],
-            seq_len: int, pin_memory: bool = False) -> BatchInputs:
-    """Validate and fit a batch. Raises DimensionMismatch or InvalidInput naming the first bad sample."""
+            seq_len: int, pin_memory: bool = False, source_lengths: Sequence[int] | None = None,
+            used: Sequence[bool] = (True, True, True)) -> BatchInputs:
+    """Validate and fit a batch: each sequence to its modality's source length (as the training data was, when the
+    model recorded it), then to the model's. A modality the model does not read (`used`) is neither checked nor
+    copied: it is missing. Raises DimensionMismatch or InvalidInput naming the first bad sample."""
     n = len(batch)
     if modality_mask is not None and np.shape(modality_mask) != (n, 3):
         raise InvalidInput(f"modality_mask has shape {np.shape(modality_mask)}, expected ({n}, 3)")
@@ -41,7 +44,12 @@ def prepare(batch: Sequence[UtteranceFeatures], modality_mask: np.ndarray | None
     fitted = np.zeros((n, 3), dtype=np.int64)
     xs, masks = [], []
     for m_idx, m in enumerate(MODALITIES):
+        if not used[m_idx]:
+            xs.append(torch.zeros((n, seq_len, dims[m_idx]), dtype=torch.float32, pin_memory=pin_memory))
+            masks.append(torch.zeros((n, seq_len), dtype=torch.bool))
+            continue
         rows, arrays = _gather(batch, m, m_idx, dims[m_idx], modality_mask)
+        arrays = fit_source(arrays, None if source_lengths is None else source_lengths[m_idx])
         lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
         x = _fill(n, rows, arrays, lengths, seq_len, dims[m_idx], pin_memory)
         finite = np.isfinite(x.numpy()).reshape(n, -1).all(axis=1)  # torch's isfinite took 10x as long here
@@ -53,7 +61,9 @@ def prepare(batch: Sequence[UtteranceFeatures], modality_mask: np.ndarray | None
         masks.append(torch.from_numpy(np.arange(seq_len) < fitted[:, m_idx, None]))
     if n and not present.any(axis=1).all():
         empty = int(np.flatnonzero(~present.any(axis=1))[0])
-        raise InvalidInput(f"sample {empty} has no modality")
+        read = [m for m, u in zip(MODALITIES, used, strict=True) if u]
+        raise InvalidInput(f"sample {empty} has no modality" if len(read) == 3 else
+                           f"sample {empty} has none of the modalities the model reads ({', '.join(read)})")
     return BatchInputs(xs, masks, torch.from_numpy(present), fitted.max(axis=1) if n else fitted[:, 0])
 
 

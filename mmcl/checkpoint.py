@@ -17,12 +17,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mmcl.config import ModelConfig
+from mmcl.config import MODALITIES, ModelConfig
 from mmcl.errors import CheckpointError
 from mmcl.model import build_model
 
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, METRICS, CHECKSUMS = "model.safetensors", "config.json", "metrics.json", "checksums.sha256"
+# config.json: the modalities the model reads (its use_modalities). Its presence also marks a checkpoint written since
+# MMCL honours use_modalities: an older MMCL checkpoint read all three, whatever its config recorded.
+MODALITIES_KEY = "modalities"
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,17 @@ class FeatureProfile:
 
     dims: tuple[int, int, int]
     extractor_ids: dict[str, str] = field(default_factory=dict)
+    # per modality, the length the training data's sequences were fitted to before the model's own fitting (the
+    # dataset's): serving fits a longer sequence to it first, so an utterance scores online as it did offline.
+    # None: checkpoints written before this was recorded, which fit straight to the model's length.
+    source_lengths: tuple[int, int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """As stored in the checkpoint's config JSON."""
-        return {"dims": list(self.dims), "extractor_ids": dict(self.extractor_ids)}
+        out: dict[str, Any] = {"dims": list(self.dims), "extractor_ids": dict(self.extractor_ids)}
+        if self.source_lengths is not None:
+            out["source_lengths"] = list(self.source_lengths)
+        return out
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,8 @@ def save_checkpoint(
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
-        config = {"format_version": FORMAT_VERSION, "model": cfg.model_dump(mode="json"), "feature_profile": profile.to_json()}
+        config = {"format_version": FORMAT_VERSION, "model": cfg.model_dump(mode="json"), "feature_profile": profile.to_json(),
+                  MODALITIES_KEY: list(cfg.use_modalities)}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
         lines = [f"{_sha256(tmp / name)}  {name}" for name in (WEIGHTS, CONFIG, METRICS)]
@@ -137,7 +148,14 @@ def read_profile(path: str | Path) -> tuple[FeatureProfile, ModelConfig]:
         if config.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: unsupported checkpoint format {config.get('format_version')}")
         prof = config["feature_profile"]
-        return (FeatureProfile(tuple(prof["dims"]), dict(prof.get("extractor_ids", {}))),
-                ModelConfig.model_validate(config["model"]))
+        source = prof.get("source_lengths")
+        if source is not None and (len(source) != 3 or not all(isinstance(n, int) and n > 0 for n in source)):
+            raise ValueError(f"source_lengths must be three positive integers, not {source!r}")
+        model = dict(config["model"])
+        if MODALITIES_KEY not in config and model.get("kind", "mmcl") == "mmcl":
+            model["use_modalities"] = MODALITIES  # MMCL read all three whatever its config said before this was written
+        return (FeatureProfile(tuple(prof["dims"]), dict(prof.get("extractor_ids", {})),
+                               None if source is None else (source[0], source[1], source[2])),
+                ModelConfig.model_validate(model))
     except (ValidationError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e

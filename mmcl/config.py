@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MODALITIES: tuple[str, str, str] = ("text", "audio", "vision")
 WIRE_MODALITIES: tuple[str, ...] = ("text", "audio", "visual")  # in messages and producers; the model says "vision"
@@ -114,8 +114,15 @@ class ModelConfig(_Frozen):
     task: TaskConfig = TaskConfig()
     # late_fusion baseline only
     baseline_hidden: int = Field(128, ge=1)
-    # Which modalities the late-fusion baseline uses (single-modality variants drop the others).
+    # The modalities the model reads, in MODALITIES order; any other is ignored wherever it is present (a text-only
+    # model needs, and waits for, text alone). Training defaults it to the modalities the dataset has.
     use_modalities: tuple[str, ...] = MODALITIES
+
+    @field_validator("use_modalities")
+    @classmethod
+    def _in_order(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        """MODALITIES order without repeats (unknown names are refused below)."""
+        return tuple(m for m in MODALITIES if m in v) + tuple(m for m in dict.fromkeys(v) if m not in MODALITIES)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -129,6 +136,12 @@ class ModelConfig(_Frozen):
         if any(d < 1 for d in self.input_dims):
             raise ValueError(f"input_dims must be positive, got {self.input_dims}")
         return self
+
+    @property
+    def used(self) -> tuple[bool, bool, bool]:
+        """Per modality in MODALITIES order, whether the model reads it."""
+        text, audio, vision = (m in self.use_modalities for m in MODALITIES)
+        return text, audio, vision
 
 
 class TrainConfig(_Frozen):

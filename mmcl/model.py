@@ -88,6 +88,8 @@ class MMCL(nn.Module):
         # Actor: the policy gates and the head (the reference optimises them together).
         self.gates = nn.ModuleList(nn.Linear(d, 1) for _ in range(3))
         self.head = Head(2 * d, d, cfg.task.output_dim, cfg.dropout)
+        self.used: Tensor  # (3,) bool; derived from the config, so not part of the weights
+        self.register_buffer("used", torch.tensor(cfg.used), persistent=False)
 
     def actor_parameters(self) -> list[nn.Parameter]:
         """The parameters the act-reward step trains: the gates and the head."""
@@ -99,24 +101,33 @@ class MMCL(nn.Module):
         return [p for p in self.parameters() if id(p) not in actor]
 
     def policy(self, m: int, state: Tensor) -> Tensor:
-        """Modality m's gate: how much of each step's state it passes on, (B, L, 1) in [0, 1]."""
-        return torch.sigmoid(self.gates[m](state))  # (B, L, 1), deterministic
+        """Modality m's gate: how much of each step's state it passes on, (B, L, 1) in [0, 1]; closed for a modality
+        the model does not read."""
+        return gate(self.gates[m], state, self.cfg.used[m])
 
     def decouple(self, xs: list[Tensor], time_masks: list[Tensor], modality_mask: Tensor) -> list[Decoupled]:
         """Project each modality and split it into common and specific parts."""
-        zs = [proj(x) for proj, x in zip(self.projections, xs, strict=True)]  # each (B, L, D)
+        zs = [proj(x) if used else x.new_zeros(*x.shape[:2], self.cfg.d_model)  # each (B, L, D)
+              for proj, x, used in zip(self.projections, xs, self.cfg.used, strict=True)]
         decoupled: list[Decoupled] = self.decoupling(zs, time_masks, modality_mask)
         return decoupled
 
     def forward(
         self, xs: list[Tensor], time_masks: list[Tensor], modality_mask: Tensor, *, with_aux: bool = False
     ) -> ModelOutput:
-        # a missing modality contributes nothing, whatever its tensor holds
+        # a modality the model does not read counts as missing, and a missing one contributes nothing, whatever its
+        # tensor holds
+        modality_mask = modality_mask & self.used
         xs = [x * modality_mask[:, m, None, None].to(x.dtype) for m, x in enumerate(xs)]
         time_masks = effective_time_masks(time_masks)
         parts = self.decouple(xs, time_masks, modality_mask)
         embeddings, states, actions = [], [], []
         for m, part in enumerate(parts):
+            if not self.cfg.used[m]:  # its fusion weight is 0: its encoders would change nothing
+                embeddings.append(part.specific.new_zeros(part.specific.shape[0], 2 * self.cfg.d_model))
+                states.append(torch.zeros_like(part.specific))
+                actions.append(part.specific.new_zeros(*part.specific.shape[:2], 1))
+                continue
             c = self.intra[m](part.common, time_masks[m])  # (B, D)
             a = self.policy(m, part.specific)  # (B, L, 1)
             enc = self.temporal[m](part.specific * a, src_key_padding_mask=~time_masks[m])  # (B, L, D)
@@ -130,6 +141,13 @@ class MMCL(nn.Module):
         fused = (w.unsqueeze(-1) * e).sum(1) / present.sum(1, keepdim=True).clamp(min=1.0)  # (B, 2D); /3 if all present
         aux = agreement_loss(parts, time_masks, modality_mask) if with_aux and self.cfg.decoupling == "calibrated" else None
         return ModelOutput(self.head(fused), w, states, actions, aux)
+
+
+def gate(layer: nn.Module, state: Tensor, used: bool) -> Tensor:
+    """A policy gate's output for `state` (B, L, D) -> (B, L, 1) in [0, 1]; 0 for a modality the model does not read."""
+    if not used:
+        return state.new_zeros(*state.shape[:-1], 1)
+    return torch.sigmoid(layer(state))  # deterministic
 
 
 class Critic(nn.Module):

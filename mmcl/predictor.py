@@ -12,7 +12,10 @@ import torch
 
 from mmcl.batch_inputs import BatchInputs, UtteranceFeatures, prepare
 from mmcl.checkpoint import Checkpoint, load_checkpoint
+from mmcl.config import WIRE_MODALITIES
 from mmcl.device import resolve_device
+from mmcl.int8_serving import int8_model, int8_supported
+from mmcl.model import MMCL
 from mmcl.tasks import decode
 
 
@@ -28,7 +31,18 @@ class PredictionBatch:
     model_version: str
 
 
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "int8"]
+
+
+def resolve_precision(precision: Precision, device: torch.device, model: torch.nn.Module) -> Precision:
+    """`auto`: bf16 on CUDA; on a CPU, int8 for an MMCL network where the CPU has VNNI and PyTorch oneDNN, else fp32.
+    An explicit choice the device or model cannot run is refused."""
+    int8_ok = device.type == "cpu" and isinstance(model, MMCL) and int8_supported()
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "int8" if int8_ok else "fp32"
+    if precision == "int8" and not int8_ok:
+        raise ValueError("int8 runs the MMCL network on a CPU with VNNI, under PyTorch's oneDNN quantized engine")
+    return precision
 
 
 class Predictor:
@@ -39,9 +53,11 @@ class Predictor:
     CPU cores, the model on four sub-batches of 16 took 0.71 of its time on one batch of 64 padded to 50 frames
     (lengths 10-50); with every sequence 50 frames long, a Predictor that always split in four ran at 0.88x of one
     that did not: `sub_batches` splits only where the cut pays. On a GPU, which is not compute-bound at these
-    sizes, one sub-batch cut to the batch's longest is kept. `bf16` runs
-    the network under bfloat16 autocast; `auto` is bf16 on CUDA and fp32 elsewhere (CPUs without native bfloat16,
-    such as our development machines, emulate it slowly).
+    sizes, one sub-batch cut to the batch's longest is kept.
+
+    Precision: `bf16` runs the network under bfloat16 autocast (CPUs without native bfloat16, such as our development
+    machines, emulate it slowly); `int8` runs a copy of the MMCL network with int8 feed-forward layers
+    (mmcl.int8_serving); `auto` is bf16 on CUDA and int8 on a CPU (both within 0.01 of fp32 on a trained model).
     """
 
     def __init__(self, checkpoint: Checkpoint, device: torch.device, precision: Precision = "auto",
@@ -49,9 +65,10 @@ class Predictor:
         self.checkpoint = checkpoint
         self.device = device
         self.cfg = checkpoint.config
-        self.model = checkpoint.model.to(device).eval()
+        model = checkpoint.model.to(device).eval()
+        self.precision = resolve_precision(precision, device, model)
+        self.model = int8_model(model) if self.precision == "int8" and isinstance(model, MMCL) else model
         self.version = checkpoint.checksum[:12]
-        self.precision: Precision = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
         self.max_sub_batches = max_sub_batches if max_sub_batches is not None else (1 if device.type == "cuda" else 4)
 
     @classmethod
@@ -61,15 +78,29 @@ class Predictor:
         return cls(load_checkpoint(path, device="cpu"), dev, precision)
 
     @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities the model reads, by wire name (text, audio, visual): what the service waits for."""
+        return tuple(wire for wire, used in zip(WIRE_MODALITIES, self.cfg.used, strict=True) if used)
+
+    @property
     def input_dims(self) -> tuple[int, int, int]:
         """The feature dims the model takes, per modality."""
         return self.cfg.input_dims
 
     def predict(self, batch: Sequence[UtteranceFeatures], modality_mask: np.ndarray | None = None) -> PredictionBatch:
         """Predict a batch of utterances; `modality_mask` (B, 3) can hide modalities that are present."""
-        inputs = prepare(batch, modality_mask, self.cfg.input_dims, self.cfg.seq_len,
-                         pin_memory=self.device.type == "cuda")
-        if not batch:
+        return self.predict_prepared(self.prepare(batch, modality_mask))
+
+    def prepare(self, batch: Sequence[UtteranceFeatures], modality_mask: np.ndarray | None = None) -> BatchInputs:
+        """Validate and fit a batch into the model's input tensors (in pinned memory on a CUDA host): the host's
+        share of `predict`, which a caller can run for the next batch while the device scores this one."""
+        return prepare(batch, modality_mask, self.cfg.input_dims, self.cfg.seq_len,
+                       pin_memory=self.device.type == "cuda", source_lengths=self.checkpoint.profile.source_lengths,
+                       used=self.cfg.used)
+
+    def predict_prepared(self, inputs: BatchInputs) -> PredictionBatch:
+        """Score a batch `prepare` fitted (for a model of this one's input dims and length)."""
+        if not len(inputs.lengths):
             empty = np.zeros((0,), dtype=np.float32)
             return PredictionBatch(empty, [], None, None, np.zeros((0, 3), bool), self.version)
         logits, weights = self._forward(inputs)

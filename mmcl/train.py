@@ -24,14 +24,15 @@ from torch import nn
 from tqdm import tqdm
 
 from mmcl.checkpoint import FeatureProfile, load_checkpoint, save_checkpoint
-from mmcl.config import ModelConfig, TrainConfig
+from mmcl.config import MODALITIES, ModelConfig, TrainConfig
 from mmcl.data.dataset import Dataset
 from mmcl.data.tensors import TensorSplit, drop_modalities, to_tensors
 from mmcl.device import resolve_device
+from mmcl.errors import ConfigError
 from mmcl.evaluate import Evaluation, evaluate
 from mmcl.interrupts import deferred_sigint
 from mmcl.metrics import selection_metric
-from mmcl.model import MMCL, Critic, build_model
+from mmcl.model import MMCL, Critic, build_model, gate
 from mmcl.replay import ReplayBuffer
 from mmcl.tasks import reward, supervised_loss
 
@@ -90,7 +91,7 @@ class ActReward:
         self.critic.train()
         with torch.no_grad():
             s_next = [si * ai for si, ai in zip(s, a, strict=True)]  # the same sample, gated: one step
-            a_next = [torch.sigmoid(self.target_gates[i](s_next[i])) for i in range(3)]
+            a_next = [gate(self.target_gates[i], s_next[i], used) for i, used in enumerate(self.model.cfg.used)]
             self.target_critic.eval()
             target = rew + t.gamma * self.target_critic(s_next, a_next, m)  # detached (defect 5)
         critic_loss = t.w_rl * F.l1_loss(self.critic(s, a, m), target)
@@ -113,7 +114,22 @@ class ActReward:
 
 
 def _profile(ds: Dataset, mcfg: ModelConfig) -> FeatureProfile:
-    return FeatureProfile(mcfg.input_dims, dict(ds.meta.get("extractor_ids", {})))
+    return FeatureProfile(mcfg.input_dims, dict(ds.meta.get("extractor_ids", {})), source_lengths(ds))
+
+
+def source_lengths(ds: Dataset) -> tuple[int, int, int]:
+    """The length each modality's sequences were fitted to on their way into the dataset, which serving repeats: the
+    one a dataset says it carries on (`source_lengths`, e.g. feedback data fitted as the model it refines), the
+    length `mmcl data build` resampled to, or else the dataset's own sequence length."""
+    given = ds.meta.get("source_lengths")
+    if given is not None:
+        return int(given[0]), int(given[1]), int(given[2])
+    built = ds.meta.get("seq_len")
+    if isinstance(built, int) and ds.meta.get("alignment", "resample") == "resample":
+        return built, built, built
+    f = ds.splits["train"].features
+    text, audio, vision = (max(1, int(f[m].shape[1])) for m in MODALITIES)
+    return text, audio, vision
 
 
 def _optimizers(model: nn.Module, mcfg: ModelConfig, tcfg: TrainConfig) -> tuple[
@@ -144,6 +160,19 @@ def _record_epoch(path: Path, epoch: int, losses: dict[str, float], ev: Evaluati
     return row
 
 
+def _tensors(ds: Dataset, mcfg: ModelConfig, dev: torch.device, log: Callable[[str], None]) -> dict[str, TensorSplit]:
+    """Every split as tensors on `dev`, saying how many utterances the model cannot read (they are left out)."""
+    data = {name: to_tensors(split, mcfg).to(dev) for name, split in ds.splits.items()}
+    reads = ", ".join(mcfg.use_modalities)
+    for name, split in ds.splits.items():
+        if len(data[name]) < len(split):
+            log(f"{name}: {len(split) - len(data[name])} of {len(split)} utterances have none of the modalities the "
+                f"model reads ({reads}) and are left out")
+            if name in ("train", "valid") and not len(data[name]):
+                raise ConfigError(f"no {name} utterance has a modality the model reads ({reads})")
+    return data
+
+
 def train(
     ds: Dataset,
     mcfg: ModelConfig,
@@ -161,7 +190,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(tcfg.seed)
     gen = torch.Generator().manual_seed(tcfg.seed)
-    data = {name: to_tensors(split, mcfg).to(dev) for name, split in ds.splits.items()}
+    data = _tensors(ds, mcfg, dev, log)
     model = build_model(mcfg)
     if init_state is not None:  # fine-tuning: start from these weights (same architecture)
         model.load_state_dict(init_state, strict=True)

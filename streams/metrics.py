@@ -28,6 +28,8 @@ class Metrics:
                                               "topic (original size and SHA-256 in their headers)", registry=r)
         self.policy_masked = Counter("mmcl_policy_masked", "Parts ignored by the speaker-role policy",
                                      ["role", "modality"], registry=r)
+        self.parts_unused = Counter("mmcl_parts_unused", "Parts of a modality the serving model does not read, "
+                                    "acknowledged without decoding", ["modality"], registry=r)
         self.pending_joins = Gauge("mmcl_pending_joins", "Utterances waiting for more parts", registry=r)
         self.join_wait = Histogram("mmcl_join_wait_seconds", "First part -> utterance emitted", buckets=LATENCY_BUCKETS,
                                    registry=r)

@@ -173,7 +173,7 @@ class JoinSettings(BaseModel):
     """The utterance join: which modalities are required and how long parts are waited for."""
 
     timeout_s: float = Field(2.0, gt=0, le=3600)  # from the first part of an utterance
-    required: tuple[Modality, ...] = ("text", "audio")
+    required: tuple[Modality, ...] = ("text", "audio")  # of those the serving model reads; the rest do not count
     max_pending: int = Field(10_000, ge=1)  # beyond this the oldest pending utterance is decided early
     remember_emitted: int = Field(100_000, ge=0)  # emitted ids kept to recognise late and re-delivered parts
     # A producer clock further than this from its partition's consensus (or ahead of the worker's) is corrected for the
@@ -216,6 +216,13 @@ class BatchSettings(BaseModel):
     max_size: int = Field(64, ge=1, le=4096)
     wait_ms: float = Field(10.0, ge=0, le=10_000)
     queue_size: int = Field(512, ge=1)  # utterances in flight (queued, in the model, being written): back-pressure
+    # a second thread forms and fits the next batch while the model runs this one: auto = on a CUDA device only (on
+    # a CPU the two threads would share the same cores)
+    prepare_ahead: Literal["auto", "on", "off"] = "auto"
+
+    def prepares_ahead(self, device: str) -> bool:
+        """Whether batches are prepared ahead for a model on `device` (a torch device type: cpu, cuda, ...)."""
+        return self.prepare_ahead == "on" or (self.prepare_ahead == "auto" and device == "cuda")
 
 
 class WorkerSettings(BaseModel):
@@ -231,8 +238,9 @@ class ModelSettings(BaseModel):
 
     checkpoint: Path | None = None  # a checkpoint directory (mmcl train --out)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # the network's arithmetic: auto is bf16 on CUDA (scores within 0.01 of fp32, a test), fp32 elsewhere
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # the network's arithmetic: auto is bf16 on CUDA, and int8 on a CPU with VNNI (both within 0.01 of fp32, tests),
+    # fp32 elsewhere
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
 
     @field_validator("device")
     @classmethod

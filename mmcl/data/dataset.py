@@ -40,6 +40,12 @@ class Dataset:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities some training utterance has (MODALITIES names and order): what a model can learn here."""
+        lengths = self.splits["train"].lengths
+        return tuple(m for m in MODALITIES if bool((lengths[m] > 0).any()))
+
+    @property
     def dims(self) -> tuple[int, int, int]:
         """Feature dims per modality (text, audio, vision), from the train split."""
         f = self.splits["train"].features

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,8 +21,9 @@ class TensorSplit:
 
     xs: list[Tensor]  # per modality (N, L, d_m)
     time_masks: list[Tensor]  # per modality (N, L) bool
-    modality_mask: Tensor  # (N, 3) bool: modality present
+    modality_mask: Tensor  # (N, 3) bool: modality present and read by the model
     y: Tensor  # regression (N,) float; classification (N,) long; multitask (N, S) long
+    rows: np.ndarray  # (N,) each row's index in the split it came from (rows the model cannot read are left out)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -29,7 +31,7 @@ class TensorSplit:
     def to(self, device: torch.device) -> TensorSplit:
         """The same split on `device`."""
         return TensorSplit([x.to(device) for x in self.xs], [m.to(device) for m in self.time_masks],
-                           self.modality_mask.to(device), self.y.to(device))
+                           self.modality_mask.to(device), self.y.to(device), self.rows)
 
     def batch(self, idx: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
         """The rows at `idx` as one batch."""
@@ -56,16 +58,25 @@ def labels_for_task(split: Split, task: TaskConfig) -> Tensor:
     return torch.as_tensor(t, dtype=torch.float32 if task.kind is TaskKind.REGRESSION else torch.long)
 
 
-def to_tensors(split: Split, cfg: ModelConfig) -> TensorSplit:
-    """A split fitted to the model's sequence length and dims, as tensors."""
+def to_tensors(split: Split, cfg: ModelConfig, source_lengths: tuple[int, int, int] | None = None) -> TensorSplit:
+    """A split fitted to the model's sequence length and dims, as tensors; with a model's `source_lengths`, longer
+    sequences are fitted to those first, as serving does (mmcl.sequence.fit_source). A modality the model does not
+    read is marked missing, and an utterance with none of the modalities it reads is left out (`rows` says which
+    remain): the service cannot score it either."""
     check_dims(tuple(split.features[m].shape[2] for m in MODALITIES), cfg.input_dims, "dataset")
     xs, masks = [], []
-    for m in MODALITIES:
-        x, mask = fit_length(split.features[m], split.lengths[m], split.pad_side[m], cfg.seq_len)
+    for i, m in enumerate(MODALITIES):
+        source = None if source_lengths is None else source_lengths[i]
+        x, mask = fit_length(split.features[m], split.lengths[m], split.pad_side[m], cfg.seq_len, source)
         xs.append(torch.from_numpy(x))
         masks.append(torch.from_numpy(mask))
-    present = torch.stack([mk.any(1) for mk in masks], dim=1)
-    return TensorSplit(xs, masks, present, labels_for_task(split, cfg.task))
+    present = torch.stack([mk.any(1) for mk in masks], dim=1) & torch.tensor(cfg.used)
+    y = labels_for_task(split, cfg.task)
+    readable = present.any(1)
+    if bool(readable.all()):
+        return TensorSplit(xs, masks, present, y, np.arange(len(y)))
+    keep = torch.nonzero(readable).squeeze(1)
+    return TensorSplit([x[keep] for x in xs], [mk[keep] for mk in masks], present[keep], y[keep], keep.numpy())
 
 
 def drop_modalities(

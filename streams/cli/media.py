@@ -50,14 +50,19 @@ def register(commands: Any) -> None:
                         ).set_defaults(handler=cmd_extractors)
 
 
-def _maker_and_sink(args: argparse.Namespace, modalities: Sequence[str]) -> tuple[FeatureMaker, Sink]:
+def _maker_and_sink(args: argparse.Namespace, modalities: Sequence[str]) -> tuple[FeatureMaker, Sink, tuple[str, ...]]:
+    """The feature maker for the model (--checkpoint), where to send, and the modalities to extract: those the media
+    has that the model reads."""
     from extractors.options import maker_from_args
     from streams.local.media import JsonlSink, KafkaSink, check_dims, model_plan
 
-    ids, seq_len, dims = model_plan(args.checkpoint)
-    maker = maker_from_args(args, ids, seq_len)
-    check_dims(maker, modalities, dims)
-    return maker, (JsonlSink(args.out) if args.out else KafkaSink(service_settings(args)))
+    plan = model_plan(args.checkpoint)
+    unread = [m for m in modalities if m not in plan.reads]
+    if unread:
+        print(f"the model reads {', '.join(plan.reads)}: not extracting {', '.join(unread)}", file=sys.stderr)
+    maker = maker_from_args(args, plan.extractor_ids, plan.seq_len)
+    check_dims(maker, [m for m in modalities if m in plan.reads], plan.dims)
+    return maker, (JsonlSink(args.out) if args.out else KafkaSink(service_settings(args))), plan.reads
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -74,9 +79,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     except ValidationError as e:
         where, msg = first_error(e)
         raise ConfigError(f"{'--' + where.replace('_', '-') + ': ' if where else ''}{msg}") from None
-    maker, sink = _maker_and_sink(args, utt.available(args.asr))
+    maker, sink, reads = _maker_and_sink(args, utt.available(args.asr))
     try:
-        report = stream_call([utt], maker, sink, realtime=False)
+        report = stream_call([utt], maker, sink, realtime=False, reads=reads)
     finally:
         maker.close()
     return _report(report, sink.destination)
@@ -90,11 +95,11 @@ def cmd_stream_call(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         raise ConfigError("--speed must be positive")
     utts = read_manifest(args.source)
-    maker, sink = _maker_and_sink(args, sorted({m for u in utts for m in u.available(args.asr)}))
+    maker, sink, reads = _maker_and_sink(args, sorted({m for u in utts for m in u.available(args.asr)}))
     stop = threading.Event()
     try:
         report = stream_call(utts, maker, sink, speed=args.speed, realtime=not args.no_wait, call_id=args.call_id,
-                             stop=stop, log=None if args.quiet else print)
+                             stop=stop, log=None if args.quiet else print, reads=reads)
     except KeyboardInterrupt:
         stop.set()
         raise

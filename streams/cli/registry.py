@@ -20,7 +20,7 @@ def register(commands: Any) -> None:
     """Add `mmcl model ...` to the `mmcl` command."""
     model = commands.add_parser("model", help="the model registry").add_subparsers(dest="model_command", required=True)
     model.add_parser("list", help="every version, oldest first; * marks the current one").set_defaults(handler=cmd_list)
-    show = model.add_parser("show", help="one version's lineage, label window and metrics")
+    show = model.add_parser("show", help="one version's lineage, label window, metrics and what it reads")
     show.add_argument("version", nargs="?", help="default: the current one")
     show.set_defaults(handler=cmd_show)
     publish = model.add_parser("publish", help="add a checkpoint directory as a version")
@@ -62,8 +62,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     version = args.version or registry.current()
     if version is None:
         raise ConfigError("the registry has no current version")
+    from mmcl.checkpoint import read_profile
+    from mmcl.config import WIRE_MODALITIES
+
     info = registry.get(version).to_json()
     info["current"] = version == registry.current()
+    cfg = read_profile(registry.fetch(version))[1]
+    info["model"] = {"kind": cfg.kind, "task": cfg.task.kind.value, "seq_len": cfg.seq_len,
+                     "modalities": [w for w, used in zip(WIRE_MODALITIES, cfg.used, strict=True) if used]}
     print(json.dumps(info, indent=2))
     return 0
 

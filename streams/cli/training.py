@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmcl.config import MODALITIES, ModelConfig, TaskConfig, TaskKind, TrainConfig
+from mmcl.config import MODALITIES, WIRE_MODALITIES, WIRE_TO_MODEL, ModelConfig, TaskConfig, TaskKind, TrainConfig
 from mmcl.errors import ConfigError, DataFormatError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from mmcl.data import Dataset
 
 EXIT_INTERRUPTED = 130
@@ -32,11 +34,11 @@ def _int_triple(text: str) -> tuple[int, int, int]:
 
 
 def _modalities(text: str) -> tuple[str, ...]:
-    mods = tuple(m.strip() for m in text.split(",") if m.strip())
+    mods = tuple(WIRE_TO_MODEL.get(m.strip(), m.strip()) for m in text.split(",") if m.strip())
     bad = [m for m in mods if m not in MODALITIES]
     if bad or not mods:
         raise argparse.ArgumentTypeError(f"modalities are a comma list of {', '.join(MODALITIES)}; got {text!r}")
-    return mods
+    return tuple(m for m in MODALITIES if m in mods)
 
 
 def register(commands: Any) -> None:
@@ -50,7 +52,9 @@ def register(commands: Any) -> None:
     t.add_argument("--task", choices=[k.value for k in TaskKind], default=None,
                    help="default: regression, or multitask for per-emotion labels")
     t.add_argument("--num-classes", type=int, default=3, help="classification: number of classes")
-    t.add_argument("--modalities", type=_modalities, default=MODALITIES, help="baseline only: e.g. text,audio")
+    t.add_argument("--modalities", type=_modalities, default=None,
+                   help="the modalities the model reads, e.g. text or text,audio; the service then waits for those "
+                        "alone (default: every modality the dataset has)")
     for name, typ in OPTION_TYPES.items():
         t.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None)
     t.add_argument("--no-act-reward", action="store_true", help="supervised only (ablation)")
@@ -65,6 +69,9 @@ def register(commands: Any) -> None:
     e.add_argument("--data", required=True, type=Path)
     e.add_argument("--split", choices=["train", "valid", "test"], default="test")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.add_argument("--predictions", type=Path, metavar="FILE",
+                   help="also write each utterance's prediction as a JSON line (id, score, label), the numbers the "
+                        "worker gives the same utterance")
     e.set_defaults(handler=cmd_evaluate)
 
     data = commands.add_parser("data", help="dataset tools")
@@ -123,17 +130,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         task_kwargs["num_classes"] = args.num_classes
     if kind is TaskKind.MULTITASK and ds.meta.get("subtask_names"):
         task_kwargs["class_names"] = tuple(ds.meta["subtask_names"])
+    modalities = ds.modalities if args.modalities is None else args.modalities
+    lacking = [m for m in modalities if m not in ds.modalities]
+    if lacking:
+        raise ConfigError(f"no training utterance of {args.data} has {', '.join(lacking)}: train on "
+                          f"--modalities {','.join(m for m in modalities if m not in lacking) or ','.join(ds.modalities)}")
+    if not modalities:
+        raise ConfigError(f"{args.data}: no training utterance has any features")
     preset = PRESETS[args.preset]
     model_kw: dict[str, Any] = {**preset["model"], "kind": "mmcl" if args.model == "mmcl" else "late_fusion",
                                 "decoupling": args.decoupling, "input_dims": ds.dims, "task": TaskConfig(**task_kwargs),
-                                "use_modalities": args.modalities}
+                                "use_modalities": modalities}
     train_kw: dict[str, Any] = dict(preset["train"])
     for names, target in ((MODEL_OPTIONS, model_kw), (TRAIN_OPTIONS, train_kw)):
         target.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
     if args.no_act_reward:
         train_kw["act_reward"] = False
     if "seq_len" not in model_kw:
-        model_kw["seq_len"] = int(ds.splits["train"].features["text"].shape[1])
+        model_kw["seq_len"] = max(int(ds.splits["train"].features[m].shape[1]) for m in modalities)
     extractor_ids = {}
     for item in args.extractor_id:
         mod, sep, ident = item.partition("=")
@@ -170,12 +184,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     ckpt = load_checkpoint(args.checkpoint)
     ds = load_dataset(args.data)
-    ev = evaluate(ckpt.model, to_tensors(ds.splits[args.split], ckpt.config), ckpt.config.task)
+    split = ds.splits[args.split]
+    # fitted as serving fits: through the model's source lengths, so offline and online scores agree
+    data = to_tensors(split, ckpt.config, ckpt.profile.source_lengths)
+    if len(data) < len(split):
+        print(f"{len(split) - len(data)} of {len(split)} utterances have none of the modalities the model reads "
+              f"({', '.join(ckpt.config.use_modalities)}): not scored", file=sys.stderr)
+    if not len(data):
+        raise ConfigError(f"no utterance of the {args.split} split has a modality the model reads")
+    ev = evaluate(ckpt.model, data, ckpt.config.task)
+    if args.predictions is not None:
+        write_predictions(args.predictions, split.ids[data.rows], ev.logits, ckpt.config.task)
     if args.json:
         print(json.dumps({"split": args.split, "metrics": ev.metrics, "loss": ev.loss}, indent=2))
     else:
         _print_metrics(args.split, ev.metrics)
     return 0
+
+
+def write_predictions(path: Path, ids: np.ndarray, logits: np.ndarray, task: TaskConfig) -> None:
+    """One JSON line per utterance: its id, score and label, as the worker reports them."""
+    import torch
+
+    from mmcl.tasks import decode
+
+    dec = decode(task, torch.from_numpy(logits))
+    names = task.label_names
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i, utt in enumerate(ids):
+            f.write(json.dumps({"utterance_id": str(utt), "label": names[int(dec.label_ids[i])],
+                                "score": dec.scores[i].tolist()}) + "\n")  # a number, or per subtask a list
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -235,7 +274,10 @@ def _data_build(a: argparse.Namespace) -> int:
         maker.close()
     out = save_dataset(ds, a.out)
     print(f"wrote {out}: " + ", ".join(f"{k} {n}" for k, n in report.per_split.items()) + f" utterances; dims "
-          f"{list(ds.dims)}; extractors " + ", ".join(f"{m}={n}" for m, n in maker.chosen.items()))
+          f"{list(ds.dims)}; extractors " + ", ".join(f"{m}={maker.chosen[m]}" for m in report.missing))
+    absent = [m for m in WIRE_MODALITIES if m not in report.missing]
+    if absent:
+        print(f"  no utterance has {', '.join(absent)}: a model trained on it reads {', '.join(report.missing)} only")
     for m, n in report.missing.items():
         if n:
             print(f"  {n} utterances without {m} (masked in training)")

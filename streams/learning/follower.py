@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcl.config import TaskKind
+from mmcl.config import MODALITIES, TaskKind
 from mmcl.errors import ConfigError, MMCLError
 from mmcl.predictor import Predictor
 from streams.learning.registry import DirRegistry, RedisRegistry, Registry, RegistryError
@@ -36,11 +36,15 @@ def open_registry(settings: Settings) -> Registry:
 
 def load_predictor(path: Path, model: ModelSettings) -> Predictor:
     """Load a checkpoint to serve on the configured device and precision; refuse a model the worker cannot serve."""
-    predictor = Predictor.from_checkpoint(path, device=model.device, precision=model.precision)
+    try:
+        predictor = Predictor.from_checkpoint(path, device=model.device, precision=model.precision)
+    except ValueError as e:  # a precision this device or model cannot run
+        raise ConfigError(f"MMCL_MODEL__PRECISION={model.precision}: {e}") from None
     if predictor.cfg.task.kind is TaskKind.MULTITASK:
         raise ConfigError("the worker serves sentiment models (regression or classes); this checkpoint is multitask")
     # warm up: the first call pays for allocations and kernel choice; do not bill it to the first utterance
-    predictor.predict([{"text": np.zeros((2, predictor.input_dims[0]), np.float32)}])
+    first = predictor.cfg.used.index(True)
+    predictor.predict([{MODALITIES[first]: np.zeros((2, predictor.input_dims[first]), np.float32)}])
     return predictor
 
 

@@ -101,15 +101,29 @@ def to_message(utt: Utterance, got: Extracted, call_id: str | None = None) -> Fe
                     speaker=utt.speaker, feature_profile=got.extractor, start_ms=utt.start_ms, end_ms=utt.end_ms)
 
 
-def model_plan(checkpoint: Path | None) -> tuple[dict[str, str], int | None, dict[str, int]]:
-    """A checkpoint's recorded extractors (wire or model modality keys), sequence length and dims per wire modality."""
+@dataclass(frozen=True)
+class ModelPlan:
+    """What a checkpoint asks of the features made for it."""
+
+    extractor_ids: dict[str, str]  # its recorded extractors (wire or model modality keys)
+    # the length to resample features to: the one its training data was built at (the worker fits that to the model's
+    # length, as training did), or the model's own for checkpoints that do not record it
+    seq_len: int | None
+    dims: dict[str, int]  # per wire modality
+    reads: tuple[str, ...]  # the wire modalities the model reads: no other is worth extracting
+
+
+def model_plan(checkpoint: Path | None) -> ModelPlan:
+    """The plan for a checkpoint's features; no checkpoint: any extractor, length and modality."""
     if checkpoint is None:
-        return {}, None, {}
+        return ModelPlan({}, None, {}, WIRE_MODALITIES)
     from mmcl.checkpoint import read_profile
 
     prof, cfg = read_profile(checkpoint)
     dims = dict(zip(WIRE_MODALITIES, prof.dims, strict=True))
-    return dict(prof.extractor_ids), cfg.seq_len, dims
+    reads = tuple(w for w, used in zip(WIRE_MODALITIES, cfg.used, strict=True) if used)
+    return ModelPlan(dict(prof.extractor_ids), max(prof.source_lengths) if prof.source_lengths else cfg.seq_len, dims,
+                     reads)
 
 
 def check_dims(maker: FeatureMaker, modalities: Sequence[str], dims: Mapping[str, int]) -> None:
@@ -136,16 +150,21 @@ class CallReport:
 
 def stream_call(utts: Sequence[Utterance], maker: FeatureMaker, sink: Sink, speed: float = 1.0, realtime: bool = True,
                 call_id: str | None = None, stop: threading.Event | None = None,
-                log: Callable[[str], None] | None = None) -> CallReport:
+                log: Callable[[str], None] | None = None, reads: Sequence[str] = WIRE_MODALITIES) -> CallReport:
     """Publish a call's utterances in the order they end. With `realtime`, an utterance's media is released at
     its end time (scaled by `speed`) measured from the start; each modality then runs on its own thread and its
-    message is sent the moment its features are ready."""
+    message is sent the moment its features are ready. Only the modalities in `reads` (what the model reads) are
+    extracted."""
     stop = stop or threading.Event()
     report = CallReport()
     lock = threading.Lock()
     timed = all(u.end is not None for u in utts)
     order = sorted(utts, key=lambda u: u.end or 0.0) if timed else list(utts)
-    modalities = sorted({m for u in order for m in u.available(maker.use_asr)})
+
+    def available(utt: Utterance) -> list[str]:
+        return [m for m in utt.available(maker.use_asr) if m in reads]
+
+    modalities = sorted({m for u in order for m in available(u)})
     pools: dict[str, ThreadPoolExecutor] = {}
 
     def work(utt: Utterance, m: str) -> None:
@@ -180,7 +199,7 @@ def stream_call(utts: Sequence[Utterance], maker: FeatureMaker, sink: Sink, spee
                     break
             elif stop.is_set():
                 break
-            futures.extend(pools[m].submit(work, utt, m) for m in utt.available(maker.use_asr))
+            futures.extend(pools[m].submit(work, utt, m) for m in available(utt))
         for f in futures:
             f.result()
     finally:

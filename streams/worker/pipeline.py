@@ -25,7 +25,7 @@ from streams.errors import RecordRefused, ShuttingDown, SinkRefused
 from streams.kafka import RecordLimits
 from streams.messages import now_ms
 from streams.metrics import Metrics
-from streams.settings import WIRE_MODALITIES, Settings
+from streams.settings import WIRE_MODALITIES, PolicySettings, Settings
 from streams.sinks.deadletter import OutRecord, Reason
 from streams.sinks.redis_store import ResultWriter, Written
 from streams.worker.acks import OrderedAcker
@@ -68,14 +68,16 @@ class Pipeline(Outputs):
         self.progress = ReadProgress(silence_s=max(1.0, 2 * settings.kafka.fetch_max_wait_ms / 1000))
         self.owned_before = False  # whether partitions were assigned to this worker before
         fetched = None if fetch_state is None else (lambda m, g: self.progress.fetched((settings.topics.feature(m), g)))
-        self.joiner = Joiner(j.required, settings.policy.allowed, j.timeout_s, j.max_pending, j.remember_emitted,
+        self.reads = frozenset(predictor.modalities)  # what the join waits for: the serving model's modalities
+        self.joiner = Joiner(self._required(), self._allowed, j.timeout_s, j.max_pending, j.remember_emitted,
                              self.live, count=lambda o: metrics.join_outcomes.labels(o).inc(),
                              max_clock_skew_s=j.clock_skew_s, max_wait_s=j.max_wait_s,
                              count_skew=lambda m, side: metrics.clock_skew.labels(m, side).inc(), fetched=fetched,
                              stall_wait_s=j.stall_wait_s)
         self._slots = asyncio.Semaphore(settings.batch.queue_size)
         self._results: asyncio.Queue[BatchResult] = asyncio.Queue()
-        self._inference = InferenceThread(predictor, settings.batch.max_size, settings.batch.wait_ms / 1000, self._deliver)
+        self._inference = InferenceThread(predictor, settings.batch.max_size, settings.batch.wait_ms / 1000, self._deliver,
+                                          settings.batch.prepares_ahead(predictor.device.type))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight = 0  # utterances handed to the inference thread and not yet written
@@ -92,14 +94,34 @@ class Pipeline(Outputs):
         self.written = 0  # utterances written (new or re-delivered), for tests and the demo
         self._describe_model(predictor)
 
+    def _allowed(self, role: str) -> tuple[str, ...]:
+        """The modalities an utterance of `role` is joined on: those the policy allows and the model reads."""
+        return tuple(m for m in self.settings.policy.allowed(role) if m in self.reads)
+
+    def _required(self) -> tuple[str, ...]:
+        """The required modalities the model reads (none: every modality it reads that the role allows)."""
+        return tuple(m for m in self.settings.join.required if m in self.reads)
+
     def _describe_model(self, p: Predictor) -> None:
         self.metrics.model_info.info({"version": p.version, "kind": p.cfg.kind, "decoupling": p.cfg.decoupling,
-                                      "device": str(p.device)})
+                                      "device": str(p.device), "modalities": ",".join(p.modalities)})
+        unread = sorted(set(WIRE_MODALITIES) - self.reads)
+        if unread:
+            log.info("model %s reads %s: %s parts are acknowledged unread, and no utterance waits for them",
+                     p.version, ", ".join(p.modalities), ", ".join(unread))
+        for role in PolicySettings.model_fields:
+            if not self._allowed(role):
+                log.warning("%s utterances cannot be scored: the policy allows %s, model %s reads %s", role,
+                            ", ".join(self.settings.policy.allowed(role)), p.version, ", ".join(p.modalities))
 
     def swap(self, new: Predictor) -> None:
-        """Serve `new` from the next batch on (any thread; the caller has loaded and warmed it)."""
+        """Serve `new` from the next batch on (any thread; the caller has loaded and warmed it). The join follows
+        the modalities it reads from the next part on."""
         self.predictor = new
         self._inference.predictor = new
+        self.profile = profile_of(new)
+        self.reads = frozenset(new.modalities)
+        self.joiner.required = self._required()
         self._describe_model(new)
 
     # lifecycle -----------------------------------------------------------------------------------------------
@@ -214,6 +236,10 @@ class Pipeline(Outputs):
         modality = self.topic_modality.get(src.topic, "unknown")
         self.metrics.consumed.labels(modality).inc()
         self.metrics.last_event.labels(src.topic).set(time.time())
+        if modality in WIRE_MODALITIES and modality not in self.reads:
+            self.metrics.parts_unused.labels(modality).inc()
+            self._ack([src])
+            return
         part = decode_part(src.value, modality, self.settings.limits, self.profile)
         if isinstance(part, Rejection):
             await self._dead_letter([src], part.reason, "decode", part.error)

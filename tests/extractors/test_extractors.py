@@ -196,23 +196,35 @@ def test_bad_media_is_skipped_and_reported(tmp_path: Path) -> None:
     assert report.failed[0][:2] == ("u1", "audio") and "bad.wav is not readable audio" in report.failed[0][2]
 
 
-def test_data_build_then_train_records_the_extractors(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
+def call_rows(root: Path, video_every: int) -> list[dict[str, Any]]:
+    """Ten calls of two customer lines labelled +2 and -2, as manifest rows with absolute media paths."""
     rows = []
     for c in range(10):
-        folder = call_folder(tmp_path / f"c{c}", call_id=f"c{c}", lines=[("customer", "I love it, thank you"),
-                                                                         ("customer", "this is terrible")],
-                             video_every=2, labels=[2.0, -2.0])
+        folder = call_folder(root / f"c{c}", call_id=f"c{c}", lines=[("customer", "I love it, thank you"),
+                                                                     ("customer", "this is terrible")],
+                             video_every=video_every, labels=[2.0, -2.0])
         for line in (folder / "manifest.jsonl").read_text().splitlines():
             row = json.loads(line)
-            row = {**row, **{k: str(folder / row[k]) for k in ("audio", "video") if k in row}}
-            row["label"] = float(np.clip(row["label"] + rng.normal(0, 0.3), -3, 3))
-            rows.append(row)
+            rows.append({**row, **{k: str(folder / row[k]) for k in ("audio", "video") if k in row}})
+    return rows
+
+
+def build_at_16(tmp_path: Path, rows: list[dict[str, Any]]) -> tuple[Path, Any]:
+    """`mmcl data build` of these rows into ds.npz at length 16, 12 / 4 / 4 utterances. -> the manifest, the run"""
     manifest = tmp_path / "all.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = mmcl("data", "build", str(manifest), "--out", "ds.npz", "--seq-len", "16", "--valid", "0.2", "--test", "0.2",
              cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
+    return manifest, r
+
+
+def test_data_build_then_train_records_the_extractors(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = call_rows(tmp_path, video_every=2)
+    for row in rows:
+        row["label"] = float(np.clip(row["label"] + rng.normal(0, 0.3), -3, 3))
+    manifest, r = build_at_16(tmp_path, rows)
     assert "train 12, valid 4, test 4 utterances; dims [384, 42, 19]" in r.stdout, r.stdout
     assert "10 utterances without visual" in r.stdout
     info = json.loads(mmcl("data", "inspect", "ds.npz", cwd=tmp_path).stdout)
@@ -221,12 +233,48 @@ def test_data_build_then_train_records_the_extractors(tmp_path: Path) -> None:
              "--ff-dim", "32", "--seq-len", "16", "--device", "cpu", "--no-progress", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     config = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
-    assert config["feature_profile"] == {"dims": [384, 42, 19], "extractor_ids": info["extractor_ids"]}
+    # built at 16: the worker fits what it receives to 16 first, as the dataset was
+    assert config["feature_profile"] == {"dims": [384, 42, 19], "extractor_ids": info["extractor_ids"],
+                                         "source_lengths": [16, 16, 16]}
 
     rows[3]["label"] = None
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert_one_line_error(mmcl("data", "build", str(manifest), "--out", "x.npz", cwd=tmp_path),
                           "1 of 20 utterances have no label (first: c1-u1)")
+
+
+@pytest.mark.parametrize("keep", [("text",), ("text", "audio")], ids=["text-only", "text+audio"])
+def test_a_manifest_without_some_modalities_builds_and_trains_for_both_models(tmp_path: Path,
+                                                                               keep: tuple[str, ...]) -> None:
+    rows = [{k: v for k, v in row.items() if k != "audio" or "audio" in keep}
+            for row in call_rows(tmp_path, video_every=0)]
+    _, r = build_at_16(tmp_path, rows)
+    # an absent modality keeps its extractor's dim, every sequence empty
+    assert "train 12, valid 4, test 4 utterances; dims [384, 42, 19]" in r.stdout, r.stdout
+    reads = ", ".join(keep)
+    assert f"a model trained on it reads {reads} only" in r.stdout
+    info = json.loads(mmcl("data", "inspect", "ds.npz", cwd=tmp_path).stdout)
+    assert info["extractor_ids"] == {m: {"text": "minilm-384", "audio": "librosa-42"}[m] for m in keep}
+    assert info["splits"]["train"]["vision"]["length_max"] == 0
+    for model in ("mmcl", "baseline"):
+        r = mmcl("train", "--data", "ds.npz", "--out", model, "--model", model, "--preset", "quick", "--epochs", "2",
+                 "--d-model", "16", "--ff-dim", "32", "--device", "cpu", "--no-progress", cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stderr
+        config = json.loads((tmp_path / model / "best" / "config.json").read_text())
+        assert config["modalities"] == list(keep) and config["model"]["use_modalities"] == list(keep)
+        r = mmcl("evaluate", "--checkpoint", f"{model}/best", "--data", "ds.npz", "--json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    # a producer for that model extracts only what it reads
+    folder = call_folder(tmp_path / "live", call_id="live", lines=[("customer", "great")], video_every=1)
+    r = mmcl("stream-call", str(folder), "--no-wait", "--out", "live.jsonl", "--checkpoint", "mmcl/best",
+             cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    unread = ", ".join(m for m in ("text", "audio", "visual") if m not in keep)
+    assert f"the model reads {reads}: not extracting {unread}" in r.stderr
+    sent = {FeatureMessage.model_validate_json(line).modality for line in (tmp_path / "live.jsonl").read_text().splitlines()}
+    assert sent == set(keep)
+    assert_one_line_error(mmcl("train", "--data", "ds.npz", "--modalities", "text,visual", cwd=tmp_path),
+                          "no training utterance of ds.npz has vision: train on --modalities text")
 
 
 def service_cli(*args: str, cwd: Path) -> Any:

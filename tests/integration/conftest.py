@@ -34,6 +34,10 @@ DIMS = {"text": 24, "audio": 5, "visual": 8}
 SEQ_LEN = 12
 # the workers' model device: cpu here and in CI; benchmarks/cuda_check.sh sets cuda on a GPU machine
 DEVICE = os.environ.get("MMCL_TEST_DEVICE", "cpu")
+# These tests hold the worker's scores to the model's own to 1e-4: fp32 on both sides. The default precisions (int8
+# on a CPU, bf16 on CUDA) differ from fp32, and with the batch, by less than 0.01 (unit tests); the e2e tests and the
+# demo run them in a worker.
+PRECISION = "fp32"
 # Client timings that keep a test's group joins and failovers short; the production defaults are tested on their own
 # (test_apache_kafka). A session timeout under the broker's default minimum of 6 s needs TEST_BROKER's setting.
 QUICK_TIMINGS: dict[str, float | int] = {"session_timeout_s": 3.0, "heartbeat_interval_s": 0.3, "fetch_max_wait_ms": 50}
@@ -78,13 +82,14 @@ def redis_service(state_dir: Path) -> Iterator[Service]:
     svc.stop()
 
 
-def make_checkpoint(path: Path, seed: int = 0, text_dim: int = DIMS["text"]) -> Path:
+def make_checkpoint(path: Path, seed: int = 0, text_dim: int = DIMS["text"],
+                    modalities: tuple[str, ...] = ("text", "audio", "vision")) -> Path:
     """A small MMCL with random weights: the service does not care what the model learned."""
     import torch
 
     torch.manual_seed(seed)
     cfg = ModelConfig(input_dims=(text_dim, DIMS["audio"], DIMS["visual"]), seq_len=SEQ_LEN, d_model=16,
-                      num_heads=2, ff_dim=32)
+                      num_heads=2, ff_dim=32, use_modalities=modalities)
     return save_checkpoint(path, build_model(cfg).eval(), cfg, FeatureProfile(cfg.input_dims), {"seed": seed})
 
 
@@ -140,7 +145,8 @@ class Stack:
             **QUICK_ENV, "MMCL_JOIN__TIMEOUT_S": "1.0",
             **{f"MMCL_KAFKA__{name.upper()}": value for name, value in self.security.items()},
             "MMCL_LOG_LEVEL": "info",
-            "MMCL_MODEL__DEVICE": DEVICE, "MMCL_REGISTRY__PATH": str(self.state_dir / f"registry-{self.prefix}"),
+            "MMCL_MODEL__DEVICE": DEVICE, "MMCL_MODEL__PRECISION": PRECISION,
+            "MMCL_REGISTRY__PATH": str(self.state_dir / f"registry-{self.prefix}"),
         })
         env.update(extra)
         return env

@@ -68,6 +68,8 @@ def test_promote_rollback_and_a_corrupt_version_under_load(stack: Stack, tmp_pat
     assert f"* {a}" in listed and f"  {b}" in listed
     shown = json.loads(mmcl(stack, "model", "show", b).stdout)
     assert shown["parent"] == a and shown["current"] is False
+    assert shown["model"] == {"kind": "mmcl", "task": "regression", "seq_len": SEQ_LEN,
+                              "modalities": ["text", "audio", "visual"]}
 
     # a version whose weights no longer match their checksum: the worker refuses it and keeps serving
     c = reg.publish(make_checkpoint(tmp_path / "c", seed=12)).version

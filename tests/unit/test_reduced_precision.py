@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 
 from mmcl.config import MODALITIES, WIRE_MODALITIES
+from mmcl.int8_serving import int8_supported
 from mmcl.predictor import Predictor
 from streams.settings import LimitSettings
 from streams.wire import Features, encode_features
 from streams.worker.decode import Part, decode_part, profile_of
 from tests.unit.conftest import Trained
+
+# int8 runs where oneDNN has VNNI (and is the CPU default only there); elsewhere auto is fp32 (test_int8_serving)
+NEEDS_INT8 = pytest.mark.skipif(not int8_supported(), reason="this CPU lacks VNNI or PyTorch its oneDNN engine")
 
 
 @pytest.mark.slow
@@ -45,3 +49,32 @@ def test_bfloat16_scores_within_a_hundredth_of_float32(mosi_trained: Trained) ->
     assert np.abs(full.scores - half.scores).max() < 0.01, np.abs(full.scores - half.scores).max()
     assert full.modality_weights is not None and half.modality_weights is not None
     assert np.abs(full.modality_weights - half.modality_weights).max() < 0.01
+
+
+@pytest.mark.slow
+@NEEDS_INT8
+def test_int8_scores_within_a_hundredth_of_float32(mosi_trained: Trained) -> None:
+    """int8 is the default on a CPU; held-out utterances of every length the set has, so padding is gathered out."""
+    test = mosi_trained.dataset.splits["test"]
+    batch = [{m: test.features[m][i][:int(test.lengths[m][i])] for m in MODALITIES} for i in range(len(test.labels))]
+    full = Predictor.from_checkpoint(mosi_trained.checkpoint, device="cpu", precision="fp32").predict(batch)
+    auto = Predictor.from_checkpoint(mosi_trained.checkpoint, device="cpu")
+    assert auto.precision == "int8"
+    quantized = auto.predict(batch)
+    assert full.scores.std() > 0.5
+    assert np.abs(full.scores - quantized.scores).max() < 0.01, np.abs(full.scores - quantized.scores).max()
+    assert full.modality_weights is not None and quantized.modality_weights is not None
+    assert np.abs(full.modality_weights - quantized.modality_weights).max() < 0.01
+    assert len({int(n) for n in test.lengths["text"]}) > 5  # lengths vary: sub-batches and gathered padding
+
+
+@pytest.mark.slow
+@NEEDS_INT8
+def test_int8_scores_move_less_than_a_hundredth_with_the_batch_around_them(mosi_trained: Trained) -> None:
+    """Activations are quantized per call, so an utterance's int8 score depends a little on its batch-mates."""
+    test = mosi_trained.dataset.splits["test"]
+    batch = [{m: test.features[m][i][:int(test.lengths[m][i])] for m in MODALITIES} for i in range(40)]
+    predictor = Predictor.from_checkpoint(mosi_trained.checkpoint, device="cpu", precision="int8")
+    together = predictor.predict(batch).scores
+    alone = np.array([predictor.predict([u]).scores[0] for u in batch])
+    assert 0 < np.abs(together - alone).max() < 0.01, np.abs(together - alone).max()
