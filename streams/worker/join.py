@@ -19,7 +19,9 @@ is behind (after a restart, a burst, an outage), because the three topics are no
 live time: the worker stops it while it is not taking messages (back-pressure, a rebalance), so a pause does not make
 partitions look quiet.
 Producer clocks are kept honest by streams.worker.event_time, and `max_wait_s` of live time decides any utterance
-whatever the clocks say.
+whatever the clocks say; that bound counts from the end of the last outage (`resumed`), never across one: a whole
+cluster restarting under load held a part in its producer for more than 30 s, and the bound dead-lettered good
+utterances whose parts all came.
 
 A part whose utterance was already emitted is `redelivered` when its modality was used (a re-read after a
 rebalance or restart, a producer's retry: acknowledged, not dead-lettered) and `late` when it was not. What the
@@ -151,6 +153,7 @@ class Joiner:
         count_skew: Callable[[str, str], None] = lambda modality, side: None,
         fetched: Callable[[str, Hashable], Fetched | None] | None = None,
         stall_wait_s: float | None = None,
+        resumed: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.required = tuple(required)
         self.allowed = allowed
@@ -165,6 +168,9 @@ class Joiner:
         self.fetched = fetched
         self.max_wait_s = max_wait_s if max_wait_s is not None else 15 * timeout_s
         self.stall_wait_s = stall_wait_s if stall_wait_s is not None else timeout_s
+        # live time at which the fetches of every partition the worker reads were last answered again after an outage
+        # ("now" while one is out; None: never)
+        self.resumed = resumed
         self.clocks = ClockGuard(int(max_clock_skew_s * 1000))
         self._pending: OrderedDict[JoinKey, _Pending] = OrderedDict()  # in arrival order
         self._emitted: OrderedDict[JoinKey, tuple[Hashable, frozenset[str]]] = OrderedDict()  # -> (group, used)
@@ -237,7 +243,7 @@ class Joiner:
                     heapq.heappop(heap)  # emitted, forgotten or re-scheduled
                     continue
                 missing = [m for m in self.allowed(entry.speaker) if m not in entry.parts]
-                waited_out = now - entry.first_at >= self.max_wait_s
+                waited_out = self._waited_out(entry, now)
                 if not waited_out and not all(self._passed(m, entry, now) for m in missing):
                     break  # later deadlines in this group are not due either (max_wait is swept below)
                 heapq.heappop(heap)
@@ -246,11 +252,17 @@ class Joiner:
         # Whatever clocks said, nothing waits more than max_wait_s: the oldest arrivals come first in _pending.
         while self._pending:
             key, entry = next(iter(self._pending.items()))
-            if now - entry.first_at < self.max_wait_s:
+            if not self._waited_out(entry, now):
                 break
             del self._pending[key]
             out.append(self._decide(key, entry, now))
         return out
+
+    def _waited_out(self, entry: _Pending, now: float) -> bool:
+        """The last-resort bound: max_wait_s of live time since the utterance began or, later, since the last outage
+        ended. While an outage lasts, the producers hold the parts they made: nothing is waited out."""
+        resumed = self.resumed()
+        return now - max(entry.first_at, resumed if resumed is not None else entry.first_at) >= self.max_wait_s
 
     def _passed(self, modality: str, entry: _Pending, now: float) -> bool:
         wk = (modality, entry.group)

@@ -73,6 +73,7 @@ class Pipeline(Outputs):
                              self.live, count=lambda o: metrics.join_outcomes.labels(o).inc(),
                              max_clock_skew_s=j.clock_skew_s, max_wait_s=j.max_wait_s,
                              count_skew=lambda m, side: metrics.clock_skew.labels(m, side).inc(), fetched=fetched,
+                             resumed=lambda: self.progress.resumed_at,
                              stall_wait_s=j.stall_wait_s)
         self._slots = asyncio.Semaphore(settings.batch.queue_size)
         self._results: asyncio.Queue[BatchResult] = asyncio.Queue()

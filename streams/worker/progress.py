@@ -83,6 +83,11 @@ class ReadProgress:
         if snap.position >= snap.highwater:
             self._caught_up_at[tp] = now
 
+    @property
+    def resumed_at(self) -> float | None:
+        """When fetches were last answered again after an outage, or partitions reassigned; "now" during an outage."""
+        return self._resumed_at
+
     def reassigned(self, now: float) -> None:
         """Partitions assigned again by a rebalance (not the worker's first assignment): a rebalance during an
         outage forgets what was seen of the outage, so the assignment itself counts as fetches answered again."""

@@ -245,6 +245,36 @@ def test_quiet_is_counted_from_when_fetches_are_answered_again_after_an_outage()
     assert isinstance(out, Dropped) and out.reason == Reason.INCOMPLETE
 
 
+def test_the_last_resort_bound_does_not_run_during_an_outage() -> None:
+    """A whole cluster restarting under load held an utterance's audio in its producer for more than max_wait_s:
+    the bound counts from the end of the outage, so the part that comes is joined, and one that never comes is
+    decided max_wait_s after the recovery."""
+    clocks = Clocks()
+    progress = ReadProgress(silence_s=1.0)
+    j = joiner(clocks, fetched=lambda m, g: progress.fetched((m, g)), resumed=lambda: progress.resumed_at,
+               stall_wait_s=10.0, max_wait_s=30.0)
+    progress.observe(("audio", 0), FetchSnapshot(3, 3, polled_ms=1), clocks())
+    for utt in ("u1", "u2"):
+        j.add(part("text", utt, "c", 0), f"t-{utt}")
+        j.add(part("visual", utt, "c", 0), f"v-{utt}")
+    answered(progress, clocks, [("text", 0), ("visual", 0)], 40.0, [1], silent=[("audio", 0)])
+    assert j.expire() == []  # 40 s pending, beyond max_wait: the outage holds it
+    progress.observe(("audio", 0), FetchSnapshot(4, 4, polled_ms=100), clocks())  # answered again
+    recovered = clocks()
+    (joined,) = j.add(part("audio", "u1", "c", 0), "a-u1")
+    assert isinstance(joined, Joined) and joined.complete
+    decided_at = None
+    for polled in range(101, 200):  # u2's audio never comes
+        clocks.step(0.5)
+        progress.observe(("audio", 0), FetchSnapshot(4, 4, polled_ms=polled), clocks())
+        progress.observe(("text", 0), FetchSnapshot(4, 4, polled_ms=polled), clocks())
+        if out := j.expire():
+            decided_at = clocks() - recovered
+            break
+    assert isinstance(out[0], Dropped) and out[0].reason == Reason.INCOMPLETE
+    assert decided_at is not None and 10.0 <= decided_at <= 30.5
+
+
 def watched() -> tuple[Clocks, list[int], ReadProgress, Joiner]:
     """A join that reads the consumer's fetch progress (silence 1 s, stall wait 10 s), and a fetch-answer counter."""
     clocks, progress = Clocks(), ReadProgress(silence_s=1.0)
