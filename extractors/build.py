@@ -46,6 +46,14 @@ def split_by_call(utts: Sequence[Utterance], fractions: tuple[float, float], see
     return {s: [u for k in chosen[s] for u in groups[k]] for s in SPLITS}
 
 
+def given_splits(utts: Sequence[Utterance]) -> dict[str, list[Utterance]]:
+    """The manifest's own split (its `split` column; read_manifest checked that calls do not straddle them)."""
+    out = {s: [u for u in utts if u.split == s] for s in SPLITS}
+    if not out["train"]:
+        raise ConfigError("the manifest's split column puts no utterance in train")
+    return out
+
+
 def build(utts: Sequence[Utterance], maker: FeatureMaker, fractions: tuple[float, float] = (0.1, 0.1),
           seed: int = 0, score_range: float = 3.0,
           progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, BuildReport]:
@@ -90,7 +98,7 @@ def build(utts: Sequence[Utterance], maker: FeatureMaker, fractions: tuple[float
     dims = {m: next((f[m].shape[1] for f in feats.values() if m in f), extractor_dim(maker.chosen[m]))
             for m in WIRE_MODALITIES}
     splits = {}
-    for name, members in split_by_call(kept, fractions, seed).items():
+    for name, members in (given_splits(kept) if kept[0].split else split_by_call(kept, fractions, seed)).items():
         splits[name] = _split(members, feats, dims)
         report.per_split[name] = len(members)
     ds = Dataset(splits, {

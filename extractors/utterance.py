@@ -43,6 +43,7 @@ class Utterance(BaseModel):
     fps: float | None = Field(None, gt=0, description="frame rate of a folder of frames (default 30)")
     words: list[tuple[str, float, float]] | None = None
     label: float | None = Field(None, description="sentiment score, for `mmcl data build`")
+    split: Literal["train", "valid", "test"] | None = Field(None, description="for `mmcl data build`: a fixed split")
 
     @model_validator(mode="after")
     def _has_media(self) -> Utterance:
@@ -104,7 +105,7 @@ def read_manifest(path: Path) -> list[Utterance]:
             rows = [(i, {k: v for k, v in r.items() if v not in ("", None)}) for i, r in enumerate(csv.DictReader(f), 2)]
     else:
         raise ConfigError(f"{path.name}: a manifest is .jsonl or .csv")
-    out, seen = [], set()
+    out, seen, lines = [], set(), []
     for line, row in rows:
         try:
             utt = Utterance.model_validate(dict(row)).rooted(path.parent)
@@ -115,9 +116,28 @@ def read_manifest(path: Path) -> list[Utterance]:
             raise ConfigError(f"{path.name} line {line}: utterance_id {utt.utterance_id!r} appears twice")
         seen.add(utt.utterance_id)
         out.append(utt)
+        lines.append(line)
     if not out:
         raise ConfigError(f"{path.name} lists no utterances")
+    _check_splits(path.name, out, lines)
     return out
+
+
+def _check_splits(name: str, utts: list[Utterance], lines: list[int]) -> None:
+    """A `split` column is all or nothing, and a call lies in one split: its utterances share a speaker and a topic,
+    so a model tested on half a call it trained on would look better than it is."""
+    if all(u.split is None for u in utts):
+        return
+    calls: dict[str, str] = {}
+    for utt, line in zip(utts, lines, strict=True):
+        if utt.split is None:
+            raise ConfigError(f"{name} line {line}: no split (other rows have one: give every row a split, or none)")
+        if utt.call_id is None:
+            continue
+        first = calls.setdefault(utt.call_id, utt.split)
+        if first != utt.split:
+            raise ConfigError(f"{name} line {line}: call {utt.call_id!r} is in {first} and {utt.split}: a call "
+                              "lies in one split")
 
 
 def _jsonl_rows(path: Path) -> list[tuple[int, Mapping[str, Any]]]:

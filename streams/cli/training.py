@@ -93,9 +93,10 @@ def register(commands: Any) -> None:
     b = d.add_parser("build", help="labelled manifest of raw utterances (text/audio/video) -> dataset .npz for `train`")
     b.add_argument("manifest", type=Path, help="manifest .jsonl/.csv (a `label` per row), or a folder holding one")
     b.add_argument("--out", type=Path, required=True, help="dataset file to write (.npz)")
-    b.add_argument("--valid", type=float, default=0.1, help="share of calls held out for validation")
-    b.add_argument("--test", type=float, default=0.1, help="share of calls held out for testing")
-    b.add_argument("--seed", type=int, default=0, help="seed of the split by call")
+    b.add_argument("--valid", type=float, default=0.1,
+                   help="share of calls held out for validation (a manifest's split column wins)")
+    b.add_argument("--test", type=float, default=0.1, help="share of calls held out for testing (likewise)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the random split by call")
     b.add_argument("--score-range", type=float, default=3.0, help="labels lie in [-R, R] (3: MOSI scale)")
     from extractors.options import add_extraction_options
 

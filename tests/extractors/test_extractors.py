@@ -158,6 +158,18 @@ def test_manifest_errors_name_the_line(tmp_path: Path) -> None:
     csv.write_text("utterance_id,speaker,start,end,text,audio\nu1,customer,0.5,2.0,hello there,a.wav\n")
     (utt,) = read_manifest(csv)
     assert utt.speaker == "customer" and utt.start_ms == 500 and utt.audio == tmp_path / "a.wav"
+    # a fixed split: every row or none, and a call in one split
+    csv.write_text("utterance_id,call_id,text,split\nu1,c1,a,train\nu2,c1,b,train\nu3,c2,c,test\nu4,,d,valid\n")
+    assert [u.split for u in read_manifest(csv)] == ["train", "train", "test", "valid"]
+    csv.write_text("utterance_id,call_id,text,split\nu1,c1,a,train\nu2,c2,b,\n")
+    with pytest.raises(ConfigError, match=r"m.csv line 3: no split \(other rows have one"):
+        read_manifest(csv)
+    csv.write_text("utterance_id,call_id,text,split\nu1,c1,a,train\nu2,c2,b,test\nu3,c1,c,valid\n")
+    with pytest.raises(ConfigError, match=r"m\.csv line 4: call 'c1' is in train and valid: a call lies in one split"):
+        read_manifest(csv)
+    csv.write_text("utterance_id,text,split\nu1,a,dev\n")
+    with pytest.raises(ConfigError, match=r"m\.csv line 2: split: Input should be 'train', 'valid' or 'test'"):
+        read_manifest(csv)
     folder = tmp_path / "call-9"
     folder.mkdir()
     (folder / "u1.txt").write_text("hello")
@@ -248,9 +260,11 @@ def test_a_manifest_without_some_modalities_builds_and_trains_for_both_models(tm
                                                                                keep: tuple[str, ...]) -> None:
     rows = [{k: v for k, v in row.items() if k != "audio" or "audio" in keep}
             for row in call_rows(tmp_path, video_every=0)]
+    for row in rows:  # the manifest's own split, by call (the random one would give 12, 4, 4)
+        row["split"] = {"c7": "valid", "c8": "test", "c9": "test"}.get(row["call_id"], "train")
     _, r = build_at_16(tmp_path, rows)
     # an absent modality keeps its extractor's dim, every sequence empty
-    assert "train 12, valid 4, test 4 utterances; dims [384, 42, 19]" in r.stdout, r.stdout
+    assert "train 14, valid 2, test 4 utterances; dims [384, 42, 19]" in r.stdout, r.stdout
     reads = ", ".join(keep)
     assert f"a model trained on it reads {reads} only" in r.stdout
     info = json.loads(mmcl("data", "inspect", "ds.npz", cwd=tmp_path).stdout)
