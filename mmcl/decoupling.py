@@ -49,6 +49,20 @@ def cross_similarity(zs: list[Tensor], modality_mask: Tensor) -> list[Tensor]:
     return out
 
 
+def unpaired(modality_mask: Tensor, m: int) -> Tensor:
+    """(B,) bool: samples in which modality m has no present partner to be compared with."""
+    others = [o for o in range(modality_mask.shape[1]) if o != m]
+    return ~modality_mask[:, others].any(dim=1)
+
+
+def _pass_unpaired(weights: Tensor, alone: Tensor) -> Tensor:
+    """Weights (B, L, L) with the rows of samples in `alone` replaced by the identity: each step keeps itself."""
+    if not bool(alone.any()):
+        return weights
+    eye = torch.eye(weights.shape[-1], dtype=weights.dtype, device=weights.device)
+    return torch.where(alone[:, None, None], eye, weights)
+
+
 def _masked_softmax(logits: Tensor, key_mask: Tensor | None) -> Tensor:
     if key_mask is not None:
         logits = logits.masked_fill(~key_mask[:, None, :], _NEG)
@@ -56,7 +70,15 @@ def _masked_softmax(logits: Tensor, key_mask: Tensor | None) -> Tensor:
 
 
 class PaperDecoupling(nn.Module):
-    """A_m = softmax(min(S_mo, S_mo')); C_m = A_m Z_m; P_m = softmax(1 - A_m) Z_m."""
+    """A_m = softmax(min(S_mo, S_mo')); C_m = A_m Z_m; P_m = softmax(1 - A_m) Z_m.
+
+    A modality with no present partner has nothing to be compared with. `unpaired="mean"` keeps the equations' answer
+    (a uniform softmax: every step of both parts becomes the sequence's mean); `"sequence"` passes the sequence on
+    as both parts, so the attention and the temporal encoder downstream still see its steps."""
+
+    def __init__(self, unpaired: str = "mean") -> None:
+        super().__init__()
+        self.keep_unpaired = unpaired == "sequence"
 
     def forward(self, zs: list[Tensor], time_masks: list[Tensor] | None, modality_mask: Tensor) -> list[Decoupled]:
         sims = cross_similarity(zs, modality_mask)
@@ -65,6 +87,9 @@ class PaperDecoupling(nn.Module):
             key_mask = None if time_masks is None else time_masks[m]
             a = _masked_softmax(s, key_mask)
             p_w = _masked_softmax(1.0 - a, key_mask)  # 1 - A on the already-softmaxed matrix, as published
+            if self.keep_unpaired:
+                alone = unpaired(modality_mask, m)
+                a, p_w = _pass_unpaired(a, alone), _pass_unpaired(p_w, alone)
             parts.append(Decoupled(a @ z, p_w @ z, a, p_w))
         return parts
 
@@ -72,8 +97,10 @@ class PaperDecoupling(nn.Module):
 class CalibratedDecoupling(nn.Module):
     """LayerNorm per modality before comparison, learnable inverse temperature, contrastive specific part."""
 
-    def __init__(self, d_model: int, init_inv_temperature: float, max_inv_temperature: float) -> None:
+    def __init__(self, d_model: int, init_inv_temperature: float, max_inv_temperature: float,
+                 unpaired: str = "mean") -> None:
         super().__init__()
+        self.keep_unpaired = unpaired == "sequence"  # as in PaperDecoupling
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3))
         self.log_inv_temperature = nn.Parameter(torch.tensor(float(init_inv_temperature)).log())
         self.max_log = float(torch.tensor(max_inv_temperature).log())
@@ -91,6 +118,9 @@ class CalibratedDecoupling(nn.Module):
             key_mask = None if time_masks is None else time_masks[m]
             a = _masked_softmax(s * scale, key_mask)
             p_w = _masked_softmax(-s * scale, key_mask)  # what the other modalities do not share
+            if self.keep_unpaired:
+                alone = unpaired(modality_mask, m)
+                a, p_w = _pass_unpaired(a, alone), _pass_unpaired(p_w, alone)
             parts.append(Decoupled(a @ z, p_w @ z, a, p_w))
         return parts
 

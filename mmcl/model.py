@@ -76,9 +76,9 @@ class MMCL(nn.Module):
         d, h = cfg.d_model, cfg.num_heads
         self.projections = nn.ModuleList(nn.Linear(dim, d) for dim in cfg.input_dims)
         if cfg.decoupling == "paper":
-            self.decoupling: nn.Module = PaperDecoupling()
+            self.decoupling: nn.Module = PaperDecoupling(cfg.unpaired)
         else:
-            self.decoupling = CalibratedDecoupling(d, cfg.init_inv_temperature, cfg.max_inv_temperature)
+            self.decoupling = CalibratedDecoupling(d, cfg.init_inv_temperature, cfg.max_inv_temperature, cfg.unpaired)
         self.intra = nn.ModuleList(IntraModalAttention(d, h, cfg.encoder_dropout) for _ in range(3))
         layer = encoder_layer(d, h, cfg.ff_dim, cfg.encoder_dropout)
         # The reference builds the three encoders from one layer object: independent weights, identical start.

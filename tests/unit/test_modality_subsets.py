@@ -101,3 +101,27 @@ def test_serving_checks_and_copies_only_what_the_model_reads(tmp_path: Path) -> 
         predictor.predict([{"text": text}, {"audio": rng.normal(size=(4, 5)).astype(np.float32)}])
     inputs = prepare([{"text": text, "audio": wrong_audio}], None, cfg.input_dims, cfg.seq_len, used=cfg.used)
     assert inputs.lengths.tolist() == [6]  # the unread audio does not lengthen the batch
+
+
+@pytest.mark.parametrize("decoupling", ["paper", "calibrated"])
+def test_an_unpaired_modality_passes_its_steps_on_or_only_their_mean(decoupling: str) -> None:
+    """Without a partner there is nothing to compare with: "mean" (the published equations) reduces the sequence
+    to its mean before the attention and the temporal encoder see it, "sequence" lets them see its steps."""
+    xs, masks, present = batch_inputs((12, 5, 9), 2, 10)
+    spread = [xs[0].clone(), xs[1], xs[2]]
+    spread[0][:, :5] += 3.0  # the same mean, other steps
+    spread[0][:, 5:] -= 3.0
+    outs = {}
+    for unpaired in ("mean", "sequence"):
+        torch.manual_seed(0)
+        model = MMCL(ModelConfig(**SMALL, decoupling=decoupling, use_modalities=("text",), unpaired=unpaired)).eval()
+        with torch.inference_mode():
+            outs[unpaired] = model(xs, masks, present).logits, model(spread, masks, present).logits
+    torch.testing.assert_close(*outs["mean"])
+    assert not torch.allclose(*outs["sequence"], atol=1e-3)
+    # with a partner present, the setting changes nothing
+    torch.manual_seed(0)
+    paired = {u: MMCL(ModelConfig(**SMALL, decoupling=decoupling, unpaired=u)).eval() for u in ("mean", "sequence")}
+    paired["sequence"].load_state_dict(paired["mean"].state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(paired["mean"](xs, masks, present).logits, paired["sequence"](xs, masks, present).logits)
