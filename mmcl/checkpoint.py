@@ -154,6 +154,7 @@ def read_profile(path: str | Path) -> tuple[FeatureProfile, ModelConfig]:
         model = dict(config["model"])
         if MODALITIES_KEY not in config and model.get("kind", "mmcl") == "mmcl":
             model["use_modalities"] = MODALITIES  # MMCL read all three whatever its config said before this was written
+        model.setdefault("unpaired", "mean")  # what every model did before the setting existed
         return (FeatureProfile(tuple(prof["dims"]), dict(prof.get("extractor_ids", {})),
                                None if source is None else (source[0], source[1], source[2])),
                 ModelConfig.model_validate(model))

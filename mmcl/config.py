@@ -112,9 +112,10 @@ class ModelConfig(_Frozen):
     init_inv_temperature: float = Field(10.0, gt=0)
     max_inv_temperature: float = Field(100.0, gt=0)
     # What a modality with no present partner (a text-only model, a sample with one modality) passes on as its common
-    # and specific parts: "mean", the published equations' uniform softmax (every step becomes the sequence mean), or
-    # "sequence", the sequence itself. Checkpoints that do not record it were trained with "mean".
-    unpaired: Literal["mean", "sequence"] = "mean"
+    # and specific parts: "sequence", the sequence itself, or "mean", the published equations' uniform softmax (every
+    # step becomes the sequence mean; 2.4 points of binary accuracy behind on real text, docs/benchmarks.md).
+    # Checkpoints that do not record it were trained with "mean" and are read so.
+    unpaired: Literal["mean", "sequence"] = "sequence"
     task: TaskConfig = TaskConfig()
     # late_fusion baseline only
     baseline_hidden: int = Field(128, ge=1)

@@ -66,6 +66,17 @@ def test_an_mmcl_checkpoint_from_before_reads_all_three(tmp_path: Path) -> None:
     assert read_profile(path)[1].use_modalities == ("text",)
 
 
+def test_a_checkpoint_from_before_the_unpaired_setting_averages_an_unpaired_modality(tmp_path: Path) -> None:
+    cfg = ModelConfig(**SMALL)
+    assert cfg.unpaired == "sequence"  # new models
+    path = save_checkpoint(tmp_path / "ckpt", MMCL(cfg), cfg, FeatureProfile(cfg.input_dims), {})
+    assert read_profile(path)[1].unpaired == "sequence"
+    config = json.loads((path / CONFIG).read_text())
+    del config["model"]["unpaired"]
+    (path / CONFIG).write_text(json.dumps(config))
+    assert read_profile(path)[1].unpaired == "mean"  # as it was trained
+
+
 def _split(text_lengths: list[int], audio_lengths: list[int]) -> Split:
     n = len(text_lengths)
     lengths = {"text": np.array(text_lengths), "audio": np.array(audio_lengths), "vision": np.zeros(n, np.int64)}
