@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from extractors.base import Extractor, missing_extra
 from mmcl.errors import ConfigError
@@ -24,14 +25,16 @@ def names() -> list[str]:
 
 def extractor_dim(name: str) -> int:
     """The feature dim a registered extractor makes, without creating it (its module imports no model library)."""
-    if name not in EXTRACTORS:
-        raise ConfigError(f"unknown extractor {name!r}; valid: {', '.join(names())}")
-    module, _, cls = EXTRACTORS[name].partition(":")
-    return int(getattr(importlib.import_module(module), cls).dim)
+    return int(_class(name).dim)
 
 
 def create(name: str) -> Extractor:
     """A new instance of a registered extractor (its libraries are imported here, not before)."""
+    extractor: Extractor = _class(name)()
+    return extractor
+
+
+def _class(name: str) -> Any:
     if name not in EXTRACTORS:
         raise ConfigError(f"unknown extractor {name!r}; valid: {', '.join(names())}")
     module, _, cls = EXTRACTORS[name].partition(":")
@@ -39,5 +42,4 @@ def create(name: str) -> Extractor:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
         raise missing_extra(f"extractor {name!r}", e.name or str(e)) from None
-    extractor: Extractor = getattr(mod, cls)()
-    return extractor
+    return getattr(mod, cls)

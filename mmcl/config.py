@@ -143,6 +143,11 @@ class ModelConfig(_Frozen):
         return self
 
     @property
+    def wire_modalities(self) -> tuple[str, ...]:
+        """The modalities the model reads, by wire name (text, audio, visual)."""
+        return tuple(wire for wire, model in WIRE_TO_MODEL.items() if model in self.use_modalities)
+
+    @property
     def used(self) -> tuple[bool, bool, bool]:
         """Per modality in MODALITIES order, whether the model reads it."""
         text, audio, vision = (m in self.use_modalities for m in MODALITIES)

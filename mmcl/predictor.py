@@ -12,7 +12,6 @@ import torch
 
 from mmcl.batch_inputs import BatchInputs, UtteranceFeatures, prepare
 from mmcl.checkpoint import Checkpoint, load_checkpoint
-from mmcl.config import WIRE_MODALITIES
 from mmcl.device import resolve_device
 from mmcl.int8_serving import int8_model, int8_supported
 from mmcl.model import MMCL
@@ -80,7 +79,7 @@ class Predictor:
     @property
     def modalities(self) -> tuple[str, ...]:
         """The modalities the model reads, by wire name (text, audio, visual): what the service waits for."""
-        return tuple(wire for wire, used in zip(WIRE_MODALITIES, self.cfg.used, strict=True) if used)
+        return self.cfg.wire_modalities
 
     @property
     def input_dims(self) -> tuple[int, int, int]:

@@ -63,13 +63,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     if version is None:
         raise ConfigError("the registry has no current version")
     from mmcl.checkpoint import read_profile
-    from mmcl.config import WIRE_MODALITIES
 
     info = registry.get(version).to_json()
     info["current"] = version == registry.current()
     cfg = read_profile(registry.fetch(version))[1]
     info["model"] = {"kind": cfg.kind, "task": cfg.task.kind.value, "seq_len": cfg.seq_len,
-                     "modalities": [w for w, used in zip(WIRE_MODALITIES, cfg.used, strict=True) if used]}
+                     "modalities": list(cfg.wire_modalities)}
     print(json.dumps(info, indent=2))
     return 0
 

@@ -121,9 +121,8 @@ def model_plan(checkpoint: Path | None) -> ModelPlan:
 
     prof, cfg = read_profile(checkpoint)
     dims = dict(zip(WIRE_MODALITIES, prof.dims, strict=True))
-    reads = tuple(w for w, used in zip(WIRE_MODALITIES, cfg.used, strict=True) if used)
     return ModelPlan(dict(prof.extractor_ids), max(prof.source_lengths) if prof.source_lengths else cfg.seq_len, dims,
-                     reads)
+                     cfg.wire_modalities)
 
 
 def check_dims(maker: FeatureMaker, modalities: Sequence[str], dims: Mapping[str, int]) -> None:

@@ -261,8 +261,8 @@ class Joiner:
     def _waited_out(self, entry: _Pending, now: float) -> bool:
         """The last-resort bound: max_wait_s of live time since the utterance began or, later, since the last outage
         ended. While an outage lasts, the producers hold the parts they made: nothing is waited out."""
-        resumed = self.resumed()
-        return now - max(entry.first_at, resumed if resumed is not None else entry.first_at) >= self.max_wait_s
+        since = max(entry.first_at, self.resumed() or entry.first_at)
+        return now - since >= self.max_wait_s
 
     def _passed(self, modality: str, entry: _Pending, now: float) -> bool:
         wk = (modality, entry.group)
