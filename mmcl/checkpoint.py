@@ -56,7 +56,8 @@ class Checkpoint:
     profile: FeatureProfile
     metrics: dict[str, Any]
     path: Path
-    checksum: str  # sha256 of the weights file: a stable model version id
+    checksum: str  # sha256 of the weights file
+    version: str  # what a prediction names the model by: `model_version` of these weights, config and profile
 
 
 def _sha256(path: Path) -> str:
@@ -120,6 +121,29 @@ def verify_checksums(path: Path) -> str:
     return listed[WEIGHTS]
 
 
+VERSION_DIGITS = 12  # a version is this many hex digits of `model_digest`
+
+
+def model_digest(weights_sha256: str, config: dict[str, Any]) -> str:
+    """sha256 of everything that decides a score: the weights' digest and the configuration (architecture, task,
+    modalities read, feature profile) as canonical JSON. Two checkpoints with the same weights but another sequence
+    length, task or feature profile differ; the format version is left out, since it decides no score."""
+    described = {k: v for k, v in config.items() if k != "format_version"}
+    canonical = json.dumps({"weights": weights_sha256, "config": described}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def model_version(path: str | Path) -> str:
+    """A checkpoint's version (checksums verified): the first VERSION_DIGITS hex digits of its `model_digest`."""
+    path = Path(path)
+    weights = verify_checksums(path)
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: unreadable {CONFIG} ({e})") from None
+    return model_digest(weights, config)[:VERSION_DIGITS]
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint directory (safetensors weights + JSON config), verifying its checksums."""
     path = Path(path)
@@ -135,7 +159,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except (ValidationError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     model.to(device).eval()
-    return Checkpoint(model, cfg, profile, metrics, path, digest)
+    version = model_digest(digest, json.loads((path / CONFIG).read_text()))[:VERSION_DIGITS]
+    return Checkpoint(model, cfg, profile, metrics, path, digest, version)
 
 
 def read_profile(path: str | Path) -> tuple[FeatureProfile, ModelConfig]:

@@ -67,7 +67,7 @@ class Predictor:
         model = checkpoint.model.to(device).eval()
         self.precision = resolve_precision(precision, device, model)
         self.model = int8_model(model) if self.precision == "int8" and isinstance(model, MMCL) else model
-        self.version = checkpoint.checksum[:12]
+        self.version = checkpoint.version
         self.max_sub_batches = max_sub_batches if max_sub_batches is not None else (1 if device.type == "cuda" else 4)
 
     @classmethod

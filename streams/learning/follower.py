@@ -34,12 +34,16 @@ def open_registry(settings: Settings) -> Registry:
     return DirRegistry(r.path or settings.state_dir / "registry")
 
 
-def load_predictor(path: Path, model: ModelSettings) -> Predictor:
-    """Load a checkpoint to serve on the configured device and precision; refuse a model the worker cannot serve."""
+def load_predictor(path: Path, model: ModelSettings, version: str | None = None) -> Predictor:
+    """Load a checkpoint to serve on the configured device and precision; refuse a model the worker cannot serve.
+    `version`: the registry's name for it, which predictions then carry (a version published before versions
+    covered the configuration is named by its weights alone)."""
     try:
         predictor = Predictor.from_checkpoint(path, device=model.device, precision=model.precision)
     except ValueError as e:  # a precision this device or model cannot run
         raise ConfigError(f"MMCL_MODEL__PRECISION={model.precision}: {e}") from None
+    if version is not None:
+        predictor.version = version
     if predictor.cfg.task.kind is TaskKind.MULTITASK:
         raise ConfigError("the worker serves sentiment models (regression or classes); this checkpoint is multitask")
     # warm up: the first call pays for allocations and kernel choice; do not bill it to the first utterance
@@ -59,7 +63,7 @@ def initial_predictor(settings: Settings, registry: Registry | None) -> Predicto
             log.warning("cannot read the model registry (%s); serving %s", e, settings.model.checkpoint)
             version = None
         if version is not None:
-            return load_predictor(registry.fetch(version), settings.model)
+            return load_predictor(registry.fetch(version), settings.model, version)
     if settings.model.checkpoint is None:
         raise ConfigError("no model: the registry has no current version and MMCL_MODEL__CHECKPOINT is not set "
                           "(mmcl model publish CHECKPOINT --promote, or set MMCL_MODEL__CHECKPOINT)")
@@ -105,7 +109,7 @@ class ModelFollower:
             return None
         try:
             path = self.registry.fetch(version)
-            new = load_predictor(path, self.s.model)
+            new = load_predictor(path, self.s.model, version)
         except RegistryError as e:
             return self._refuse(version, "checksum_mismatch" if "corrupt" in str(e) else "load_failed", e)
         except (MMCLError, OSError, RuntimeError, ValueError) as e:

@@ -1,7 +1,8 @@
 """Versioned models: checkpoints (safetensors + JSON + checksums) with their lineage, and which one is current.
 
 Two backends behind one interface: a directory (the embedded default; one machine) and Redis (several machines).
-A version id is the first 12 hex digits of the weights' SHA-256, the same id every prediction carries. Promote and
+A version id is the first 12 hex digits of the SHA-256 of the weights and the configuration together
+(`mmcl.checkpoint.model_digest`), the same id every prediction carries. Promote and
 rollback change `current` atomically (a lock and a rename; a Redis transaction) and keep a history, so rollback
 returns to the version promoted before. Every read of a version checks its checksums: a corrupt entry is refused.
 """
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mmcl.checkpoint import CHECKSUMS, CONFIG, METRICS, WEIGHTS, verify_checksums
+from mmcl.checkpoint import CHECKSUMS, CONFIG, METRICS, VERSION_DIGITS, WEIGHTS, model_version, verify_checksums
 from mmcl.errors import CheckpointError, MMCLError
 from streams.messages import now_ms
 
@@ -35,7 +36,8 @@ class RegistryError(MMCLError):
 class ModelVersion:
     """One published model: its version, lineage, checksum, label window and metrics."""
 
-    version: str
+    version: str  # model_version: weights, config and feature profile; versions published before it existed are
+    # named by the weights alone (checksum[:12])
     checksum: str  # sha256 of the weights
     created_at: int  # ms since the epoch
     parent: str | None = None
@@ -84,20 +86,22 @@ class Registry(Protocol):
 
 def _describe(checkpoint: Path, parent: str | None, label_window: dict[str, Any] | None, note: str) -> ModelVersion:
     try:
-        digest = verify_checksums(checkpoint)
+        digest, version = verify_checksums(checkpoint), model_version(checkpoint)
     except CheckpointError as e:
         raise RegistryError(f"not publishing {checkpoint}: {e}") from None
     metrics = json.loads((checkpoint / METRICS).read_text())
-    return ModelVersion(digest[:12], digest, now_ms(), parent, label_window, metrics, note)
+    return ModelVersion(version, digest, now_ms(), parent, label_window, metrics, note)
 
 
 def _verify(path: Path, meta: ModelVersion) -> Path:
     try:
-        digest = verify_checksums(path)
+        digest, version = verify_checksums(path), model_version(path)
     except CheckpointError as e:
         raise RegistryError(f"version {meta.version} is corrupt: {e}") from None
     if digest != meta.checksum:
         raise RegistryError(f"version {meta.version} is corrupt: checksum mismatch (weights are not the registered ones)")
+    if meta.version not in (version, digest[:VERSION_DIGITS]):
+        raise RegistryError(f"version {meta.version} is corrupt: its files make version {version} (config changed)")
     return path
 
 
@@ -139,7 +143,7 @@ class DirRegistry:
         meta = _describe(Path(checkpoint), parent, label_window, note)
         target = self.root / "versions" / meta.version
         if (target / META).exists():
-            return self.get(meta.version)  # the same weights again: already there
+            return self.get(meta.version)  # the same model again: already there
         tmp = Path(tempfile.mkdtemp(prefix=f".{meta.version}.", dir=self.root / "versions"))
         for name in FILES:
             shutil.copy2(Path(checkpoint) / name, tmp / name)

@@ -155,7 +155,7 @@ class Trainer:
             return version, load_checkpoint(self.registry.fetch(version))
         if self.s.model.checkpoint is not None:
             ckpt = load_checkpoint(self.s.model.checkpoint)
-            return ckpt.checksum[:12], ckpt
+            return ckpt.version, ckpt
         return None, None
 
     def _train_and_gate(self) -> dict[str, Any]:
@@ -199,7 +199,7 @@ class Trainer:
                    "candidate": m_new}
         if not (math.isfinite(gain) and gain > self.t.gate_margin):
             shutil.rmtree(out, ignore_errors=True)
-            return {**base, "outcome": "rejected", "metrics": metrics, "candidate_version": candidate.checksum[:12]}
+            return {**base, "outcome": "rejected", "metrics": metrics, "candidate_version": candidate.version}
         try:
             published = self.registry.publish(res.checkpoint, parent=cur_version, label_window=window,
                                               note=f"retrained on {len(examples)} labels ({metric} {m_new[metric]:.4f} vs "

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from mmcl.checkpoint import CHECKSUMS, CONFIG, model_version
 from streams.learning.registry import DirRegistry, RedisRegistry, Registry, RegistryError
 from streams.local.embedded import Service
 
@@ -52,7 +53,7 @@ def test_publish_promote_rollback(registry: Registry, tmp_path: Path) -> None:
     assert [v.version for v in registry.versions()] == [a.version, b.version]
     got = registry.get(b.version)
     assert got.parent == a.version and got.label_window == {"from": 1, "to": 2, "labels": 40}
-    assert got.metrics == {"seed": 1} and len(got.checksum) == 64 and got.version == got.checksum[:12]
+    assert got.metrics == {"seed": 1} and len(got.checksum) == 64 and got.version == model_version(tmp_path / "b")
     assert registry.current() is None
     with pytest.raises(RegistryError, match="nothing to roll back"):
         registry.rollback()
@@ -77,6 +78,59 @@ def test_a_corrupt_entry_is_refused(registry: Registry, tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="corrupt"):
         registry.promote(b.version)
     assert registry.current() == a.version
+
+
+def with_config(src: Path, dest: Path, **changes: object) -> Path:
+    """A copy of a checkpoint with the same weights file and its model config changed, checksums rewritten."""
+    import hashlib
+    import json
+    import shutil
+
+    shutil.copytree(src, dest)
+    config = json.loads((dest / CONFIG).read_text())
+    config["model"].update(changes)
+    (dest / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    sums = [line.split("  ") for line in (dest / CHECKSUMS).read_text().splitlines()]
+    (dest / CHECKSUMS).write_text("".join(
+        f"{hashlib.sha256((dest / name).read_bytes()).hexdigest()}  {name}\n" for _, name in sums))
+    return dest
+
+
+def test_same_weights_in_another_configuration_is_another_version(registry: Registry, tmp_path: Path) -> None:
+    a = registry.publish(make_checkpoint(tmp_path / "a", seed=0))
+    b = registry.publish(with_config(tmp_path / "a", tmp_path / "b", seq_len=64))
+    assert a.checksum == b.checksum  # one weights file
+    assert a.version != b.version and [v.version for v in registry.versions()] == [a.version, b.version]
+    registry.promote(b.version)
+    assert (registry.fetch(b.version) / CONFIG).read_text() == (tmp_path / "b" / CONFIG).read_text()
+
+
+def test_a_version_whose_config_was_edited_is_refused(registry: Registry, tmp_path: Path) -> None:
+    a = registry.publish(make_checkpoint(tmp_path / "a", seed=0))
+    edited = with_config(tmp_path / "a", tmp_path / "edited", seq_len=64)  # checksums consistent, version not
+    if isinstance(registry, DirRegistry):
+        for name in (CONFIG, CHECKSUMS):
+            (registry.root / "versions" / a.version / name).write_bytes((edited / name).read_bytes())
+    else:
+        assert isinstance(registry, RedisRegistry)
+        registry.r.hset(f"{registry.prefix}:v:{a.version}",
+                        mapping={name: (edited / name).read_bytes() for name in (CONFIG, CHECKSUMS)})
+    with pytest.raises(RegistryError, match="config changed"):
+        registry.promote(a.version)
+
+
+def test_a_version_named_by_its_weights_alone_is_still_served(tmp_path: Path) -> None:
+    """Versions published before they covered the configuration keep their names."""
+    import json
+
+    registry = DirRegistry(tmp_path / "registry")
+    new = registry.publish(make_checkpoint(tmp_path / "a", seed=0))
+    legacy = new.checksum[:12]
+    (registry.root / "versions" / new.version).rename(registry.root / "versions" / legacy)
+    meta = registry.root / "versions" / legacy / "version.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "version": legacy}))
+    registry.promote(legacy)
+    assert registry.current() == legacy and registry.fetch(legacy).name == legacy
 
 
 def test_concurrent_promotions_keep_a_consistent_history(registry: Registry, tmp_path: Path) -> None:

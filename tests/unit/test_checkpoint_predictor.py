@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmcl.checkpoint import FeatureProfile, load_checkpoint, save_checkpoint
+from mmcl.checkpoint import FeatureProfile, load_checkpoint, model_version, save_checkpoint
 from mmcl.config import ModelConfig, TaskConfig, TaskKind
 from mmcl.errors import CheckpointError, DimensionMismatch, InvalidInput
 from mmcl.model import build_model
@@ -35,6 +35,31 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path, kind: str) -> None:
     with torch.inference_mode():
         torch.testing.assert_close(model(*inputs).logits, ckpt.model(*inputs).logits, rtol=0, atol=0)
     assert ckpt.profile.extractor_ids == {"text": "minilm"} and ckpt.metrics["valid"]["mae"] == 0.5
+
+
+def test_the_version_covers_weights_config_and_profile(tmp_path: Path) -> None:
+    """Same weights at another sequence length, with another feature profile or task: another version; the metrics
+    decide no score and do not change it."""
+    cfg = ModelConfig(**SMALL)
+    model = build_model(cfg).eval()
+    profile = FeatureProfile(cfg.input_dims, {"text": "minilm"})
+
+    def version(name: str, c: ModelConfig = cfg, p: FeatureProfile = profile,
+                metrics: object = None) -> tuple[str, str]:
+        path = save_checkpoint(tmp_path / name, model, c, p, {"valid": metrics})
+        ckpt = load_checkpoint(path)
+        assert ckpt.version == model_version(path) and Predictor(ckpt, torch.device("cpu"), "fp32").version == ckpt.version
+        return ckpt.checksum, ckpt.version
+
+    base = version("base")
+    same = version("same", metrics={"mae": 0.1})
+    longer = version("longer", cfg.model_copy(update={"seq_len": 64}))
+    other_profile = version("profile", p=FeatureProfile(cfg.input_dims, {"text": "bert-base-768"}))
+    other_source = version("source", p=FeatureProfile(cfg.input_dims, {"text": "minilm"}, (50, 50, 50)))
+    task = version("task", cfg.model_copy(update={"task": TaskConfig(score_range=1.0)}))
+    assert len({checksum for checksum, _ in (base, same, longer, other_profile, other_source, task)}) == 1
+    assert same[1] == base[1]
+    assert len({v for _, v in (base, longer, other_profile, other_source, task)}) == 5
 
 
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:
