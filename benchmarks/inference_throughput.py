@@ -129,7 +129,7 @@ def predictor_rows(device: torch.device, cfg: ModelConfig, seconds: float) -> No
     against the eager reference on the same utterances, for three length mixes; the ratio is to the reference in the
     same row group, measured round by round (`interleaved`)."""
     model = build_model(cfg).to(device).eval()
-    ckpt = Checkpoint(model, cfg, FeatureProfile(DIMS), {}, None, "0" * 64)  # type: ignore[arg-type]
+    ckpt = Checkpoint(model, cfg, FeatureProfile(DIMS), {}, None, "0" * 64, "0" * 12)  # type: ignore[arg-type]
     predictors = {"Predictor fp32": Predictor(ckpt, device, "fp32"), "Predictor bf16": Predictor(ckpt, device, "bf16")}
     if resolve_precision("auto", device, model) == "int8":
         predictors["Predictor int8"] = Predictor(ckpt, device, "int8")

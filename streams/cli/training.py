@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from mmcl.data import Dataset
+    from mmcl.data.tensors import TensorSplit
+    from mmcl.evaluate import Evaluation
 
 EXIT_INTERRUPTED = 130
 # `mmcl train` options that override a ModelConfig / TrainConfig field of the same name (None: keep the preset)
@@ -70,8 +72,9 @@ def register(commands: Any) -> None:
     e.add_argument("--split", choices=["train", "valid", "test"], default="test")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("--predictions", type=Path, metavar="FILE",
-                   help="also write each utterance's prediction as a JSON line (id, score, label), the numbers the "
-                        "worker gives the same utterance")
+                   help="also write each utterance's prediction as a JSON line, as the service writes it (utterance_id, "
+                        "score, label, probabilities, modality_weights, modalities, model_version) with the dataset's "
+                        "label as target")
     e.set_defaults(handler=cmd_evaluate)
 
     data = commands.add_parser("data", help="dataset tools")
@@ -195,7 +198,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"no utterance of the {args.split} split has a modality the model reads")
     ev = evaluate(ckpt.model, data, ckpt.config.task)
     if args.predictions is not None:
-        write_predictions(args.predictions, split.ids[data.rows], ev.logits, ckpt.config.task)
+        write_predictions(args.predictions, split.ids[data.rows], ev, data, ckpt.config.task, ckpt.version)
     if args.json:
         print(json.dumps({"split": args.split, "metrics": ev.metrics, "loss": ev.loss}, indent=2))
     else:
@@ -203,19 +206,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_predictions(path: Path, ids: np.ndarray, logits: np.ndarray, task: TaskConfig) -> None:
-    """One JSON line per utterance: its id, score and label, as the worker reports them."""
+def write_predictions(path: Path, ids: np.ndarray, ev: Evaluation, data: TensorSplit, task: TaskConfig,
+                      version: str) -> None:
+    """One JSON line per utterance, in the fields and formats of the service's predictions (utterance_id, score,
+    label, probabilities, modality_weights, modalities, model_version), and the dataset's label as `target`."""
     import torch
 
+    from mmcl.predictor import PredictionBatch
     from mmcl.tasks import decode
+    from streams.worker.records import model_answer
 
-    dec = decode(task, torch.from_numpy(logits))
+    dec = decode(task, torch.from_numpy(ev.logits))
     names = task.label_names
+    pb = PredictionBatch(dec.scores, [names[int(i)] for i in dec.label_ids], dec.probabilities, ev.modality_weights,
+                         data.modality_mask.cpu().numpy(), version)
+    targets = data.y.cpu().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for i, utt in enumerate(ids):
-            f.write(json.dumps({"utterance_id": str(utt), "label": names[int(dec.label_ids[i])],
-                                "score": dec.scores[i].tolist()}) + "\n")  # a number, or per subtask a list
+            target = targets[i]
+            f.write(json.dumps({"utterance_id": str(utt), **model_answer(pb, i, names), "model_version": version,
+                                "target": names[int(target)] if task.kind is TaskKind.CLASSIFICATION
+                                else target.tolist()}) + "\n")
 
 
 def cmd_data(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mmcl.predictor import PredictionBatch
 from streams import wire
 from streams.errors import ServiceError
 from streams.messages import Prediction
@@ -41,24 +42,29 @@ class Source:
         return (self.topic, self.partition)
 
 
+def model_answer(pb: PredictionBatch, i: int, label_names: Sequence[str]) -> dict[str, Any]:
+    """Row i's answer as a Prediction carries it: score, label, probabilities per label, fusion weight per modality
+    (wire names) and the modalities used. `mmcl evaluate --predictions` writes the same fields."""
+    probs = None if pb.probabilities is None or pb.probabilities.ndim != 2 or \
+        pb.probabilities.shape[1] != len(label_names) else \
+        {n: float(v) for n, v in zip(label_names, pb.probabilities[i], strict=True)}
+    weights = None if pb.modality_weights is None else \
+        {w: float(pb.modality_weights[i, j]) for j, w in enumerate(WIRE_MODALITIES)}
+    score = pb.scores[i]
+    return {"score": float(score) if score.ndim == 0 else score.tolist(),  # a list per sub-task (multitask)
+            "label": pb.labels[i], "probabilities": probs, "modality_weights": weights,
+            "modalities": [w for j, w in enumerate(WIRE_MODALITIES) if pb.modality_mask[i, j]]}
+
+
 def predictions_of(result: BatchResult, label_names: list[str], predicted_at: int) -> list[Prediction]:
     """A batch's results as Prediction messages, stamped `t` (ms)."""
     pb = result.predictions
     assert pb is not None
-    out = []
-    for i, item in enumerate(result.items):
-        probs = None if pb.probabilities is None or pb.probabilities.ndim != 2 or \
-            pb.probabilities.shape[1] != len(label_names) else \
-            {n: float(v) for n, v in zip(label_names, pb.probabilities[i], strict=True)}
-        weights = None if pb.modality_weights is None else \
-            {w: float(pb.modality_weights[i, j]) for j, w in enumerate(WIRE_MODALITIES)}
-        present = [w for j, w in enumerate(WIRE_MODALITIES) if pb.modality_mask[i, j]]
-        out.append(Prediction(
-            utterance_id=item.utterance_id, call_id=item.call_id, speaker=item.speaker,
-            score=float(pb.scores[i]), label=pb.labels[i], probabilities=probs, modality_weights=weights,
-            modalities=present, masked=list(item.masked), model_version=pb.model_version,
-            latency_ms=float(max(0, predicted_at - item.event_at)), produced_at=item.produced_at, predicted_at=predicted_at))
-    return out
+    return [Prediction(utterance_id=item.utterance_id, call_id=item.call_id, speaker=item.speaker,
+                       **model_answer(pb, i, label_names), masked=list(item.masked), model_version=pb.model_version,
+                       latency_ms=float(max(0, predicted_at - item.event_at)), produced_at=item.produced_at,
+                       predicted_at=predicted_at)
+            for i, item in enumerate(result.items)]
 
 
 def joined_record(item: Joined, prediction: Prediction) -> bytes:

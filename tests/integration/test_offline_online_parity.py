@@ -17,7 +17,7 @@ from mmcl.data.dataset import Dataset, Split, save_dataset
 from mmcl.model import build_model
 from streams.cli.main import main as cli
 from streams.settings import WIRE_MODALITIES
-from streams.sinks.redis_store import utt_key
+from streams.sinks.redis_store import stored_prediction, utt_key
 
 from .conftest import DIMS, Stack, part, wait_for
 
@@ -50,8 +50,7 @@ def test_the_worker_scores_test_utterances_as_mmcl_evaluate(stack: Stack, tmp_pa
 
     assert cli(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--predictions",
                 str(tmp_path / "offline.jsonl"), "--json"]) == 0
-    offline = {r["utterance_id"]: r["score"]
-               for r in map(json.loads, (tmp_path / "offline.jsonl").read_text().splitlines())}
+    offline = {r["utterance_id"]: r for r in map(json.loads, (tmp_path / "offline.jsonl").read_text().splitlines())}
 
     stack.start_worker(MMCL_MODEL__CHECKPOINT=str(ckpt))  # fp32, as every worker of this suite
     producer = stack.producer()
@@ -62,7 +61,12 @@ def test_the_worker_scores_test_utterances_as_mmcl_evaluate(stack: Stack, tmp_pa
     producer.flush(10)
     wait_for(lambda: all(stack.redis.exists(utt_key(call, u)) for u in ids), 60, f"{n} results in Redis")
 
-    online = {u: float(stack.redis.hget(utt_key(call, u), "score")) for u in ids}
-    diff = max(abs(online[u] - offline[u]) for u in ids)
+    online = {u: stored_prediction(stack.redis.hgetall(utt_key(call, u))) for u in ids}
+    diff = max(abs(online[u].score - offline[u]["score"]) for u in ids)
     assert diff <= 1e-4, diff
-    assert np.std(list(online.values())) > 0  # a model whose scores vary, so the comparison means something
+    assert np.std([p.score for p in online.values()]) > 0  # a model whose scores vary, so the comparison means something
+    for u, p in online.items():  # the rest of the answer, in the service's fields
+        assert p.modality_weights is not None
+        assert (p.label, p.modalities, p.model_version) == \
+            (offline[u]["label"], offline[u]["modalities"], offline[u]["model_version"])
+        assert max(abs(p.modality_weights[w] - offline[u]["modality_weights"][w]) for w in WIRE_MODALITIES) <= 1e-4

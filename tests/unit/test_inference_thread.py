@@ -28,7 +28,7 @@ WAIT_S = 10.0  # bounded waits on conditions that hold in milliseconds
 def predictor(seed: int = 0, cls: type[Predictor] = Predictor) -> Predictor:
     torch.manual_seed(seed)
     cfg = ModelConfig(input_dims=DIMS, seq_len=10, d_model=16, num_heads=4, ff_dim=32)
-    ckpt = Checkpoint(build_model(cfg).eval(), cfg, FeatureProfile(DIMS), {}, None, str(seed) * 64)  # type: ignore[arg-type]  # a model built here, not loaded
+    ckpt = Checkpoint(build_model(cfg).eval(), cfg, FeatureProfile(DIMS), {}, None, str(seed) * 64, str(seed) * 12)  # type: ignore[arg-type]  # a model built here, not loaded
     return cls(ckpt, torch.device("cpu"), "fp32")
 
 

@@ -12,7 +12,7 @@ import torch
 
 from extractors.align import to_length
 from mmcl.checkpoint import Checkpoint, FeatureProfile, load_checkpoint, read_profile, save_checkpoint
-from mmcl.config import MODALITIES, ModelConfig, TrainConfig
+from mmcl.config import MODALITIES, ModelConfig, TaskConfig, TaskKind, TrainConfig
 from mmcl.data.dataset import Dataset, Split, save_dataset
 from mmcl.data.tensors import to_tensors
 from mmcl.evaluate import evaluate
@@ -40,7 +40,7 @@ def built(utts: list[dict[str, np.ndarray]]) -> Split:
     """A split as `mmcl data build` makes one: each raw sequence resampled to the build length when longer."""
     features, lengths = {}, {}
     for m, d in zip(MODALITIES, DIMS, strict=True):
-        fitted = [to_length(u[m], BUILT) for u in utts]
+        fitted = [to_length(u[m], BUILT) if m in u else np.zeros((0, d), np.float32) for u in utts]
         x = np.zeros((len(utts), max(len(f) for f in fitted), d), np.float32)
         for i, f in enumerate(fitted):
             x[i, :len(f)] = f
@@ -49,9 +49,9 @@ def built(utts: list[dict[str, np.ndarray]]) -> Split:
     return Split(features, lengths, {m: "back" for m in MODALITIES}, labels, np.array([f"u{i}" for i in range(len(utts))]))
 
 
-def checkpoint(tmp_path: Path, source: tuple[int, int, int] | None) -> Path:
+def checkpoint(tmp_path: Path, source: tuple[int, int, int] | None, task: TaskConfig | None = None) -> Path:
     torch.manual_seed(0)
-    cfg = ModelConfig(input_dims=DIMS, seq_len=MODEL, d_model=16, num_heads=4, ff_dim=32)
+    cfg = ModelConfig(input_dims=DIMS, seq_len=MODEL, d_model=16, num_heads=4, ff_dim=32, task=task or TaskConfig())
     return save_checkpoint(tmp_path / "ckpt", build_model(cfg).eval(), cfg, FeatureProfile(DIMS, {}, source), {})
 
 
@@ -84,7 +84,7 @@ def test_a_model_shorter_than_its_data_scores_raw_utterances_as_the_built_datase
 
 
 def _ckpt(model: torch.nn.Module, cfg: ModelConfig, source: tuple[int, int, int] | None) -> Checkpoint:
-    return Checkpoint(model, cfg, FeatureProfile(DIMS, {}, source), {}, Path("."), "0" * 64)
+    return Checkpoint(model, cfg, FeatureProfile(DIMS, {}, source), {}, Path("."), "0" * 64, "0" * 12)
 
 
 def test_source_lengths_are_recorded_by_training_and_read_back(tmp_path: Path) -> None:
@@ -124,11 +124,15 @@ def test_feedback_examples_are_fitted_as_serving_fits_them() -> None:
         np.testing.assert_allclose(split.features[m], want.xs[k].numpy(), rtol=0, atol=1e-5)
 
 
-def test_mmcl_evaluate_writes_the_predictions_it_scored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("kind", [TaskKind.REGRESSION, TaskKind.CLASSIFICATION])
+def test_mmcl_evaluate_writes_the_predictions_it_scored(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        kind: TaskKind) -> None:
+    """Every field of the service's answer, with the numbers the Predictor (the worker's path) gives."""
     utts = raw_utterances(12, seed=4)
+    utts[3] = {"text": utts[3]["text"], "audio": utts[3]["audio"]}  # no video: its weight is 0, not listed as used
     ds = Dataset({name: built(utts) for name in ("train", "valid", "test")}, {"label_kind": "score"})
     data = save_dataset(ds, tmp_path / "data.npz")
-    path = checkpoint(tmp_path, (BUILT, BUILT, BUILT))
+    path = checkpoint(tmp_path, (BUILT, BUILT, BUILT), TaskConfig(kind=kind))
     assert cli(["evaluate", "--checkpoint", str(path), "--data", str(data), "--predictions",
                 str(tmp_path / "p.jsonl"), "--json"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
@@ -136,4 +140,19 @@ def test_mmcl_evaluate_writes_the_predictions_it_scored(tmp_path: Path, capsys: 
     online = Predictor.from_checkpoint(path, device="cpu", precision="fp32").predict(utts)
     np.testing.assert_allclose([r["score"] for r in rows], online.scores, rtol=0, atol=1e-4)
     assert [r["label"] for r in rows] == online.labels
-    assert "mae" in json.loads(capsys.readouterr().out)["metrics"]
+    assert online.modality_weights is not None
+    np.testing.assert_allclose([[r["modality_weights"][w] for w in ("text", "audio", "visual")] for r in rows],
+                               online.modality_weights, rtol=0, atol=1e-4)
+    assert rows[3]["modalities"] == ["text", "audio"] and rows[3]["modality_weights"]["visual"] == 0
+    assert all(r["modalities"] == ["text", "audio", "visual"] for i, r in enumerate(rows) if i != 3)
+    assert {r["model_version"] for r in rows} == {load_checkpoint(path).version}
+    if kind is TaskKind.CLASSIFICATION:
+        assert online.probabilities is not None
+        assert all(list(r["probabilities"]) == ["negative", "neutral", "positive"] for r in rows)
+        np.testing.assert_allclose([list(r["probabilities"].values()) for r in rows], online.probabilities,
+                                   rtol=0, atol=1e-4)
+        assert [r["target"] for r in rows[:1] + rows[-1:]] == ["negative", "positive"]  # labels -3 ... 3
+    else:
+        assert all(r["probabilities"] is None for r in rows)
+        assert [r["target"] for r in rows[:1] + rows[-1:]] == [-3.0, 3.0]
+    assert ("mae" if kind is TaskKind.REGRESSION else "f1") in json.loads(capsys.readouterr().out)["metrics"]
