@@ -52,6 +52,7 @@ class TrainResult:
     seconds: float
     device: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -200,6 +201,7 @@ def train(
     metric, higher = selection_metric(task)
     best_value, best_epoch, best_valid = -np.inf if higher else np.inf, 0, {}
     history: list[dict[str, Any]] = []
+    warnings: list[str] = []
     history_path = out / HISTORY_FILE
     history_path.write_text("")
     started, interrupted, epoch, stale = time.monotonic(), False, 0, 0
@@ -223,6 +225,12 @@ def train(
                                          round(time.monotonic() - t0, 3), improved))
             log(f"epoch {epoch}: train_loss {losses['train_loss']:.4f}  valid_{metric} {value:.4f}"
                 + ("  (best)" if improved else ""))
+            if epoch == 1 and tcfg.epochs > 1:
+                log(estimate(time.monotonic() - t0, tcfg))
+            stalled = stalled_validation(history, metric)
+            if stalled and stalled not in warnings:
+                warnings.append(stalled)
+                log(stalled)
             if stale >= tcfg.early_stop_patience:
                 log(f"early stop: no validation improvement in {stale} epochs")
                 break
@@ -235,14 +243,48 @@ def train(
         save_checkpoint(out / BEST_DIR, model, mcfg, _profile(ds, mcfg), {"epoch": 0, "valid": ev.metrics})
     test = _test_once(out / BEST_DIR, data["test"], tcfg, best_epoch, best_valid, metric, ds, mcfg, dev)
     result = TrainResult(best_epoch, best_valid, test, epoch, interrupted, out / BEST_DIR,
-                         round(time.monotonic() - started, 2), str(dev), history)
+                         round(time.monotonic() - started, 2), str(dev), history, warnings)
     _write_summary(out / SUMMARY_FILE, result, metric, mcfg, tcfg)
     return result
+
+
+# Validation still at its first epoch's value this many epochs later, while the training loss fell below LEARNING of
+# its first epoch's: the run fits the training split and learns nothing that carries over, and says so.
+STALL_EPOCHS, LEARNING = 3, 0.9
+
+
+def stalled_validation(history: list[dict[str, Any]], metric: str) -> str | None:
+    """A warning when no epoch after the first improved validation in STALL_EPOCHS epochs while the training loss says
+    the model is learning; None otherwise."""
+    if len(history) != 1 + STALL_EPOCHS or any(row["best"] for row in history[1:]):
+        return None
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    if not last < LEARNING * first:
+        return None
+    return (f"warning: validation {metric} has not improved on epoch 1's {history[0]['valid_' + metric]:.4f} in "
+            f"{STALL_EPOCHS} epochs while the training loss fell from {first:.4f} to {last:.4f}: the model fits the "
+            "training split without generalising. Check that the splits share their labels' meaning, or lower --lr")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate(first_epoch_s: float, tcfg: TrainConfig) -> str:
+    """What the first epoch's time says of the run: the time per epoch and the most the rest can take."""
+    rest = tcfg.epochs - 1
+    return (f"about {_duration(first_epoch_s)} per epoch: at most {rest} more, about {_duration(first_epoch_s * rest)}"
+            f" (early stopping after {tcfg.early_stop_patience} epochs without improvement may end it sooner)")
 
 
 def _write_summary(path: Path, result: TrainResult, metric: str, mcfg: ModelConfig, tcfg: TrainConfig) -> None:
     summary = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "interrupted": result.interrupted,
                "selection_metric": metric, "valid": result.best_valid, "test": result.test, "seconds": result.seconds,
+               "warnings": result.warnings,
                "model": mcfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json")}
     path.write_text(json.dumps(summary, indent=2) + "\n")
 

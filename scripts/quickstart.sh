@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 out="${QUICKSTART_DIR:-.}"
 .venv/bin/mmcl data synth --out "$out/data/synth.npz"
-.venv/bin/mmcl train --data "$out/data/synth.npz" --preset quick --decoupling calibrated --out "$out/runs/quickstart" "$@"
+.venv/bin/mmcl train --data "$out/data/synth.npz" --out "$out/runs/quickstart" "$@"   # the defaults: quick, paper

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mmcl.presets import PRESETS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,5 +30,6 @@ def test_quickstart_runs_from_the_readme(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     assert "acc2_has0" in r.stdout and "ideal" in r.stdout
     summary = json.loads((tmp_path / "runs" / "quickstart" / "summary.json").read_text())
-    assert summary["epochs_run"] == 1 and summary["model"]["decoupling"] == "calibrated"
+    assert summary["epochs_run"] == 1 and summary["model"]["decoupling"] == "paper"  # mmcl train's defaults
+    assert summary["model"]["ff_dim"] == 256 and summary["train"]["lr"] == PRESETS["quick"]["train"]["lr"]  # quick
     assert (tmp_path / "runs" / "quickstart" / "best" / "checksums.sha256").is_file()

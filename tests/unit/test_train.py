@@ -108,3 +108,35 @@ def test_device_auto_trains_on_what_is_there(tiny_dataset: Dataset, tmp_path: Pa
     m, t = cfgs(tiny_dataset, epochs=1, modality_dropout=0.3)
     r = train(tiny_dataset, m, t, tmp_path, progress=False, log=quiet, device="auto")
     assert r.test and r.history[0]["critic_loss"] > 0
+
+
+def test_training_warns_when_validation_never_improves_on_its_first_epoch(tiny_dataset: Dataset,
+                                                                          tmp_path: Path) -> None:
+    """Validation labels of the opposite sign: the training loss falls, validation only gets worse after epoch 1."""
+    from dataclasses import replace
+
+    from mmcl.train import LEARNING, STALL_EPOCHS
+
+    valid = tiny_dataset.splits["valid"]
+    flipped = Dataset({**tiny_dataset.splits, "valid": replace(valid, labels=-valid.labels)}, tiny_dataset.meta)
+    m, t = cfgs(flipped, epochs=STALL_EPOCHS + 1, early_stop_patience=20, act_reward=False, lr=3e-3)
+    lines: list[str] = []
+    r = train(flipped, m, t, tmp_path / "flipped", progress=False, log=lines.append)
+    assert r.best_epoch == 1 and r.history[STALL_EPOCHS]["train_loss"] < LEARNING * r.history[0]["train_loss"]
+    warned = [line for line in lines if line.startswith("warning: validation mae has not improved on epoch 1")]
+    assert len(warned) == 1 and r.warnings == warned  # once, when it first holds
+    assert json.loads((tmp_path / "flipped" / "summary.json").read_text())["warnings"] == warned
+    healthy = train(tiny_dataset, m, t, tmp_path / "healthy", progress=False, log=quiet)
+    assert healthy.warnings == [] and healthy.best_epoch > 1
+
+
+def test_the_first_epoch_gives_an_estimate_of_the_run(tiny_dataset: Dataset, tmp_path: Path) -> None:
+    from mmcl.train import estimate
+
+    lines: list[str] = []
+    m, t = cfgs(tiny_dataset, epochs=3)
+    train(tiny_dataset, m, t, tmp_path, progress=False, log=lines.append)
+    assert lines[0].startswith("epoch 1:") and lines[1].startswith("about ") and "at most 2 more" in lines[1]
+    assert estimate(80, t.model_copy(update={"epochs": 200})).startswith("about 80 s per epoch: at most 199 more, "
+                                                                         "about 4.4 h")
+    assert "about 12 min" in estimate(30, t.model_copy(update={"epochs": 25}))
