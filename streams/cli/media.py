@@ -15,6 +15,12 @@ from streams.cli.endpoints import service_settings
 if TYPE_CHECKING:  # the extractors pull in their models' libraries: only the commands that use them import them
     from extractors.utterance import FeatureMaker
     from streams.local.media import CallReport, Sink
+    from streams.local.outcomes import OutcomeWatch, WatchedSink
+
+CONFIRM_MARGIN_S = 10.0  # past the join's longest wait, for the worker to write what it decided
+CONFIRM_HELP = ("after sending to Kafka, wait up to this long for each utterance's result or dead letter, report them, "
+                "and exit 1 if any was dead-lettered; 0: do not wait (default: the join's longest wait, "
+                "MMCL_JOIN__MAX_WAIT_S, plus 10 s)")
 
 
 def register(commands: Any) -> None:
@@ -34,6 +40,7 @@ def register(commands: Any) -> None:
     x.add_argument("--video", type=Path, help="a video file, a folder of frames, or one image")
     x.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 30)")
     x.add_argument("--out", type=Path, help="append the messages to this JSONL file instead of sending them to Kafka")
+    x.add_argument("--confirm-s", type=float, default=None, metavar="SECONDS", help=CONFIRM_HELP)
     add_extraction_options(x)
     x.set_defaults(handler=cmd_extract)
 
@@ -44,6 +51,7 @@ def register(commands: Any) -> None:
     sc.add_argument("--call-id", help="override the manifest's call id")
     sc.add_argument("--out", type=Path, help="append the messages to this JSONL file instead of sending them to Kafka")
     sc.add_argument("--quiet", action="store_true", help="no line per message")
+    sc.add_argument("--confirm-s", type=float, default=None, metavar="SECONDS", help=CONFIRM_HELP)
     add_extraction_options(sc)
     sc.set_defaults(handler=cmd_stream_call)
     commands.add_parser("extractors", help="the feature extractors and profiles, and whether each one is installed"
@@ -80,11 +88,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
         where, msg = first_error(e)
         raise ConfigError(f"{'--' + where.replace('_', '-') + ': ' if where else ''}{msg}") from None
     maker, sink, reads = _maker_and_sink(args, utt.available(args.asr))
+    watch = _watch(args, sink)
     try:
-        report = stream_call([utt], maker, sink, realtime=False, reads=reads)
+        report = stream_call([utt], maker, watch[1] if watch else sink, realtime=False, reads=reads)
     finally:
         maker.close()
-    return _report(report, sink.destination)
+    return _confirmed(_report(report, sink.destination), watch, args)
 
 
 def cmd_stream_call(args: argparse.Namespace) -> int:
@@ -97,15 +106,46 @@ def cmd_stream_call(args: argparse.Namespace) -> int:
     utts = read_manifest(args.source)
     maker, sink, reads = _maker_and_sink(args, sorted({m for u in utts for m in u.available(args.asr)}))
     stop = threading.Event()
+    watch = _watch(args, sink)
     try:
-        report = stream_call(utts, maker, sink, speed=args.speed, realtime=not args.no_wait, call_id=args.call_id,
-                             stop=stop, log=None if args.quiet else print, reads=reads)
+        report = stream_call(utts, maker, watch[1] if watch else sink, speed=args.speed, realtime=not args.no_wait,
+                             call_id=args.call_id, stop=stop, log=None if args.quiet else print, reads=reads)
     except KeyboardInterrupt:
         stop.set()
+        if watch:
+            watch[0].close()
         raise
     finally:
         maker.close()
-    return _report(report, sink.destination)
+    return _confirmed(_report(report, sink.destination), watch, args)
+
+
+def _watch(args: argparse.Namespace, sink: Any) -> tuple[OutcomeWatch, WatchedSink] | None:
+    """For messages sent to Kafka: a watch on what becomes of them, started before the first is sent."""
+    from streams.local.media import KafkaSink
+    from streams.local.outcomes import OutcomeWatch, WatchedSink
+
+    if args.confirm_s is not None and args.confirm_s < 0:
+        raise ConfigError("--confirm-s must be 0 (do not wait) or more")
+    if not isinstance(sink, KafkaSink) or args.confirm_s == 0:
+        return None
+    try:
+        watch = OutcomeWatch(service_settings(args), warn=lambda line: print(line, file=sys.stderr))
+    except Exception as e:  # Redis or the dead-letter topic unreachable: send anyway, unconfirmed
+        print(f"not watching what becomes of the utterances: {e}", file=sys.stderr)
+        return None
+    return watch, WatchedSink(sink, watch)
+
+
+def _confirmed(code: int, watch: tuple[OutcomeWatch, WatchedSink] | None, args: argparse.Namespace) -> int:
+    """Wait for the sent utterances' outcomes and report them. -> the exit code, 1 if any was dead-lettered."""
+    from streams.local.outcomes import report_outcomes
+
+    if watch is None:
+        return code
+    wait_s = args.confirm_s if args.confirm_s is not None else service_settings(args).join.max_wait_s + CONFIRM_MARGIN_S
+    outcomes = watch[0].wait(wait_s)
+    return max(code, report_outcomes(outcomes, wait_s, watch[0].count))
 
 
 def _report(report: CallReport, where: str) -> int:

@@ -56,6 +56,7 @@ def test_a_call_from_raw_media_to_results_in_redis(media_stack: Stack, tmp_path:
     done = mmcl(media_stack, "stream-call", str(folder), "--checkpoint", str(media_stack.checkpoint), "--speed", "4")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "sent 4 text, 4 audio, 2 visual" in done.stdout, done.stdout
+    assert "outcomes: 4 of 4 utterances scored, 0 dead-lettered" in done.stdout, done.stdout  # it waited for them
 
     def all_written() -> bool:
         return all(media_stack.redis.exists(utt_key(call, r["utterance_id"])) for r in rows)
@@ -83,10 +84,33 @@ def test_features_from_another_extractor_are_dead_lettered(media_stack: Stack) -
     # GloVe words for a model trained on MiniLM tokens
     done = mmcl(media_stack, "extract", "--id", f"{call}-u0", "--call-id", call, "--text", "this is great",
                 "--extractor", "text=glove-50")
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 1, done.stderr[-2000:]  # sent, and the producer is told it was refused
+    assert "outcomes: 0 of 1 utterances scored, 1 dead-lettered" in done.stdout, done.stdout
+    assert "every utterance was dead-lettered: profile_mismatch x1" in done.stderr, done.stderr
     wait_for(lambda: worker.metric("mmcl_dead_letters_total", reason="profile_mismatch") >= 1, 30, "the dead letter")
     dead = [m for m in media_stack.consume_all(media_stack.topics.dlq, None, timeout=20)
             if dict(m.headers() or [])["mmcl.reason"] == b"profile_mismatch"]
     assert len(dead) == 1
     headers = dict(dead[0].headers() or [])
     assert b"glove-50" in headers["mmcl.error"] and b"minilm-384" in headers["mmcl.error"]
+
+
+def test_a_producer_whose_utterances_are_all_dead_lettered_is_told(media_stack: Stack, tmp_path: Path) -> None:
+    """Transcripts alone for a model that needs audio too: the join dead-letters each as incomplete, and
+    `mmcl stream-call` says so while it streams and exits 1 instead of reporting success."""
+    if not media_stack.workers:
+        media_stack.start_worker()
+    call = f"{media_stack.prefix}-textonly"
+    rows = [{"utterance_id": f"{call}-u{i}", "call_id": call, "speaker": "customer", "start": float(i),
+             "end": i + 0.5, "text": f"the line is dead again, number {i}"} for i in range(3)]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = mmcl(media_stack, "stream-call", str(tmp_path / "manifest.jsonl"), "--no-wait")
+    assert done.returncode == 1, (done.stdout[-2000:], done.stderr[-2000:])
+    assert "sent 3 text" in done.stdout and "outcomes: 0 of 3 utterances scored, 3 dead-lettered" in done.stdout
+    assert "warning: every utterance with an outcome so far was dead-lettered" in done.stderr, done.stderr
+    assert "every utterance was dead-lettered: incomplete x3 (no audio part" in done.stderr, done.stderr
+    assert not any(media_stack.redis.exists(utt_key(call, r["utterance_id"])) for r in rows)
+
+    quick = mmcl(media_stack, "stream-call", str(tmp_path / "manifest.jsonl"), "--no-wait", "--call-id",
+                 f"{call}-2", "--confirm-s", "0")
+    assert quick.returncode == 0 and "outcomes" not in quick.stdout  # --confirm-s 0: sent, not watched
