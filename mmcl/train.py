@@ -24,14 +24,14 @@ from torch import nn
 from tqdm import tqdm
 
 from mmcl.checkpoint import FeatureProfile, load_checkpoint, save_checkpoint
-from mmcl.config import MODALITIES, ModelConfig, TrainConfig
+from mmcl.config import MODALITIES, ModelConfig, TaskConfig, TaskKind, TrainConfig
 from mmcl.data.dataset import Dataset
 from mmcl.data.tensors import TensorSplit, drop_modalities, to_tensors
 from mmcl.device import resolve_device
 from mmcl.errors import ConfigError
 from mmcl.evaluate import Evaluation, evaluate
 from mmcl.interrupts import deferred_sigint
-from mmcl.metrics import selection_metric
+from mmcl.metrics import selection_metric, task_metrics
 from mmcl.model import MMCL, Critic, build_model, gate
 from mmcl.replay import ReplayBuffer
 from mmcl.tasks import reward, supervised_loss
@@ -199,6 +199,7 @@ def train(
     task = mcfg.task
     opt_model, opt_actor, rl, schedulers = _optimizers(model, mcfg, tcfg)
     metric, higher = selection_metric(task)
+    constant = constant_metric(task, data["train"].y.cpu().numpy(), data["valid"].y.cpu().numpy(), metric)
     best_value, best_epoch, best_valid = -np.inf if higher else np.inf, 0, {}
     history: list[dict[str, Any]] = []
     warnings: list[str] = []
@@ -227,8 +228,8 @@ def train(
                 + ("  (best)" if improved else ""))
             if epoch == 1 and tcfg.epochs > 1:
                 log(estimate(time.monotonic() - t0, tcfg))
-            stalled = stalled_validation(history, metric)
-            if stalled and stalled not in warnings:
+            stalled = None if warnings else stalled_validation(history, metric, higher, constant)
+            if stalled:
                 warnings.append(stalled)
                 log(stalled)
             if stale >= tcfg.early_stop_patience:
@@ -248,22 +249,48 @@ def train(
     return result
 
 
-# Validation still at its first epoch's value this many epochs later, while the training loss fell below LEARNING of
-# its first epoch's: the run fits the training split and learns nothing that carries over, and says so.
-STALL_EPOCHS, LEARNING = 3, 0.9
+# From this many epochs after the first, a run whose training loss fell below LEARNING of its first epoch's while
+# validation either never improved on epoch 1 or is no better than a constant answer (within CONSTANT_MARGIN: 5% of
+# an error, 0.05 of a score) fits the training split and learns nothing that carries over: training says so, once.
+STALL_EPOCHS, LEARNING, CONSTANT_MARGIN = 3, 0.9, 0.05
 
 
-def stalled_validation(history: list[dict[str, Any]], metric: str) -> str | None:
-    """A warning when no epoch after the first improved validation in STALL_EPOCHS epochs while the training loss says
-    the model is learning; None otherwise."""
-    if len(history) != 1 + STALL_EPOCHS or any(row["best"] for row in history[1:]):
+def constant_metric(task: TaskConfig, train_y: np.ndarray, valid_y: np.ndarray, metric: str) -> float:
+    """The validation metric of the answer that ignores its input: the training labels' median score, or their most
+    frequent class (per emotion for multitask)."""
+    n = len(valid_y)
+    if task.kind is TaskKind.REGRESSION:
+        logits = np.full((n, 1), float(np.median(train_y)), np.float32)
+    elif task.kind is TaskKind.CLASSIFICATION:
+        logits = np.zeros((n, task.output_dim), np.float32)
+        logits[:, int(np.bincount(train_y.astype(np.int64), minlength=task.num_classes).argmax())] = 1.0
+    else:
+        present = (train_y.mean(0) >= 0.5).astype(np.int64)  # (S,) the more frequent answer per emotion
+        logits = np.zeros((n, len(present), 2), np.float32)
+        logits[:, np.arange(len(present)), present] = 1.0
+        logits = logits.reshape(n, -1)
+    return task_metrics(task, logits, valid_y)[metric]
+
+
+def stalled_validation(history: list[dict[str, Any]], metric: str, higher: bool, constant: float) -> str | None:
+    """A warning when the training loss says the model learns and validation says it does not; None otherwise."""
+    if len(history) < 1 + STALL_EPOCHS:
         return None
     first, last = history[0]["train_loss"], history[-1]["train_loss"]
     if not last < LEARNING * first:
         return None
-    return (f"warning: validation {metric} has not improved on epoch 1's {history[0]['valid_' + metric]:.4f} in "
-            f"{STALL_EPOCHS} epochs while the training loss fell from {first:.4f} to {last:.4f}: the model fits the "
-            "training split without generalising. Check that the splits share their labels' meaning, or lower --lr")
+    values = [row["valid_" + metric] for row in history]
+    best = max(values) if higher else min(values)
+    learning = f"while the training loss fell from {first:.4f} to {last:.4f}"
+    advice = ("the model fits the training split without generalising. Check that the splits share their labels' "
+              "meaning, or lower --lr")
+    if (best <= constant + CONSTANT_MARGIN) if higher else (best >= constant * (1 - CONSTANT_MARGIN)):
+        return (f"warning: validation {metric} (best {best:.4f} in {len(history)} epochs) is no better than a constant "
+                f"answer's ({constant:.4f}) {learning}: {advice}")
+    if not any(row["best"] for row in history[1:]):
+        return (f"warning: validation {metric} has not improved on epoch 1's {values[0]:.4f} in {len(history) - 1} "
+                f"epochs {learning}: {advice}")
+    return None
 
 
 def _duration(seconds: float) -> str:

@@ -119,15 +119,52 @@ def test_training_warns_when_validation_never_improves_on_its_first_epoch(tiny_d
 
     valid = tiny_dataset.splits["valid"]
     flipped = Dataset({**tiny_dataset.splits, "valid": replace(valid, labels=-valid.labels)}, tiny_dataset.meta)
-    m, t = cfgs(flipped, epochs=STALL_EPOCHS + 1, early_stop_patience=20, act_reward=False, lr=3e-3)
+    m, t = cfgs(flipped, epochs=STALL_EPOCHS + 2, early_stop_patience=20, act_reward=False, lr=3e-3)
     lines: list[str] = []
     r = train(flipped, m, t, tmp_path / "flipped", progress=False, log=lines.append)
     assert r.best_epoch == 1 and r.history[STALL_EPOCHS]["train_loss"] < LEARNING * r.history[0]["train_loss"]
-    warned = [line for line in lines if line.startswith("warning: validation mae has not improved on epoch 1")]
+    warned = [line for line in lines if line.startswith("warning: validation mae")]
     assert len(warned) == 1 and r.warnings == warned  # once, when it first holds
+    assert lines.index(warned[0]) == lines.index(next(x for x in lines if x.startswith(f"epoch {STALL_EPOCHS + 1}:"))) + 1
     assert json.loads((tmp_path / "flipped" / "summary.json").read_text())["warnings"] == warned
     healthy = train(tiny_dataset, m, t, tmp_path / "healthy", progress=False, log=quiet)
     assert healthy.warnings == [] and healthy.best_epoch > 1
+
+
+def row(epoch: int, loss: float, mae: float, best: bool) -> dict[str, object]:
+    return {"epoch": epoch, "train_loss": loss, "valid_mae": mae, "best": best}
+
+
+def test_which_histories_warn() -> None:
+    from mmcl.train import stalled_validation
+
+    never = [row(1, 1.3, 1.2, True), row(2, 1.0, 1.3, False), row(3, 0.8, 1.25, False), row(4, 0.6, 1.4, False)]
+    said = stalled_validation(never, "mae", False, constant=1.5)
+    assert said is not None and "has not improved on epoch 1's 1.2000 in 3 epochs" in said
+    assert stalled_validation(never[:3], "mae", False, 1.5) is None  # too early to say
+    # it improved, a little, but stays at a constant answer's level: the case a first-epoch test alone would miss
+    constant = [row(1, 1.3, 1.71, True), row(2, 1.0, 1.6, True), row(3, 0.8, 1.44, True), row(4, 0.5, 1.5, False)]
+    said = stalled_validation(constant, "mae", False, constant=1.48)
+    assert said is not None and "no better than a constant answer's (1.4800)" in said
+    learning = [row(1, 1.3, 1.2, True), row(2, 1.0, 0.9, True), row(3, 0.8, 0.7, True), row(4, 0.6, 0.75, False)]
+    assert stalled_validation(learning, "mae", False, 1.48) is None
+    flat = [row(1, 1.3, 1.5, True), row(2, 1.28, 1.5, False), row(3, 1.27, 1.5, False), row(4, 1.26, 1.5, False)]
+    assert stalled_validation(flat, "mae", False, 1.48) is None  # not learning either: nothing to contrast
+    f1 = [{"train_loss": loss, "valid_f1": v, "best": b} for loss, v, b in
+          ((1.0, 0.30, True), (0.8, 0.31, True), (0.6, 0.33, True), (0.4, 0.32, False))]
+    said = stalled_validation(f1, "f1", True, constant=0.30)
+    assert said is not None and "no better than a constant answer's" in said
+
+
+def test_the_constant_answer_is_the_median_or_the_majority() -> None:
+    import numpy as np
+
+    from mmcl.train import constant_metric
+
+    reg = TaskConfig()
+    assert constant_metric(reg, np.array([-1.0, 0.5, 2.0]), np.array([0.5, 1.5]), "mae") == 0.5
+    cls = TaskConfig(kind=TaskKind.CLASSIFICATION, num_classes=3)
+    assert constant_metric(cls, np.array([2, 2, 0]), np.array([2, 2, 2, 2]), "acc") == 1.0
 
 
 def test_the_first_epoch_gives_an_estimate_of_the_run(tiny_dataset: Dataset, tmp_path: Path) -> None:
