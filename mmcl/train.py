@@ -199,12 +199,11 @@ def train(
     task = mcfg.task
     opt_model, opt_actor, rl, schedulers = _optimizers(model, mcfg, tcfg)
     metric, higher = selection_metric(task)
-    constant = constant_metric(task, data["train"].y.cpu().numpy(), data["valid"].y.cpu().numpy(), metric)
+    advice = Advice(tcfg, metric, higher, constant_metric(task, data["train"].y.cpu().numpy(),
+                                                          data["valid"].y.cpu().numpy(), metric), log)
     best_value, best_epoch, best_valid = -np.inf if higher else np.inf, 0, {}
     history: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    history_path = out / HISTORY_FILE
-    history_path.write_text("")
+    (history_path := out / HISTORY_FILE).write_text("")  # a rerun into the same folder starts its history afresh
     started, interrupted, epoch, stale = time.monotonic(), False, 0, 0
     try:
         for epoch in range(1, tcfg.epochs + 1):
@@ -217,21 +216,15 @@ def train(
             improved = bool(value > best_value if higher else value < best_value)
             if improved:
                 best_value, best_epoch, best_valid, stale = value, epoch, ev.metrics, 0
-                with deferred_sigint():  # Ctrl-C mid-swap would leave no checkpoint at all
-                    save_checkpoint(out / BEST_DIR, model, mcfg, _profile(ds, mcfg),
-                                    {"epoch": epoch, "valid": ev.metrics, "selection_metric": metric})
+                _save_best(out / BEST_DIR, model, mcfg, ds, {"epoch": epoch, "valid": ev.metrics,
+                                                             "selection_metric": metric})
             else:
                 stale += 1
             history.append(_record_epoch(history_path, epoch, losses, ev, opt_model.param_groups[0]["lr"],
                                          round(time.monotonic() - t0, 3), improved))
             log(f"epoch {epoch}: train_loss {losses['train_loss']:.4f}  valid_{metric} {value:.4f}"
                 + ("  (best)" if improved else ""))
-            if epoch == 1 and tcfg.epochs > 1:
-                log(estimate(time.monotonic() - t0, tcfg))
-            stalled = None if warnings else stalled_validation(history, metric, higher, constant)
-            if stalled:
-                warnings.append(stalled)
-                log(stalled)
+            advice.after(history, time.monotonic() - t0)
             if stale >= tcfg.early_stop_patience:
                 log(f"early stop: no validation improvement in {stale} epochs")
                 break
@@ -239,12 +232,11 @@ def train(
         interrupted = True
         log(f"interrupted in epoch {epoch}: keeping the best checkpoint (epoch {best_epoch})")
     if best_epoch == 0:  # interrupted before one epoch finished: save what there is, so evaluation still works
-        ev = evaluate(model, data["valid"], task, regression_loss=tcfg.regression_loss)
-        best_valid = ev.metrics
-        save_checkpoint(out / BEST_DIR, model, mcfg, _profile(ds, mcfg), {"epoch": 0, "valid": ev.metrics})
+        best_valid = evaluate(model, data["valid"], task, regression_loss=tcfg.regression_loss).metrics
+        _save_best(out / BEST_DIR, model, mcfg, ds, {"epoch": 0, "valid": best_valid})
     test = _test_once(out / BEST_DIR, data["test"], tcfg, best_epoch, best_valid, metric, ds, mcfg, dev)
     result = TrainResult(best_epoch, best_valid, test, epoch, interrupted, out / BEST_DIR,
-                         round(time.monotonic() - started, 2), str(dev), history, warnings)
+                         round(time.monotonic() - started, 2), str(dev), history, advice.warnings)
     _write_summary(out / SUMMARY_FILE, result, metric, mcfg, tcfg)
     return result
 
@@ -293,6 +285,28 @@ def stalled_validation(history: list[dict[str, Any]], metric: str, higher: bool,
     return None
 
 
+@dataclass
+class Advice:
+    """What a run says beyond its numbers: after epoch 1 the time it will take, and once, a warning when it learns
+    the training split and not validation."""
+
+    tcfg: TrainConfig
+    metric: str
+    higher: bool
+    constant: float  # the validation metric of a constant answer
+    log: Callable[[str], None]
+    warnings: list[str] = field(default_factory=list)
+
+    def after(self, history: list[dict[str, Any]], epoch_s: float) -> None:
+        """Say what the epochs so far call for; `epoch_s` is the last one's time."""
+        if len(history) == 1 and self.tcfg.epochs > 1:
+            self.log(estimate(epoch_s, self.tcfg))
+        stalled = None if self.warnings else stalled_validation(history, self.metric, self.higher, self.constant)
+        if stalled:
+            self.warnings.append(stalled)
+            self.log(stalled)
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -306,6 +320,11 @@ def estimate(first_epoch_s: float, tcfg: TrainConfig) -> str:
     rest = tcfg.epochs - 1
     return (f"about {_duration(first_epoch_s)} per epoch: at most {rest} more, about {_duration(first_epoch_s * rest)}"
             f" (early stopping after {tcfg.early_stop_patience} epochs without improvement may end it sooner)")
+
+
+def _save_best(path: Path, model: nn.Module, mcfg: ModelConfig, ds: Dataset, metrics: dict[str, Any]) -> None:
+    with deferred_sigint():  # Ctrl-C mid-swap would leave no checkpoint at all
+        save_checkpoint(path, model, mcfg, _profile(ds, mcfg), metrics)
 
 
 def _write_summary(path: Path, result: TrainResult, metric: str, mcfg: ModelConfig, tcfg: TrainConfig) -> None:

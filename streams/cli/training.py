@@ -68,6 +68,12 @@ def _modalities(text: str) -> tuple[str, ...]:
 
 def register(commands: Any) -> None:
     """Add train, evaluate and data to the `mmcl` command."""
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_data(commands)
+
+
+def _add_train(commands: Any) -> None:
     t = commands.add_parser("train", help="train MMCL or the late-fusion baseline on a dataset file (.npz)",
                             description="Train on a dataset file; the checkpoint chosen on validation is scored once "
                                         "on test. Every default is shown; docs/model.md explains the choices.")
@@ -98,6 +104,8 @@ def register(commands: Any) -> None:
     t.add_argument("--no-progress", action="store_true", help="no progress bar per epoch")
     t.set_defaults(handler=cmd_train)
 
+
+def _add_evaluate(commands: Any) -> None:
     e = commands.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")
     e.add_argument("--checkpoint", required=True, type=Path)
     e.add_argument("--data", required=True, type=Path)
@@ -109,6 +117,8 @@ def register(commands: Any) -> None:
                         "label as target")
     e.set_defaults(handler=cmd_evaluate)
 
+
+def _add_data(commands: Any) -> None:
     data = commands.add_parser("data", help="dataset tools")
     data.set_defaults(handler=cmd_data)
     d = data.add_subparsers(dest="data_command", required=True)

@@ -42,18 +42,18 @@ class Source:
         return (self.topic, self.partition)
 
 
-def model_answer(pb: PredictionBatch, i: int, label_names: Sequence[str]) -> dict[str, Any]:
-    """Row i's answer as a Prediction carries it: score, label, probabilities per label, fusion weight per modality
-    (wire names) and the modalities used. `mmcl evaluate --predictions` writes the same fields."""
+def model_answer(pb: PredictionBatch, row: int, label_names: Sequence[str]) -> dict[str, Any]:
+    """The answer in a batch's row `row` as a Prediction carries it: score, label, probabilities per label, fusion
+    weight per modality (wire names) and the modalities used. `mmcl evaluate --predictions` writes the same fields."""
     probs = None if pb.probabilities is None or pb.probabilities.ndim != 2 or \
         pb.probabilities.shape[1] != len(label_names) else \
-        {n: float(v) for n, v in zip(label_names, pb.probabilities[i], strict=True)}
+        {n: float(v) for n, v in zip(label_names, pb.probabilities[row], strict=True)}
     weights = None if pb.modality_weights is None else \
-        {w: float(pb.modality_weights[i, j]) for j, w in enumerate(WIRE_MODALITIES)}
-    score = pb.scores[i]
+        {w: float(pb.modality_weights[row, j]) for j, w in enumerate(WIRE_MODALITIES)}
+    score = pb.scores[row]
     return {"score": float(score) if score.ndim == 0 else score.tolist(),  # a list per sub-task (multitask)
-            "label": pb.labels[i], "probabilities": probs, "modality_weights": weights,
-            "modalities": [w for j, w in enumerate(WIRE_MODALITIES) if pb.modality_mask[i, j]]}
+            "label": pb.labels[row], "probabilities": probs, "modality_weights": weights,
+            "modalities": [w for j, w in enumerate(WIRE_MODALITIES) if pb.modality_mask[row, j]]}
 
 
 def predictions_of(result: BatchResult, label_names: list[str], predicted_at: int) -> list[Prediction]:
