@@ -175,3 +175,6 @@ class TrainConfig(_Frozen):
     aux_weight: float = Field(0.1, ge=0)  # calibrated decoupling's agreement loss; ignored for "paper"
     seed: int = 0
     max_grad_norm: float = Field(5.0, gt=0)
+    # Re-estimate BatchNorm's statistics at the weights of each epoch's end before validation (mmcl.train.
+    # refresh_batchnorm); False keeps the running averages, which trail the weights (an ablation).
+    refresh_batchnorm: bool = True

@@ -209,6 +209,8 @@ def train(
         for epoch in range(1, tcfg.epochs + 1):
             t0 = time.monotonic()
             losses = _train_epoch(model, data["train"], mcfg, tcfg, opt_model, opt_actor, rl, gen, epoch, progress)
+            if tcfg.refresh_batchnorm:
+                refresh_batchnorm(model, data["train"], tcfg.batch_size, gen)
             ev = evaluate(model, data["valid"], task, regression_loss=tcfg.regression_loss)
             for sch in schedulers:
                 sch.step(ev.loss)
@@ -344,6 +346,39 @@ def _test_once(path: Path, test: TensorSplit, tcfg: TrainConfig, best_epoch: int
         save_checkpoint(path, ckpt.model, mcfg, _profile(ds, mcfg),
                         {"epoch": best_epoch, "selection_metric": metric, "valid": best_valid, "test": ev.metrics})
     return ev.metrics
+
+
+REFRESH_SAMPLES = 4096  # training utterances that re-estimate the BatchNorm statistics after each epoch
+
+
+def refresh_batchnorm(model: nn.Module, data: TensorSplit, batch_size: int, gen: torch.Generator) -> None:
+    """Re-estimate every BatchNorm's running statistics at the weights as they are now, on up to REFRESH_SAMPLES
+    training utterances in training-sized batches, in train mode (dropout on, as when they were gathered).
+
+    Running averages trail the weights by about ten steps (momentum 0.1). Many of the head's ReLU channels are nearly
+    dead, with a running variance near 0; one that wakes in an epoch's last steps keeps it, and in eval mode its
+    activations are divided by the square root of BatchNorm's epsilon. The model then scores well in training and
+    wildly in evaluation, on the training utterances too: a quick-preset run (calibrated, lr 3e-3) went from
+    validation MAE 0.44 to 2.95 and back in one epoch, a channel's running variance 1e-6 against 0.10 measured at its
+    weights; re-estimated, the same weights scored 0.48. Re-estimated statistics also beat the running averages of a
+    healthy run (0.47 against 0.53 MAE)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(data) < 2:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches below
+    rows = torch.randperm(len(data), generator=gen)[:REFRESH_SAMPLES].to(data.y.device)
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start : start + batch_size]
+            if len(idx) >= 2:  # BatchNorm needs two samples
+                xs, masks, present, _ = data.batch(idx)
+                model(xs, masks, present)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
 
 
 def _train_epoch(model: nn.Module, data: TensorSplit, mcfg: ModelConfig, tcfg: TrainConfig,

@@ -177,3 +177,35 @@ def test_the_first_epoch_gives_an_estimate_of_the_run(tiny_dataset: Dataset, tmp
     assert estimate(80, t.model_copy(update={"epochs": 200})).startswith("about 80 s per epoch: at most 199 more, "
                                                                          "about 4.4 h")
     assert "about 12 min" in estimate(30, t.model_copy(update={"epochs": 25}))
+
+
+def test_batchnorm_statistics_are_re_estimated_at_the_weights_of_the_epochs_end(tiny_dataset: Dataset) -> None:
+    """A head channel that wakes after its running variance was gathered near 0 makes eval mode divide it by
+    BatchNorm's epsilon: scores explode on any input. Re-estimated statistics bring eval mode back to what the
+    weights compute in training."""
+    import numpy as np
+    import torch
+
+    from mmcl.data.tensors import to_tensors
+    from mmcl.evaluate import evaluate
+    from mmcl.model import build_model
+    from mmcl.train import refresh_batchnorm
+
+    m, t = cfgs(tiny_dataset)
+    torch.manual_seed(0)
+    model = build_model(m)
+    data = to_tensors(tiny_dataset.splits["train"], m)
+
+    def refreshed() -> np.ndarray:
+        torch.manual_seed(1)  # the dropout draws
+        refresh_batchnorm(model, data, t.batch_size, torch.Generator().manual_seed(0))
+        return evaluate(model, data, m.task).logits
+
+    healthy = refreshed()
+    norm = model.head.net[3]
+    assert norm.momentum == 0.1  # the running average resumes with the next epoch
+    awake = int(norm.running_var.argmax())
+    norm.running_var[awake] = 1e-6  # the variance it had while the channel was dead
+    stale = evaluate(model, data, m.task).logits
+    assert abs(stale - healthy).mean() > 5 * abs(healthy).mean()
+    np.testing.assert_allclose(refreshed(), healthy, rtol=0, atol=1e-5)  # the statistics of these weights, again
