@@ -2,8 +2,8 @@
 
 Trains MMCL's quick preset on a small synthetic set with little label noise for each decoupling, learning rate and
 seed, with `TrainConfig.refresh_batchnorm` on and off, and prints a markdown table: test Acc-2 (mean, worst seed),
-runs below the best single modality's ideal (collapsed), and epochs whose validation MAE was worse than a constant
-answer's (an eval-mode blow-up), with the time per run.
+runs that did not beat the best single modality's ideal by 0.05 (collapsed), and epochs whose validation MAE was
+worse than a constant answer's (an eval-mode blow-up), with the time per run.
 
     python benchmarks/batchnorm_refresh.py --seeds 4 --json benchmarks/results/batchnorm_refresh.json
     python benchmarks/batchnorm_refresh.py --from-json benchmarks/results/batchnorm_refresh.json   # the table
@@ -26,6 +26,7 @@ from mmcl.data.synth import SynthSpec, make_synthetic
 from mmcl.presets import PRESETS
 from mmcl.train import constant_metric, train
 
+COLLAPSED = 0.05  # a run not this far above the best single modality's ideal learnt one modality at most
 SPEC = SynthSpec(sizes=(600, 150, 300), seq_len=20, dims=(64, 5, 20), min_len=10, label_noise=0.05)
 
 
@@ -59,11 +60,12 @@ def run(seeds: int, decouplings: list[str], lrs: list[float]) -> dict[str, Any]:
 def table(res: dict[str, Any]) -> str:
     lines = [f"Ideal Acc-2 {res['ideal_all']:.3f}; best single modality {res['ceiling']:.3f}; a constant answer's "
              f"validation MAE {res['constant_mae']:.3f}.", "",
-             "| quick preset | test Acc-2 mean | worst seed | collapsed (< single modality) | epochs worse than constant "
-             "| test MAE mean | s / run | seeds |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| quick preset | test Acc-2 mean | worst seed | collapsed (< single modality + 0.05) "
+             "| epochs worse than constant | test MAE mean | s / run | seeds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, runs in res["rows"].items():
         acc = np.array([r["acc2"] for r in runs])
-        lines.append(f"| {name} | {acc.mean():.3f} | {acc.min():.3f} | {int((acc < res['ceiling']).sum())} | "
+        lines.append(f"| {name} | {acc.mean():.3f} | {acc.min():.3f} | {int((acc < res['ceiling'] + COLLAPSED).sum())} | "
                      f"{sum(r['blowups'] for r in runs)} | {np.mean([r['mae'] for r in runs]):.3f} | "
                      f"{np.mean([r['seconds'] for r in runs]):.0f} | {len(runs)} |")
     return "\n".join(lines)
