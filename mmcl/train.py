@@ -209,8 +209,6 @@ def train(
         for epoch in range(1, tcfg.epochs + 1):
             t0 = time.monotonic()
             losses = _train_epoch(model, data["train"], mcfg, tcfg, opt_model, opt_actor, rl, gen, epoch, progress)
-            if tcfg.refresh_batchnorm:
-                refresh_batchnorm(model, data["train"], tcfg.batch_size, gen)
             ev = evaluate(model, data["valid"], task, regression_loss=tcfg.regression_loss)
             for sch in schedulers:
                 sch.step(ev.loss)
@@ -415,5 +413,7 @@ def _train_epoch(model: nn.Module, data: TensorSplit, mcfg: ModelConfig, tcfg: T
             sums["critic_loss"] += c * len(idx)
             sums["actor_loss"] += a * len(idx)
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    if tcfg.refresh_batchnorm:  # before validation sees the epoch's weights
+        refresh_batchnorm(model, data, tcfg.batch_size, gen)
     seen = max(sum(min(tcfg.batch_size, n - s) for s in starts), 1)
     return {k: v / seen for k, v in sums.items()}
