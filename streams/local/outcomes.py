@@ -49,7 +49,10 @@ class Outcomes:
 
     def describe(self) -> str:
         """The reasons in a line: 'incomplete x3 (no audio part within 10 s)'."""
-        first = {r: e for whys in self.dead.values() for r, e in reversed(whys)}
+        first: dict[str, str] = {}  # the first error text seen for each reason
+        for whys in self.dead.values():
+            for reason, error in whys:
+                first.setdefault(reason, error)
         return ", ".join(f"{reason} x{n}" + (f" ({first[reason]})" if first.get(reason) else "")
                          for reason, n in self.reasons().most_common())
 
