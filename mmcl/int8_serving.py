@@ -9,7 +9,7 @@ the inference path itself instead:
   time steps only (padding is gathered out);
 - self-attention through `scaled_dot_product_attention` (a fused kernel) instead of a masked softmax over the
   padded score matrix.
-Scores stay within 0.01 of fp32 on a trained model (a test); the fp32 network is untouched.
+Scores stay within 0.05 of fp32 on a trained model, 99% within 0.02 (a test); the fp32 network is untouched.
 """
 
 from __future__ import annotations
