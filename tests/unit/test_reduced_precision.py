@@ -17,8 +17,8 @@ from tests.unit.conftest import Trained
 # int8 runs where oneDNN has VNNI (and is the CPU default only there); elsewhere auto is fp32 (test_int8_serving)
 NEEDS_INT8 = pytest.mark.skipif(not int8_supported(), reason="this CPU lacks VNNI or PyTorch its oneDNN engine")
 # Reduced arithmetic moves a score on the [-3, 3] scale by at most MOST, and 99 in 100 by at most TYPICAL. Measured
-# with bf16 on the trained model below: max 0.030, 99th percentile 0.0099, median 0.002 (a head channel that BatchNorm
-# normalises by a small variance amplifies rounding for the few utterances that drive it).
+# with bf16 on the trained model below: max 0.030, 99th percentile 0.0099, median 0.002; one utterance in 200 is that
+# sensitive.
 MOST, TYPICAL = 0.05, 0.02
 
 
