@@ -133,15 +133,20 @@ def model_digest(weights_sha256: str, config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def model_version(path: str | Path) -> str:
-    """A checkpoint's version (checksums verified): the first VERSION_DIGITS hex digits of its `model_digest`."""
+def checkpoint_ids(path: str | Path) -> tuple[str, str]:
+    """A checkpoint's weights sha256 and its version, with its checksums verified once."""
     path = Path(path)
     weights = verify_checksums(path)
     try:
         config = json.loads((path / CONFIG).read_text())
     except ValueError as e:
         raise CheckpointError(f"{path}: unreadable {CONFIG} ({e})") from None
-    return model_digest(weights, config)[:VERSION_DIGITS]
+    return weights, model_digest(weights, config)[:VERSION_DIGITS]
+
+
+def model_version(path: str | Path) -> str:
+    """A checkpoint's version (checksums verified): the first VERSION_DIGITS hex digits of its `model_digest`."""
+    return checkpoint_ids(path)[1]
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:

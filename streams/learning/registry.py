@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mmcl.checkpoint import CHECKSUMS, CONFIG, METRICS, VERSION_DIGITS, WEIGHTS, model_version, verify_checksums
+from mmcl.checkpoint import CHECKSUMS, CONFIG, METRICS, VERSION_DIGITS, WEIGHTS, checkpoint_ids
 from mmcl.errors import CheckpointError, MMCLError
 from streams.messages import now_ms
 
@@ -86,7 +86,7 @@ class Registry(Protocol):
 
 def _describe(checkpoint: Path, parent: str | None, label_window: dict[str, Any] | None, note: str) -> ModelVersion:
     try:
-        digest, version = verify_checksums(checkpoint), model_version(checkpoint)
+        digest, version = checkpoint_ids(checkpoint)
     except CheckpointError as e:
         raise RegistryError(f"not publishing {checkpoint}: {e}") from None
     metrics = json.loads((checkpoint / METRICS).read_text())
@@ -95,7 +95,7 @@ def _describe(checkpoint: Path, parent: str | None, label_window: dict[str, Any]
 
 def _verify(path: Path, meta: ModelVersion) -> Path:
     try:
-        digest, version = verify_checksums(path), model_version(path)
+        digest, version = checkpoint_ids(path)
     except CheckpointError as e:
         raise RegistryError(f"version {meta.version} is corrupt: {e}") from None
     if digest != meta.checksum:
