@@ -166,8 +166,12 @@ class _Schedule:
 
 
 def run(settings: Settings, split: Split, spec: SimSpec, stop: threading.Event | None = None,
-        on_progress: Callable[[SimStats], None] | None = None) -> SimStats:
-    """Publish a dataset split as a simulated call center until done or stopped."""
+        on_progress: Callable[[SimStats], None] | None = None, finish: threading.Event | None = None) -> SimStats:
+    """Publish a dataset split as a simulated call center until done or stopped.
+
+    `stop` ends the run at once, leaving utterances with parts unsent; `finish` ends it cleanly: no utterance starts
+    after it is set, and every part (and label) already planned is still sent.
+    """
     from confluent_kafka import KafkaException, Producer
 
     stop = stop or threading.Event()
@@ -185,7 +189,8 @@ def run(settings: Settings, split: Split, spec: SimSpec, stop: threading.Event |
         now = time.monotonic() - t0
         if spec.duration_s is not None and now >= spec.duration_s:
             break
-        schedule.plan_until(now, stats)
+        if finish is None or not finish.is_set():
+            schedule.plan_until(now, stats)
         if not schedule.heap:
             break
         at, _, p = schedule.heap[0]

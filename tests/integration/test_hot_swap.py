@@ -19,7 +19,7 @@ from streams.sinks.redis_store import FEED
 from .conftest import DIMS, SEQ_LEN, Stack, make_checkpoint, quick_kafka, wait_for
 from .test_delivery import assert_counted_once, results_complete
 
-SPLIT = make_synthetic(SynthSpec(sizes=(8, 8, 400), seq_len=SEQ_LEN, dims=(DIMS["text"], DIMS["audio"], DIMS["visual"]),
+SPLIT = make_synthetic(SynthSpec(sizes=(8, 8, 3000), seq_len=SEQ_LEN, dims=(DIMS["text"], DIMS["audio"], DIMS["visual"]),
                                  min_len=4, seed=12)).splits["test"]
 
 
@@ -40,24 +40,35 @@ def test_promote_rollback_and_a_corrupt_version_under_load(stack: Stack, tmp_pat
     worker = stack.start_worker()  # MMCL_MODEL__CHECKPOINT is set too: the registry's current version wins
     assert worker.metric("mmcl_model_info", version=a) == 1
 
-    spec = simulate.SimSpec(calls=8, rate=50, jitter_ms=100, limit=400, seed=9, run_id=f"{stack.prefix}-swap-")
+    # the stream runs until the new model has served a share of it (a minute at most), so the swap always lands
+    # mid-stream however slowly the publishing command starts on a loaded machine
+    spec = simulate.SimSpec(calls=8, rate=50, jitter_ms=100, seed=9, run_id=f"{stack.prefix}-swap-")
     box: dict[str, simulate.SimStats] = {}
-    t = threading.Thread(target=lambda: box.update(stats=simulate.run(s, SPLIT, spec)))
+    finish = threading.Event()
+    t = threading.Thread(target=lambda: box.update(stats=simulate.run(s, SPLIT, spec, finish=finish)))
     t.start()
-    wait_for(lambda: worker.status().get("written", 0) >= 60, 30, "results from the first model")
-    make_checkpoint(tmp_path / "b", seed=11)
-    out = mmcl(stack, "model", "publish", str(tmp_path / "b"), "--parent", a, "--promote")
-    assert out.returncode == 0, out.stderr
-    b = reg.current()
-    assert b != a and f"current: {b} (promoted" in out.stdout
-    t.join(60)
+    try:
+        wait_for(lambda: worker.status().get("written", 0) >= 60, 30, "results from the first model")
+        make_checkpoint(tmp_path / "b", seed=11)
+        out = mmcl(stack, "model", "publish", str(tmp_path / "b"), "--parent", a, "--promote")
+        assert out.returncode == 0, out.stderr
+        b = reg.current()
+        assert b != a and f"current: {b} (promoted" in out.stdout
+        wait_for(lambda: worker.metric("mmcl_model_info", version=b) == 1, 30, "the swap")
+        swapped_at = worker.status().get("written", 0)
+        wait_for(lambda: worker.status().get("written", 0) >= swapped_at + 60, 30, "results from the second model")
+    finally:
+        finish.set()
+        t.join(60)
     stats = box["stats"]
+    assert stats.utterances < len(SPLIT)  # the stream was still running when it was told to finish
     wait_for(lambda: results_complete(stack, stats), 60, "every result across the swap")
     assert_counted_once(stack, stats)  # none dropped, none twice
     versions = feed_versions(stack, spec.run_id)
-    assert len(versions) == 400 and set(versions) == {a, b}
+    n = stats.utterances
+    assert len(versions) == n and set(versions) == {a, b}
     switch = versions.index(b)
-    assert versions[:switch] == [a] * switch and versions[switch:] == [b] * (400 - switch)  # swapped between batches
+    assert versions[:switch] == [a] * switch and versions[switch:] == [b] * (n - switch)  # swapped between batches
     assert worker.metric("mmcl_model_swaps_total", result="ok") == 1
     assert worker.metric("mmcl_model_info", version=b) == 1
 
