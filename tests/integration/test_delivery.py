@@ -44,13 +44,21 @@ def assert_counted_once(stack: Stack, stats: simulate.SimStats) -> None:
         assert stack.redis.xlen(timeline_key(c)) == n, c
 
 
-def feed_in_background(stack: Stack, spec: simulate.SimSpec) -> Callable[[float], simulate.SimStats]:
-    """Start the simulated call center on a thread; the function returned waits (up to its timeout) for its stats."""
+def feed_in_background(stack: Stack, spec: simulate.SimSpec,
+                       open_ended: bool = False) -> Callable[[float], simulate.SimStats]:
+    """Start the simulated call center on a thread; the function returned waits (up to its timeout) for its stats.
+
+    An open-ended feed runs until that function is called (or `spec.limit` is reached), then ends cleanly: a test
+    whose steps take longer on a loaded machine still has the stream running through all of them.
+    """
     box: dict[str, simulate.SimStats] = {}
-    t = threading.Thread(target=lambda: box.update(stats=simulate.run(sim_settings(stack), SPLIT, spec)))
+    done = threading.Event() if open_ended else None
+    t = threading.Thread(target=lambda: box.update(stats=simulate.run(sim_settings(stack), SPLIT, spec, finish=done)))
     t.start()
 
     def finish(timeout: float) -> simulate.SimStats:
+        if done is not None:
+            done.set()
         t.join(timeout)
         return box["stats"]
 
@@ -60,7 +68,7 @@ def feed_in_background(stack: Stack, spec: simulate.SimSpec) -> Callable[[float]
 def assert_delivered_once_without_dead_letters(stack: Stack, spec: simulate.SimSpec, stats: simulate.SimStats,
                                                timeout: float = 90) -> None:
     """Every utterance sent has its result, counted once, and none of the run's parts was dead-lettered."""
-    assert stats.utterances == spec.limit and stats.errors == 0
+    assert stats.utterances > 0 and stats.errors == 0
     wait_for(lambda: results_complete(stack, stats), timeout, "every utterance's result")
     assert_counted_once(stack, stats)
     assert stack.dead_letters(spec.run_id) == []

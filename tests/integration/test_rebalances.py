@@ -23,9 +23,9 @@ def test_workers_joining_dying_and_restarting_dead_letter_nothing(stack: Stack) 
     try:
         first = st.start_worker()
         # every utterance complete (no missing visual): any dead letter or incomplete join is a bug
-        spec = simulate.SimSpec(calls=8, rate=40, jitter_ms=400, missing_visual=0.0, limit=1000, seed=21,
+        spec = simulate.SimSpec(calls=8, rate=40, jitter_ms=400, missing_visual=0.0, limit=4000, seed=21,
                                 run_id=covering_run_id(f"{st.prefix}-", 8, st.topics.partitions))
-        finish = feed_in_background(st, spec)
+        finish = feed_in_background(st, spec, open_ended=True)  # until the restarted worker has results
 
         def written(n: int, *workers: Any) -> Any:
             base = sum(w.status().get("written", 0) for w in workers)
@@ -40,8 +40,9 @@ def test_workers_joining_dying_and_restarting_dead_letter_nothing(stack: Stack) 
         wait_for(written(60, first), 30, "results after the take-over")
         first.stop()  # a restart: SIGTERM, then a new worker
         third = st.start_worker()
+        wait_for(written(60, third), 30, "results after the restart")
         stats = finish(90)
-        assert stats.utterances == 1000
+        assert stats.utterances < spec.limit  # the stream ran through every step
         # before: every rebalance and restart dead-lettered good parts
         assert_delivered_once_without_dead_letters(st, spec, stats)
         assert third.metric("mmcl_join_outcomes_total", outcome="incomplete") == 0
