@@ -137,11 +137,7 @@ def checkpoint_ids(path: str | Path) -> tuple[str, str]:
     """A checkpoint's weights sha256 and its version, with its checksums verified once."""
     path = Path(path)
     weights = verify_checksums(path)
-    try:
-        config = json.loads((path / CONFIG).read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{path}: unreadable {CONFIG} ({e})") from None
-    return weights, model_digest(weights, config)[:VERSION_DIGITS]
+    return weights, model_digest(weights, _read_config(path))[:VERSION_DIGITS]
 
 
 def model_version(path: str | Path) -> str:
@@ -155,7 +151,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint directory at {path}")
     digest = verify_checksums(path)
-    profile, cfg = read_profile(path)
+    config = _read_config(path)
+    profile, cfg = _parse_config(path, config)
     try:
         metrics = json.loads((path / METRICS).read_text())
         model = build_model(cfg)
@@ -164,17 +161,30 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except (ValidationError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     model.to(device).eval()
-    version = model_digest(digest, json.loads((path / CONFIG).read_text()))[:VERSION_DIGITS]
+    version = model_digest(digest, config)[:VERSION_DIGITS]
     return Checkpoint(model, cfg, profile, metrics, path, digest, version)
 
 
 def read_profile(path: str | Path) -> tuple[FeatureProfile, ModelConfig]:
     """The features a checkpoint eats and its model config, without loading the weights (producers use this too)."""
     path = Path(path)
+    return _parse_config(path, _read_config(path))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
     if not (path / CONFIG).is_file():
         raise CheckpointError(f"no checkpoint at {path} (no {CONFIG})")
     try:
         config = json.loads((path / CONFIG).read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: unreadable {CONFIG} ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: unreadable {CONFIG} (not a JSON object)")
+    return config
+
+
+def _parse_config(path: Path, config: dict[str, Any]) -> tuple[FeatureProfile, ModelConfig]:
+    try:
         if config.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: unsupported checkpoint format {config.get('format_version')}")
         prof = config["feature_profile"]

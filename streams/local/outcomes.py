@@ -81,6 +81,7 @@ class OutcomeWatch:
         self._sent: dict[str, str] = {}  # utterance -> the call its result is filed under
         self._outcomes = Outcomes()
         self._warned = False
+        self._settled = threading.Event()  # set by the watch thread when no sent utterance lacks an outcome
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mmcl-outcomes", daemon=True)
         self._thread.start()
@@ -93,6 +94,7 @@ class OutcomeWatch:
                 return False
             self._sent[msg.utterance_id] = msg.key
             self._outcomes.pending.add(msg.utterance_id)
+            self._settled.clear()
             return True
 
     def forget(self, utterance_id: str) -> None:
@@ -110,11 +112,11 @@ class OutcomeWatch:
     def wait(self, timeout_s: float, stop: threading.Event | None = None) -> Outcomes:
         """Wait until every sent utterance has an outcome, for at most `timeout_s`; stop watching. -> the outcomes."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not (stop and stop.is_set()) and self._thread.is_alive():
-            with self._lock:
-                if not self._outcomes.pending:
-                    break
-            time.sleep(POLL_S)  # the watch thread does the work; this only waits for it
+        while not (stop and stop.is_set()) and self._thread.is_alive():
+            left = deadline - time.monotonic()
+            # in slices, so that `stop` (Ctrl-C) and a watch thread that died are noticed
+            if left <= 0 or self._settled.wait(min(left, POLL_S)):
+                break
         self.close()
         with self._lock:
             return Outcomes(set(self._outcomes.scored), dict(self._outcomes.dead), set(self._outcomes.pending))
@@ -131,6 +133,9 @@ class OutcomeWatch:
                 self._read_dead_letters()
                 self._read_results()
                 self._maybe_warn()
+                with self._lock:
+                    if not self._outcomes.pending:
+                        self._settled.set()
         except Exception as e:  # a broker or Redis that went away: the messages were sent, only the watch ends
             print(f"stopped watching what became of the utterances: {e}", file=sys.stderr)
         finally:

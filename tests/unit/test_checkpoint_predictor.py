@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmcl.checkpoint import FeatureProfile, load_checkpoint, model_version, save_checkpoint
+from mmcl.checkpoint import FeatureProfile, load_checkpoint, model_version, read_profile, save_checkpoint
 from mmcl.config import ModelConfig, TaskConfig, TaskKind
 from mmcl.errors import CheckpointError, DimensionMismatch, InvalidInput
 from mmcl.model import build_model
@@ -78,6 +79,21 @@ def test_missing_files_are_refused(tmp_path: Path) -> None:
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_a_config_that_is_not_a_json_object_is_refused_in_one_line(tmp_path: Path, text: str) -> None:
+    """Rewritten with matching checksums, so only the config's own check can catch it; every reader says the same."""
+    path, _ = saved(tmp_path)
+    (path / "config.json").write_text(text)
+    sums = (path / "checksums.sha256").read_text().splitlines()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    (path / "checksums.sha256").write_text("\n".join(f"{digest}  config.json" if line.endswith("config.json") else line
+                                                     for line in sums) + "\n")
+    for read in (load_checkpoint, model_version, read_profile):
+        with pytest.raises(CheckpointError, match=r"unreadable config\.json") as caught:
+            read(path)
+        assert "\n" not in str(caught.value)
 
 
 def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path: Path) -> None:
