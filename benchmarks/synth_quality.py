@@ -95,6 +95,8 @@ def main() -> None:
     p.add_argument("--only", action="append", help="variant name (repeatable)")
     p.add_argument("--sizes", default="1284,229,686")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda")
+    p.add_argument("--tag", default="", help="appended to each variant's name in the results, to keep a rerun apart "
+                                              "from earlier results when tables are merged")
     p.add_argument("--json", type=Path, default=None, help="write the raw results here")
     p.add_argument("--from-json", type=Path, action="append", help="print the table of saved results (repeatable)")
     a = p.parse_args()
@@ -108,6 +110,8 @@ def main() -> None:
         return
     sizes = tuple(int(s) for s in a.sizes.split(","))
     results = run(a.seeds, a.only, sizes, a.device)  # type: ignore[arg-type]
+    if a.tag:
+        results["variants"] = {f"{name}{a.tag}": rows for name, rows in results["variants"].items()}
     print(table(results))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
