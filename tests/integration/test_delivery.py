@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mmcl.data.dataset import Split
 from mmcl.data.synth import SynthSpec, make_synthetic
 from streams.kafka import ensure_topics
 from streams.local import simulate
@@ -44,8 +45,8 @@ def assert_counted_once(stack: Stack, stats: simulate.SimStats) -> None:
         assert stack.redis.xlen(timeline_key(c)) == n, c
 
 
-def feed_in_background(stack: Stack, spec: simulate.SimSpec,
-                       open_ended: bool = False) -> Callable[[float], simulate.SimStats]:
+def feed_in_background(stack: Stack, spec: simulate.SimSpec, open_ended: bool = False,
+                       split: Split = SPLIT) -> Callable[[float], simulate.SimStats]:
     """Start the simulated call center on a thread; the function returned waits (up to its timeout) for its stats.
 
     An open-ended feed runs until that function is called (or `spec.limit` is reached), then ends cleanly: a test
@@ -53,7 +54,7 @@ def feed_in_background(stack: Stack, spec: simulate.SimSpec,
     """
     box: dict[str, simulate.SimStats] = {}
     done = threading.Event() if open_ended else None
-    t = threading.Thread(target=lambda: box.update(stats=simulate.run(sim_settings(stack), SPLIT, spec, finish=done)))
+    t = threading.Thread(target=lambda: box.update(stats=simulate.run(sim_settings(stack), split, spec, finish=done)))
     t.start()
 
     def finish(timeout: float) -> simulate.SimStats:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from mmcl.data.synth import SynthSpec, make_synthetic
@@ -17,7 +16,7 @@ from streams.settings import Settings
 from streams.sinks.redis_store import FEED
 
 from .conftest import DIMS, SEQ_LEN, Stack, make_checkpoint, quick_kafka, wait_for
-from .test_delivery import assert_counted_once, results_complete
+from .test_delivery import assert_counted_once, feed_in_background, results_complete
 
 SPLIT = make_synthetic(SynthSpec(sizes=(8, 8, 3000), seq_len=SEQ_LEN, dims=(DIMS["text"], DIMS["audio"], DIMS["visual"]),
                                  min_len=4, seed=12)).splits["test"]
@@ -43,10 +42,7 @@ def test_promote_rollback_and_a_corrupt_version_under_load(stack: Stack, tmp_pat
     # the stream runs until the new model has served a share of it (a minute at most), so the swap always lands
     # mid-stream however slowly the publishing command starts on a loaded machine
     spec = simulate.SimSpec(calls=8, rate=50, jitter_ms=100, seed=9, run_id=f"{stack.prefix}-swap-")
-    box: dict[str, simulate.SimStats] = {}
-    finish = threading.Event()
-    t = threading.Thread(target=lambda: box.update(stats=simulate.run(s, SPLIT, spec, finish=finish)))
-    t.start()
+    finish = feed_in_background(stack, spec, open_ended=True, split=SPLIT)
     try:
         wait_for(lambda: worker.status().get("written", 0) >= 60, 30, "results from the first model")
         make_checkpoint(tmp_path / "b", seed=11)
@@ -58,9 +54,7 @@ def test_promote_rollback_and_a_corrupt_version_under_load(stack: Stack, tmp_pat
         swapped_at = worker.status().get("written", 0)
         wait_for(lambda: worker.status().get("written", 0) >= swapped_at + 60, 30, "results from the second model")
     finally:
-        finish.set()
-        t.join(60)
-    stats = box["stats"]
+        stats = finish(60)
     assert stats.utterances < len(SPLIT)  # the stream was still running when it was told to finish
     wait_for(lambda: results_complete(stack, stats), 60, "every result across the swap")
     assert_counted_once(stack, stats)  # none dropped, none twice
